@@ -1,0 +1,38 @@
+# Two commands on a fresh machine: `make run` and `make test`. Both create .venv from the
+# pinned requirements.lock when it is missing or stale, and never reinstall otherwise.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# The default corpus is downloaded and hash-checked; without network it comes from a local
+# mirror folder, ../shared/data when there is one.
+SHARED_DATA := $(abspath ../shared/data)
+ifneq ($(wildcard $(SHARED_DATA)),)
+export TINYGPT_DATA_MIRROR ?= $(SHARED_DATA)
+endif
+
+export PYTHONHASHSEED := 0
+
+.PHONY: setup run test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/tinygpt train --input $(TINYGPT_DATA_MIRROR)/tinyshakespeare.txt --out runs/quick
+
+lint: setup
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf runs .pytest_cache

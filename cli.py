@@ -1,0 +1,127 @@
+"""`tinygpt`: the one command line. Parses arguments and calls the layers below."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-new-tokens", type=int)
+    parser.add_argument("--temperature", type=float)
+    parser.add_argument("--top-k", type=int)
+    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--repetition-penalty", type=float)
+    parser.add_argument("--seed", type=int)
+
+
+def _add_params_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", type=Path, help="parameter file (default: ./params.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a parameter, e.g. train.max_steps=200")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tinygpt", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    tokenizer = commands.add_parser("tokenizer", help="tokenizer commands")
+    tok_commands = tokenizer.add_subparsers(dest="tokenizer_command", required=True)
+    tok_train = tok_commands.add_parser("train", help="train a tokenizer on a text file")
+    tok_train.add_argument("--input", type=Path, required=True)
+    tok_train.add_argument("--vocab-size", type=int, required=True)
+    tok_train.add_argument("--kind", choices=["bpe", "char"], default="bpe")
+    tok_train.add_argument("--out", type=Path, required=True)
+
+    train = commands.add_parser("train", help="quick path: train tokenizer + model on a text file")
+    train.add_argument("--input", type=Path, required=True)
+    train.add_argument("--out", type=Path, required=True)
+    _add_params_options(train)
+
+    generate = commands.add_parser("generate", help="sample text from a checkpoint")
+    generate.add_argument("prompt")
+    generate.add_argument("--checkpoint", type=Path, required=True)
+    _add_sampling_options(generate)
+
+    export = commands.add_parser("export-hf", help="write a Hugging Face GPT-2 folder")
+    export.add_argument("--checkpoint", type=Path, required=True)
+    export.add_argument("--out", type=Path, required=True)
+    return parser
+
+
+def cmd_tokenizer_train(args: argparse.Namespace) -> None:
+    import time
+
+    from gpt.data import read_text
+    from gpt.tokenizer import train_tokenizer
+
+    text = read_text(args.input)
+    started = time.perf_counter()
+    tokenizer = train_tokenizer(args.kind, text, args.vocab_size)
+    tokenizer.save(args.out)
+    print(f"trained {args.kind} tokenizer, vocab {tokenizer.vocab_size}, in "
+          f"{time.perf_counter() - started:.2f}s -> {args.out}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from gpt.config import load_params
+    from gpt.quick import train_from_text
+
+    metrics = train_from_text(args.input, args.out, load_params(args.params, args.overrides))
+    print(f"val loss {metrics['val_loss']:.4f} | perplexity {metrics['val_perplexity']:.2f} | "
+          f"bits/byte {metrics['val_bits_per_byte']:.4f} | {metrics['steps']} steps in "
+          f"{metrics['wall_seconds']:.0f}s | {metrics['tokens_per_s']:.0f} tok/s")
+    print(f"checkpoint: {args.out / 'best'}")
+    print("sample:\n" + metrics["sample"])
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from gpt.checkpoint import load_model, resolve_checkpoint
+    from gpt.config import load_params, sampling_params
+    from gpt.generate import stream_text
+    from gpt.tokenizer import load_tokenizer
+
+    folder = resolve_checkpoint(args.checkpoint)
+    model, tokenizer = load_model(folder), load_tokenizer(folder)
+    params = sampling_params(load_params(), max_new_tokens=args.max_new_tokens,
+                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                             repetition_penalty=args.repetition_penalty, seed=args.seed)
+    sys.stdout.write(args.prompt)
+    for piece in stream_text(model, tokenizer, args.prompt, params):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+def cmd_export_hf(args: argparse.Namespace) -> None:
+    from gpt.export import export_hf
+
+    print(f"wrote a Hugging Face GPT-2 folder: {export_hf(args.checkpoint, args.out)}")
+
+
+COMMANDS = {
+    ("tokenizer", "train"): cmd_tokenizer_train,
+    ("train", None): cmd_train,
+    ("generate", None): cmd_generate,
+    ("export-hf", None): cmd_export_hf,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    handler = COMMANDS[(args.command, getattr(args, "tokenizer_command", None))]
+    try:
+        handler(args)
+    except (ValueError, OSError) as err:  # bad input: one clear line, no traceback
+        print(f"tinygpt: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Sampling: temperature, top-k, top-p, repetition penalty, stop tokens and stop strings.
+
+`iter_tokens` is the engine: a prefill forward over the prompt fills the KV cache, then each
+step feeds one token. Everything above it (ids, text, streamed text pieces) is a thin wrapper.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from gpt.model import GPT
+    from gpt.tokenizer import Tokenizer
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 200
+    temperature: float = 1.0           # 0 means greedy
+    top_k: int | None = None           # keep the k most likely tokens
+    top_p: float | None = None         # keep the smallest set whose probability reaches p
+    repetition_penalty: float = 1.0    # > 1 discourages tokens already in the context
+    seed: int | None = None            # same seed, same parameters -> same sample
+    stop: Sequence[str] = field(default_factory=tuple)  # text at which generation ends
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be a non-negative integer, "
+                             f"got {self.max_new_tokens!r}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k!r}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must be non-empty")
+
+
+def apply_repetition_penalty(logits: torch.Tensor, context: torch.Tensor,
+                             penalty: float) -> torch.Tensor:
+    """CTRL's penalty: shrink positive logits and grow negative ones of tokens in context."""
+    if penalty == 1.0:
+        return logits
+    scores = logits.gather(1, context)
+    scores = torch.where(scores > 0, scores / penalty, scores * penalty)
+    return logits.scatter(1, context, scores)
+
+
+def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    kth = torch.topk(logits, min(k, logits.size(-1))).values[:, -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filtering: drop tokens outside the smallest set with cumulative prob >= p."""
+    sorted_logits, order = torch.sort(logits, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    # A token is dropped when the tokens ranked above it already reach p; the top one stays.
+    drop_sorted = probs.cumsum(dim=-1) - probs >= p
+    drop = drop_sorted.scatter(1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def sample_next(logits: torch.Tensor, params: SamplingParams,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick the next token (B, 1) from last-position logits (B, vocab)."""
+    if params.temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / params.temperature
+    if params.top_k is not None:
+        logits = filter_top_k(logits, params.top_k)
+    if params.top_p is not None and params.top_p < 1.0:
+        logits = filter_top_p(logits, params.top_p)
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
+
+
+def _generator(device: torch.device, seed: int | None) -> torch.Generator | None:
+    if seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+@torch.no_grad()
+def iter_tokens(model: GPT, idx: torch.Tensor, params: SamplingParams,
+                stop_ids: Sequence[int] = ()) -> Iterator[torch.Tensor]:
+    """Yield each new token (B,) in turn; stops early when batch 1 samples a stop id."""
+    model.eval()
+    block = model.config.block_size
+    generator = _generator(idx.device, params.seed)
+    context = idx[:, -block:]
+    cache = model.new_cache(idx.size(0))
+    logits, _ = model(context, cache=cache, last_only=True)
+    for _ in range(params.max_new_tokens):
+        scores = apply_repetition_penalty(logits[:, -1, :], context, params.repetition_penalty)
+        token = sample_next(scores, params, generator)
+        context = torch.cat([context, token], dim=1)
+        yield token[:, 0]
+        if idx.size(0) == 1 and token.item() in stop_ids:
+            return
+        if cache.pos == block:
+            # The position table ends here: keep the most recent half and refill the cache.
+            context = context[:, -(block // 2):]
+            cache = model.new_cache(idx.size(0))
+            logits, _ = model(context, cache=cache, last_only=True)
+        else:
+            logits, _ = model(token, cache=cache, last_only=True)
+
+
+def generate_ids(model: GPT, idx: torch.Tensor, max_new_tokens: int, **options) -> torch.Tensor:
+    """idx (B, T) extended by up to max_new_tokens sampled ids (fewer if a stop id is hit)."""
+    stop_ids = options.pop("stop_ids", ())
+    params = SamplingParams(max_new_tokens=max_new_tokens, **options)
+    new = list(iter_tokens(model, idx, params, stop_ids))
+    return torch.cat([idx, torch.stack(new, dim=1)], dim=1) if new else idx
+
+
+def encode_prompt(tokenizer: Tokenizer, prompt: str, device: torch.device | str = "cpu"
+                  ) -> torch.Tensor:
+    """Prompt ids as a (1, T) tensor; an empty prompt starts from <|endoftext|>."""
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        eot = tokenizer.special_tokens.get("<|endoftext|>")
+        if eot is None:
+            raise ValueError("empty prompt, and the tokenizer has no <|endoftext|> to start from")
+        ids = [eot]
+    return torch.tensor([ids], dtype=torch.long, device=device)
+
+
+class _StopStringFilter:
+    """Holds back text that might be the start of a stop string, and finds stop strings."""
+
+    def __init__(self, stop: Sequence[str]) -> None:
+        self.stop = list(stop)
+        self.pending = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        """Text that is safe to emit now."""
+        self.pending += text
+        hits = [self.pending.find(s) for s in self.stop if s in self.pending]
+        if hits:
+            self.stopped = True
+            out, self.pending = self.pending[:min(hits)], ""
+            return out
+        keep = max((n for s in self.stop for n in range(1, len(s))
+                    if self.pending.endswith(s[:n])), default=0)
+        cut = len(self.pending) - keep
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+def decode_stream(token_ids: Iterable[int], tokenizer: Tokenizer,
+                  stop: Sequence[str] = ()) -> Iterator[str]:
+    """Turn a stream of token ids into text pieces, each complete characters only.
+
+    Bytes go through an incremental UTF-8 decoder, so a character split across tokens is
+    emitted whole once its last byte arrives; text is cut before the first stop string.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    stops = _StopStringFilter(stop)
+    for token_id in token_ids:
+        piece = stops.feed(decoder.decode(tokenizer.token_bytes(token_id)))
+        if piece:
+            yield piece
+        if stops.stopped:
+            return
+    tail = stops.feed(decoder.decode(b"", final=True))
+    if not stops.stopped:
+        tail += stops.flush()
+    if tail:
+        yield tail
+
+
+def stream_text(model: GPT, tokenizer: Tokenizer, prompt: str,
+                params: SamplingParams) -> Iterator[str]:
+    """Yield the continuation of prompt in pieces, as soon as each piece is decided.
+
+    Generation ends at <|endoftext|> (not shown), at a stop string (not included), or after
+    max_new_tokens.
+    """
+    device = next(model.parameters()).device
+    idx = encode_prompt(tokenizer, prompt, device)
+    eot = tokenizer.special_tokens.get("<|endoftext|>")
+    stop_ids = () if eot is None else (eot,)
+    ids = (int(t.item()) for t in iter_tokens(model, idx, params, stop_ids))
+    yield from decode_stream((i for i in ids if i not in stop_ids), tokenizer, params.stop)
+
+
+def generate_text(model: GPT, tokenizer: Tokenizer, prompt: str,
+                  params: SamplingParams) -> str:
+    """The whole continuation of prompt as one string."""
+    return "".join(stream_text(model, tokenizer, prompt, params))

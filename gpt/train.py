@@ -1,0 +1,307 @@
+"""The training loop: AdamW, warmup + cosine schedule, clipping, accumulation, eval, early
+stopping, and exactly resumable checkpoints.
+
+The trainer knows nothing of Prefect or MLflow. It reports through a callback that receives
+plain dicts ({"kind": "train" | "eval", "step": ..., ...}); the caller decides where they go.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from gpt.checkpoint import (
+    OPTIMIZER_FILE,
+    STATE_FILE,
+    atomic_directory,
+    load_model,
+    load_training_state,
+    optimizer_tensors,
+    restore_optimizer,
+    write_json,
+    write_model_files,
+)
+from gpt.data import RandomWindows
+from gpt.model import GPT
+
+log = logging.getLogger("tinygpt.train")
+
+Callback = Callable[[dict], None]
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    batch_size: int = 16
+    grad_accum: int = 1            # micro-batches per optimizer step
+    learning_rate: float = 1e-3
+    min_lr: float = 1e-4           # where the cosine decay ends
+    warmup_steps: int = 50
+    weight_decay: float = 0.1      # applied to matrices only, not to biases or LayerNorms
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0         # max global gradient norm; 0 disables clipping
+    eval_interval: int = 100
+    eval_iters: int = 10           # batches per loss estimate
+    patience: int = 0              # evals without improvement before stopping; 0 = never
+    log_interval: int = 20
+    seed: int = 1337
+    device: str = "auto"           # "auto", "cpu", "cuda", "cuda:1", ...
+    dtype: str = "auto"            # autocast dtype: "auto", "float32", "bfloat16"
+    max_seconds: float = 0.0       # wall-clock budget for the loop; 0 = none
+
+    def __post_init__(self) -> None:
+        positive = ("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_iters",
+                    "log_interval")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"train.{name} must be a positive integer, got {value!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"train.learning_rate must be > 0, got {self.learning_rate!r}")
+        if not 0 <= self.min_lr <= self.learning_rate:
+            raise ValueError(f"train.min_lr must be in [0, learning_rate], got {self.min_lr!r}")
+        for name in ("warmup_steps", "patience"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("weight_decay", "grad_clip", "max_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError("train.beta1 and train.beta2 must be in [0, 1)")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"train.dtype must be one of {DTYPES}, got {self.dtype!r}")
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    best_val_loss: float
+    last_val_loss: float
+    stopped_early: bool
+    seconds: float
+    tokens_per_s: float
+    best_dir: Path
+    latest_dir: Path
+    history: list[dict] = field(default_factory=list)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has native bf16 matmul instructions (AVX-512 BF16 or AMX)."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """Autocast dtype: bf16 where the hardware runs it natively, else fp32."""
+    if name == "auto":
+        fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_fast_bf16()
+        return torch.bfloat16 if fast else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """bf16 autocast with fp32 master weights, or nothing for fp32."""
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to learning_rate, then cosine decay to min_lr at max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.min_lr + cosine * (cfg.learning_rate - cfg.min_lr)
+
+
+def build_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on weight matrices and embeddings only."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    # The fused kernel updates every parameter in one call; it exists on CPU and CUDA.
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
+                             fused=True)
+
+
+@torch.no_grad()
+def estimate_loss(model: GPT, batches: RandomWindows, iters: int, device: torch.device,
+                  dtype: torch.dtype) -> float:
+    model.eval()
+    losses = []
+    for _ in range(iters):
+        x, y = batches.next()
+        with autocast(device, dtype):
+            _, loss = model(x, y)
+        losses.append(loss.item())
+    model.train()
+    return float(np.mean(losses))
+
+
+class Trainer:
+    """Trains a GPT on token arrays and writes best/ and latest/ checkpoints to out_dir."""
+
+    def __init__(self, model: GPT, train_tokens: np.ndarray, val_tokens: np.ndarray,
+                 cfg: TrainConfig, out_dir: str | Path, callback: Callback | None = None,
+                 assets_dir: str | Path | None = None) -> None:
+        self.cfg = cfg
+        self.device = pick_device(cfg.device)
+        self.dtype = pick_dtype(cfg.dtype, self.device)
+        torch.manual_seed(cfg.seed)
+        self.model = model.to(self.device)
+        self.out_dir = Path(out_dir)
+        self.callback = callback or (lambda event: None)
+        self.assets_dir = Path(assets_dir) if assets_dir is not None else None
+        block = model.config.block_size
+        self.train_batches = RandomWindows(train_tokens, block, cfg.batch_size, cfg.seed,
+                                           self.device)
+        self.val_tokens = val_tokens
+        RandomWindows(val_tokens, block, cfg.batch_size, 0)  # fail now if val is too short
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.step = 0
+        self.best_val_loss = math.inf
+        self.last_val_loss = math.inf
+        self.bad_evals = 0
+        self.history: list[dict] = []
+
+    @property
+    def best_dir(self) -> Path:
+        return self.out_dir / "best"
+
+    @property
+    def latest_dir(self) -> Path:
+        return self.out_dir / "latest"
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def _write_latest(self, folder: Path) -> None:
+        write_model_files(self.model, folder, self.assets_dir)
+        tensors = optimizer_tensors(self.optimizer)
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.batches"] = self.train_batches.get_state()
+        save_file(tensors, str(folder / OPTIMIZER_FILE))
+        write_json(folder / STATE_FILE, {
+            "step": self.step, "best_val_loss": self.best_val_loss,
+            "last_val_loss": self.last_val_loss, "bad_evals": self.bad_evals,
+            "train_config": asdict(self.cfg), "history": self.history,
+        })
+
+    def save(self, improved: bool) -> None:
+        atomic_directory(self.latest_dir, self._write_latest)
+        if improved:
+            atomic_directory(self.best_dir,
+                             lambda tmp: write_model_files(self.model, tmp, self.assets_dir))
+
+    def resume(self, folder: str | Path | None = None) -> None:
+        """Continue from a training checkpoint (default: out_dir/latest)."""
+        source = Path(folder) if folder is not None else self.latest_dir
+        tensors, state = load_training_state(source)
+        loaded = load_model(source)
+        self.model.load_state_dict(loaded.state_dict())
+        torch.set_rng_state(tensors.pop("rng.torch"))
+        self.train_batches.set_state(tensors.pop("rng.batches"))
+        restore_optimizer(self.optimizer, tensors)
+        self.step = state["step"]
+        self.best_val_loss = state["best_val_loss"]
+        self.last_val_loss = state["last_val_loss"]
+        self.bad_evals = state["bad_evals"]
+        self.history = state["history"]
+        log.info("resumed from %s at step %d", source, self.step)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _train_step(self, lr: float) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = 0.0
+        for _ in range(self.cfg.grad_accum):
+            x, y = self.train_batches.next()
+            with autocast(self.device, self.dtype):
+                _, loss = self.model(x, y)
+            (loss / self.cfg.grad_accum).backward()
+            total += loss.item()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total / self.cfg.grad_accum
+
+    def _evaluate(self, train_loss: float) -> bool:
+        """Estimate val loss on fixed batches, checkpoint, and say whether to stop early."""
+        block = self.model.config.block_size
+        val_batches = RandomWindows(self.val_tokens, block, self.cfg.batch_size, 0, self.device)
+        val_loss = estimate_loss(self.model, val_batches, self.cfg.eval_iters, self.device,
+                                 self.dtype)
+        improved = val_loss < self.best_val_loss
+        self.last_val_loss = val_loss
+        if improved:
+            self.best_val_loss, self.bad_evals = val_loss, 0
+        else:
+            self.bad_evals += 1
+        event = {"kind": "eval", "step": self.step, "train_loss": train_loss,
+                 "val_loss": val_loss, "best_val_loss": self.best_val_loss}
+        self.history.append(event)
+        self.callback(event)
+        log.info("step %d | eval | train loss %.4f | val loss %.4f%s", self.step, train_loss,
+                 val_loss, " (best)" if improved else "")
+        self.save(improved)
+        return 0 < self.cfg.patience <= self.bad_evals
+
+    def fit(self, stop_at: int | None = None) -> TrainResult:
+        """Train until max_steps (or stop_at, an earlier step, keeping the same schedule)."""
+        cfg = self.cfg
+        last_step = min(cfg.max_steps, stop_at or cfg.max_steps)
+        first_step = self.step
+        tokens_per_step = cfg.batch_size * cfg.grad_accum * self.model.config.block_size
+        self.model.train()
+        started = window_start = time.perf_counter()
+        window_steps, loss, stopped_early = 0, math.nan, False
+        log.info("training %.2fM parameters on %s (%s) for %d steps",
+                 self.model.num_params() / 1e6, self.device, str(self.dtype).split(".")[-1],
+                 cfg.max_steps)
+        while self.step < last_step:
+            lr = lr_at(self.step, cfg)
+            loss = self._train_step(lr)
+            self.step += 1
+            window_steps += 1
+            if self.step % cfg.log_interval == 0:
+                now = time.perf_counter()
+                tokens_per_s = window_steps * tokens_per_step / (now - window_start)
+                window_start, window_steps = now, 0
+                self.callback({"kind": "train", "step": self.step, "train_loss": loss,
+                               "lr": lr, "tokens_per_s": tokens_per_s})
+                log.info("step %d/%d | loss %.4f | lr %.2e | %.0f tok/s", self.step,
+                         cfg.max_steps, loss, lr, tokens_per_s)
+            out_of_time = 0 < cfg.max_seconds <= time.perf_counter() - started
+            last = self.step == last_step or out_of_time
+            if self.step % cfg.eval_interval == 0 or last:
+                stopped_early = self._evaluate(loss)
+                if stopped_early:
+                    log.info("early stop: no val improvement in %d evals", cfg.patience)
+            if stopped_early or out_of_time:
+                break
+        seconds = time.perf_counter() - started
+        return TrainResult(
+            steps=self.step, best_val_loss=self.best_val_loss, last_val_loss=self.last_val_loss,
+            stopped_early=stopped_early, seconds=seconds,
+            tokens_per_s=(self.step - first_step) * tokens_per_step / max(seconds, 1e-9),
+            best_dir=self.best_dir, latest_dir=self.latest_dir, history=self.history)

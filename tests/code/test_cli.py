@@ -1,0 +1,91 @@
+"""The quick path through the `tinygpt` command, end to end, and its error messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cli import main
+from tests.conftest import ROOT
+
+TINY = ["--set", "tokenizer.vocab_size=300", "--set", "model.n_layer=1", "--set",
+        "model.n_embd=32", "--set", "model.n_head=2", "--set", "model.block_size=32",
+        "--set", "train.max_steps=6", "--set", "train.eval_interval=3", "--set",
+        "train.batch_size=4", "--set", "train.log_interval=3", "--set", "sample.max_new_tokens=20"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, shakespeare):
+    folder = tmp_path_factory.mktemp("cli")
+    corpus = folder / "corpus.txt"
+    corpus.write_text(shakespeare[:60_000], encoding="utf-8")
+    assert main(["train", "--input", str(corpus), "--out", str(folder / "run"), *TINY]) == 0
+    return folder
+
+
+def test_train_writes_checkpoints_tokenizer_and_metrics(trained_run):
+    run = trained_run / "run"
+    for name in ("model.safetensors", "config.json", "vocab.json", "merges.txt"):
+        assert (run / "best" / name).is_file()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 6 and 0 < metrics["val_bits_per_byte"] < 10
+
+
+def test_generate_streams_a_continuation(trained_run, capsys):
+    code = main(["generate", "ROMEO:", "--checkpoint", str(trained_run / "run"),
+                 "--max-new-tokens", "12", "--seed", "1", "--temperature", "0.9"])
+    out = capsys.readouterr().out
+    assert code == 0 and out.startswith("ROMEO:") and len(out) > len("ROMEO:\n")
+
+
+def test_export_hf_writes_a_gpt2_folder(trained_run, capsys):
+    out = trained_run / "hf"
+    assert main(["export-hf", "--checkpoint", str(trained_run / "run" / "best"),
+                 "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["model_type"] == "gpt2"
+    assert (out / "vocab.json").is_file() and (out / "model.safetensors").is_file()
+
+
+def test_tokenizer_train_command(tmp_path, shakespeare_path, capsys):
+    assert main(["tokenizer", "train", "--input", str(shakespeare_path), "--vocab-size", "512",
+                 "--out", str(tmp_path)]) == 0
+    assert len((tmp_path / "merges.txt").read_text().splitlines()) == 1 + 512 - 256 - 1
+
+
+def bad_input_cases(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\xe9 au lait".encode("latin-1"))
+    return [
+        (["tokenizer", "train", "--input", str(tmp_path / "missing.txt"), "--vocab-size", "512",
+          "--out", str(tmp_path / "t")], "no such file"),
+        (["tokenizer", "train", "--input", str(empty), "--vocab-size", "512", "--out",
+          str(tmp_path / "t")], "empty"),
+        (["train", "--input", str(latin1), "--out", str(tmp_path / "r")],
+         "invalid UTF-8 at byte offset 3"),
+        (["tokenizer", "train", "--input", str(latin1.with_name("ok.txt")), "--vocab-size",
+          "100", "--out", str(tmp_path / "t")], "vocab_size must be between"),
+        (["generate", "hi", "--checkpoint", str(tmp_path)], "is not a checkpoint folder"),
+    ]
+
+
+def test_bad_input_exits_non_zero_with_one_clear_line(tmp_path):
+    (tmp_path / "ok.txt").write_text("some fine text\n" * 10)
+    for argv, message in bad_input_cases(tmp_path):
+        result = subprocess.run([sys.executable, str(ROOT / "cli.py"), *argv],
+                                capture_output=True, text=True, cwd=tmp_path)
+        assert result.returncode == 1, argv
+        errors = [line for line in result.stderr.splitlines() if "error" in line]
+        assert len(errors) == 1 and message in errors[0], result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_vocab_size_above_the_limit_is_refused(tmp_path, capsys):
+    (tmp_path / "ok.txt").write_text("text " * 100)
+    assert main(["tokenizer", "train", "--input", str(tmp_path / "ok.txt"), "--vocab-size",
+                 "70000", "--out", str(tmp_path / "t")]) == 1
+    assert "65535" in capsys.readouterr().err

@@ -1,0 +1,45 @@
+"""Fixtures shared by every test: the default corpus and small trained artifacts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from gpt.model import GPT, GPTConfig
+from gpt.tokenizer import BPETokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def corpus_path() -> Path:
+    """Tiny Shakespeare from the local mirror folder (TINYGPT_DATA_MIRROR or ../shared/data)."""
+    mirror = os.environ.get("TINYGPT_DATA_MIRROR") or str(ROOT.parent / "shared" / "data")
+    return Path(mirror) / "tinyshakespeare.txt"
+
+
+@pytest.fixture(scope="session")
+def shakespeare_path() -> Path:
+    path = corpus_path()
+    assert path.is_file(), f"the default corpus is missing at {path} (set TINYGPT_DATA_MIRROR)"
+    return path
+
+
+@pytest.fixture(scope="session")
+def shakespeare(shakespeare_path: Path) -> str:
+    return shakespeare_path.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def bpe_1k(shakespeare: str) -> BPETokenizer:
+    return BPETokenizer.train(shakespeare, 1024)
+
+
+@pytest.fixture
+def tiny_model() -> GPT:
+    """A two-layer model small enough to run hundreds of forwards in a test."""
+    import torch
+
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=97, block_size=32, n_layer=2, n_head=2, n_embd=32))

@@ -1,0 +1,76 @@
+"""Token shards, text reading and batching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from gpt.data import (
+    CorpusError,
+    RandomWindows,
+    load_tokens,
+    read_text,
+    sequential_windows,
+    split_text,
+    write_token_shards,
+)
+
+
+def test_shards_round_trip_as_uint16_with_zstd(tmp_path):
+    ids = np.arange(2500) % 8000
+    paths = write_token_shards(ids, tmp_path, "train", 1000, vocab_size=8192)
+    assert [p.name for p in paths] == [f"train-{i:05d}.parquet" for i in range(3)]
+    meta = pq.ParquetFile(paths[0]).metadata
+    assert meta.row_group(0).column(0).compression == "ZSTD"
+    assert pq.read_schema(paths[0]).field("token").type == "uint16"
+    loaded = load_tokens(tmp_path, "train")
+    assert loaded.dtype == np.uint16 and np.array_equal(loaded, ids)
+
+
+def test_large_vocabularies_use_uint32(tmp_path):
+    write_token_shards(np.array([70_000, 1]), tmp_path, "val", 10, vocab_size=70_001)
+    assert load_tokens(tmp_path / "val-00000.parquet").dtype == np.uint32
+
+
+def test_random_windows_are_seeded_and_targets_shift_by_one():
+    data = np.arange(1000, dtype=np.uint16)
+    a, b = RandomWindows(data, 8, 4, seed=3), RandomWindows(data, 8, 4, seed=3)
+    xa, ya = a.next()
+    xb, _ = b.next()
+    assert torch.equal(xa, xb) and torch.equal(ya, xa + 1)
+    state = a.get_state()
+    nxt = a.next()[0]
+    a.set_state(state)
+    assert torch.equal(a.next()[0], nxt)
+
+
+def test_sequential_windows_score_every_token_once():
+    data = np.arange(103, dtype=np.uint16)
+    batches = sequential_windows(data, block_size=10, batch_size=4)
+    targets = torch.cat([y.reshape(-1) for _, y in batches])
+    assert targets.tolist() == list(range(1, 103))
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"", "empty"), (b"  \n\n", "empty"), (b"ab\x00cd", "binary"),
+    (b"good text \xff\xfe bad", "invalid UTF-8 at byte offset 10"),
+])
+def test_unusable_text_files_are_refused_with_the_reason(tmp_path, content, message):
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(content)
+    with pytest.raises(CorpusError, match=message):
+        read_text(path)
+
+
+def test_missing_file_is_refused(tmp_path):
+    with pytest.raises(CorpusError, match="no such file"):
+        read_text(tmp_path / "nope.txt")
+
+
+def test_split_holds_out_the_tail_at_a_line_break():
+    text = "".join(f"line {i}\n" for i in range(100))
+    train, val = split_text(text, 0.1)
+    assert train + val == text and train.endswith("\n")
+    assert 0.08 < len(val) / len(text) < 0.12

@@ -1,0 +1,137 @@
+"""The GPT: causality, attention paths, KV cache, weight tying, and agreement with GPT-2."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gpt.checkpoint import load_model, save_model
+from gpt.export import export_hf
+from gpt.generate import SamplingParams, iter_tokens
+from gpt.model import GPT, GPTConfig
+
+
+def test_changing_a_future_token_never_changes_earlier_logits(tiny_model):
+    tiny_model.eval()
+    idx = torch.randint(0, 97, (2, 20))
+    changed = idx.clone()
+    changed[:, 12:] = (changed[:, 12:] + 5) % 97
+    a, _ = tiny_model(idx)
+    b, _ = tiny_model(changed)
+    assert torch.equal(a[:, :12], b[:, :12])
+    assert not torch.allclose(a[:, 12:], b[:, 12:])
+
+
+def test_explicit_attention_equals_sdpa():
+    torch.manual_seed(1)
+    cfg = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_embd=32)
+    sdpa = GPT(cfg).eval()
+    explicit = GPT(GPTConfig(**{**cfg.to_dict(), "attn_impl": "explicit"})).eval()
+    explicit.load_state_dict(sdpa.state_dict())
+    idx = torch.randint(0, 50, (3, 16))
+    torch.testing.assert_close(explicit(idx)[0], sdpa(idx)[0], atol=1e-5, rtol=0)
+
+
+def test_kv_cache_gives_the_logits_of_a_full_forward(tiny_model):
+    tiny_model.eval()
+    idx = torch.randint(0, 97, (2, 24))
+    full, _ = tiny_model(idx)
+    cache = tiny_model.new_cache(2)
+    prefill, _ = tiny_model(idx[:, :10], cache=cache)
+    steps = [prefill] + [tiny_model(idx[:, t:t + 1], cache=cache)[0] for t in range(10, 24)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+
+
+def test_kv_cache_greedy_decoding_matches_recomputing_everything(tiny_model):
+    tiny_model.eval()
+    prompt = torch.randint(0, 97, (1, 5))
+    cached = torch.stack(list(iter_tokens(tiny_model, prompt, SamplingParams(
+        max_new_tokens=20, temperature=0))), dim=1)
+    idx = prompt
+    with torch.no_grad():
+        for _ in range(20):
+            logits, _ = tiny_model(idx)
+            idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(cached, idx[:, 5:])
+
+
+def test_generation_runs_past_block_size(tiny_model):
+    out = tiny_model.generate(torch.zeros(1, 3, dtype=torch.long), 80, temperature=1.0, seed=0)
+    assert out.shape == (1, 83)
+
+
+def test_weights_are_tied_and_counted_once(tiny_model):
+    assert tiny_model.lm_head.weight is tiny_model.transformer.wte.weight
+    total = sum(p.numel() for p in tiny_model.parameters())
+    assert tiny_model.num_params(non_embedding=False) == total
+
+
+def test_residual_projections_get_scaled_init():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=8, n_head=4, n_embd=256))
+    proj = model.transformer.h[0].mlp.c_proj.weight.std().item()
+    fc = model.transformer.h[0].mlp.c_fc.weight.std().item()
+    assert abs(fc - 0.02) < 0.002 and abs(proj - 0.02 / 4) < 0.001
+
+
+def test_loss_ignores_masked_targets(tiny_model):
+    idx = torch.randint(0, 97, (2, 10))
+    targets = torch.randint(0, 97, (2, 10))
+    masked = targets.clone()
+    masked[:, :5] = -100
+    logits, loss = tiny_model(idx, masked)
+    expected = torch.nn.functional.cross_entropy(logits[:, 5:].reshape(-1, 97),
+                                                 targets[:, 5:].reshape(-1))
+    torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("n_head", 5, "divisible"), ("n_layer", 0, "positive"), ("dropout", 1.5, "dropout"),
+    ("attn_impl", "flash", "attn_impl"),
+])
+def test_nonsense_configs_are_refused(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        GPTConfig(**{"vocab_size": 10, "n_embd": 32, "n_head": 4, field: value})
+
+
+def test_sequence_longer_than_block_size_is_refused(tiny_model):
+    with pytest.raises(ValueError, match="exceeds block_size"):
+        tiny_model(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_checkpoint_round_trip_rebuilds_from_config_alone(tiny_model, tmp_path):
+    save_model(tiny_model, tmp_path / "ckpt")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "config.json", "model.safetensors"]
+    loaded = load_model(tmp_path / "ckpt")
+    idx = torch.randint(0, 97, (1, 16))
+    assert torch.equal(loaded.eval()(idx)[0], tiny_model.eval()(idx)[0])
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_exported_hf_gpt2_gives_our_logits(bpe_1k, tmp_path, bias):
+    from transformers import GPT2LMHeadModel, GPT2TokenizerFast
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=bpe_1k.vocab_size, block_size=64, n_layer=2, n_head=4,
+                          n_embd=64, bias=bias))
+    if bias:  # make biases non-zero so a mis-mapped bias would show
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("bias"):
+                    p.normal_(0, 0.05)
+    bpe_1k.save(tmp_path / "tok")
+    save_model(model, tmp_path / "ckpt", assets_dir=tmp_path / "tok")
+    export_hf(tmp_path / "ckpt", tmp_path / "hf")
+
+    hf = GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    idx = torch.randint(0, bpe_1k.vocab_size, (2, 64))
+    with torch.no_grad():
+        ours = model.eval()(idx)[0]
+        theirs = hf(idx).logits
+    assert (ours - theirs).abs().max().item() < 1e-4
+
+    hf_tok = GPT2TokenizerFast.from_pretrained(tmp_path / "hf")
+    text = "KING RICHARD III:\nNow is the winter of our discontent"
+    assert hf_tok(text)["input_ids"] == bpe_1k.encode(text)

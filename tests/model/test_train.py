@@ -1,0 +1,137 @@
+"""The trainer: exact resume, learning, early stopping, schedules, checkpoints, callbacks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gpt.checkpoint import atomic_directory, load_model
+from gpt.model import GPT, GPTConfig
+from gpt.train import Trainer, TrainConfig, build_optimizer, lr_at
+
+
+def tokens(n: int, seed: int = 0) -> np.ndarray:
+    """A learnable sequence: a repeating pattern with some noise."""
+    rng = np.random.default_rng(seed)
+    base = np.tile(np.arange(40, dtype=np.uint16), n // 40 + 1)[:n]
+    noise = rng.random(n) < 0.05
+    return np.where(noise, rng.integers(0, 64, n), base).astype(np.uint16)
+
+
+def small_config(**overrides) -> TrainConfig:
+    values = dict(max_steps=12, batch_size=4, learning_rate=3e-3, min_lr=3e-4, warmup_steps=3,
+                  eval_interval=6, eval_iters=2, log_interval=3, device="cpu", dtype="float32")
+    return TrainConfig(**{**values, **overrides})
+
+
+def new_model(dropout: float = 0.1) -> GPT:
+    torch.manual_seed(7)
+    return GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32,
+                         dropout=dropout))
+
+
+def test_resume_is_exact(tmp_path):
+    cfg = small_config()
+    straight = Trainer(new_model(), tokens(3000), tokens(500, 1), cfg, tmp_path / "a")
+    straight.fit()
+
+    first = Trainer(new_model(), tokens(3000), tokens(500, 1), cfg, tmp_path / "b")
+    first.fit(stop_at=6)
+    # A new process would start from scratch: new model, new optimizer, different RNG state.
+    torch.manual_seed(999)
+    second = Trainer(new_model(), tokens(3000), tokens(500, 1), cfg, tmp_path / "b")
+    second.resume()
+    second.fit()
+
+    a, b = straight.model.state_dict(), second.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert second.step == straight.step == 12
+
+
+def test_training_lowers_the_loss_and_keeps_best_and_latest(tmp_path):
+    events = []
+    cfg = small_config(max_steps=60, eval_interval=20)
+    trainer = Trainer(new_model(0.0), tokens(5000), tokens(800, 1), cfg, tmp_path,
+                      callback=events.append)
+    result = trainer.fit()
+    evals = [e for e in events if e["kind"] == "eval"]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5
+    assert {"step", "train_loss", "lr", "tokens_per_s"} <= set(
+        next(e for e in events if e["kind"] == "train"))
+    assert result.best_val_loss == min(e["val_loss"] for e in evals)
+    for folder in ("best", "latest"):
+        assert load_model(tmp_path / folder).config.n_layer == 2
+    state = json.loads((tmp_path / "latest" / "trainer_state.json").read_text())
+    assert state["step"] == 60
+    assert "rng.torch" in load_file(str(tmp_path / "latest" / "optimizer.safetensors"))
+
+
+def test_early_stopping_after_patience_evals_without_improvement(tmp_path):
+    # A learning rate this small cannot move fp32 weights, so val loss never improves.
+    cfg = small_config(max_steps=100, eval_interval=5, patience=2, learning_rate=1e-12,
+                       min_lr=0.0)
+    result = Trainer(new_model(0.0), tokens(3000), tokens(500, 1), cfg, tmp_path).fit()
+    assert result.stopped_early and result.steps == 15
+
+
+def test_lr_warms_up_linearly_then_decays_to_min_lr():
+    cfg = TrainConfig(max_steps=100, warmup_steps=10, learning_rate=1.0, min_lr=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0)
+    assert lr_at(55, cfg) == pytest.approx(0.55)
+    assert lr_at(100, cfg) == pytest.approx(0.1)
+
+
+def test_weight_decay_applies_to_matrices_only():
+    optimizer = build_optimizer(new_model(), TrainConfig(weight_decay=0.1))
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.1 and all(p.dim() >= 2 for p in decay["params"])
+    assert no_decay["weight_decay"] == 0.0 and all(p.dim() == 1 for p in no_decay["params"])
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    data = tokens(3000)
+    big = Trainer(new_model(0.0), data, tokens(500, 1), small_config(batch_size=8, max_steps=1),
+                  tmp_path / "a")
+    small = Trainer(new_model(0.0), data, tokens(500, 1),
+                    small_config(batch_size=4, grad_accum=2, max_steps=1), tmp_path / "b")
+    # Same 8 windows either way: draw them once and feed them in one or two pieces.
+    x, y = big.train_batches.next()
+    windows = iter([(x, y), (x[:4], y[:4]), (x[4:], y[4:])])
+    big.train_batches.next = small.train_batches.next = lambda: next(windows)
+    big._train_step(1e-3)
+    small._train_step(1e-3)
+    for (name, a), b in zip(big.model.named_parameters(), small.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_failed_checkpoint_write_leaves_the_previous_one_intact(tmp_path):
+    target = tmp_path / "latest"
+    atomic_directory(target, lambda d: (d / "weights").write_text("good"))
+
+    def crash(folder):
+        (folder / "weights").write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_directory(target, crash)
+    assert (target / "weights").read_text() == "good"
+    assert [p.name for p in tmp_path.iterdir()] == ["latest"]
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("learning_rate", -1.0), ("max_steps", 0), ("batch_size", -4), ("dtype", "float8"),
+    ("beta1", 1.5),
+])
+def test_nonsense_training_parameters_are_refused(field, value):
+    with pytest.raises(ValueError, match=f"train.{field}"):
+        TrainConfig(**{field: value})
+
+
+def test_validation_split_shorter_than_a_window_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="cannot fill one window"):
+        Trainer(new_model(), tokens(3000), tokens(10), small_config(), tmp_path)
