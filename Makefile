@@ -14,8 +14,15 @@ export TINYGPT_DATA_MIRROR ?= $(SHARED_DATA)
 endif
 
 export PYTHONHASHSEED := 0
+# Embedded Prefect, MLflow, DVC and Great Expectations: project-local state, quiet offline.
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 60
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export GX_ANALYTICS_ENABLED ?= false
+export DVC_NO_ANALYTICS ?= 1
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION ?= false
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test lint clean mlflow-ui
 
 setup: $(STAMP)
 
@@ -26,7 +33,10 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 run: setup
-	$(BIN)/tinygpt train --input $(TINYGPT_DATA_MIRROR)/tinyshakespeare.txt --out runs/quick
+	$(BIN)/tinygpt retrain
+
+mlflow-ui: setup
+	PATH=$(CURDIR)/$(BIN):$$PATH sh mlflow/ui.sh
 
 lint: setup
 	$(BIN)/ruff check .

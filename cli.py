@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# Embedded defaults for the tools the pipeline drives; anything already set wins.
+ENVIRONMENT = {
+    "PREFECT_HOME": str(Path(".prefect").resolve()),
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "60",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "GX_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+}
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +62,26 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export-hf", help="write a Hugging Face GPT-2 folder")
     export.add_argument("--checkpoint", type=Path, required=True)
     export.add_argument("--out", type=Path, required=True)
+
+    retrain = commands.add_parser("retrain", help="run the whole pipeline as a Prefect flow")
+    _add_params_options(retrain)
+    retrain.add_argument("--source", help="corpus path or URL (default: data.source)")
+    retrain.add_argument("--force-promote", action="store_true",
+                         help="move the champion alias even if the new model is worse")
+
+    validate = commands.add_parser("validate", help="ingest + validate a corpus, nothing else")
+    validate.add_argument("path")
+    _add_params_options(validate)
+
+    promote = commands.add_parser("promote", help="promote a registered version to champion")
+    promote.add_argument("--version", required=True)
+    promote.add_argument("--force", action="store_true")
+    _add_params_options(promote)
+
+    reproduce = commands.add_parser(
+        "reproduce", help="restore a model version's data and weights with dvc pull")
+    reproduce.add_argument("--version", required=True)
+    _add_params_options(reproduce)
     return parser
 
 
@@ -103,7 +135,73 @@ def cmd_export_hf(args: argparse.Namespace) -> None:
     print(f"wrote a Hugging Face GPT-2 folder: {export_hf(args.checkpoint, args.out)}")
 
 
+def cmd_retrain(args: argparse.Namespace) -> None:
+    from flows.retrain import retrain
+
+    summary = retrain(overrides=args.overrides, params_file=args.params and str(args.params),
+                      source=args.source, force_promote=args.force_promote)
+    metrics = summary["metrics"]
+    print(f"\nmodel {summary['model']} version {summary['version']} "
+          f"({'now champion' if summary['promoted'] else 'candidate, not promoted'}; "
+          f"champion is version {summary['champion']})")
+    print(f"promotion: {summary['promotion']}")
+    print(f"val loss {metrics['val_loss']:.4f} | perplexity {metrics['val_perplexity']:.2f} | "
+          f"bits/byte {metrics['val_bits_per_byte']:.4f} | {summary['steps']} steps")
+    steps = ", ".join(f"{k} {v:.1f}s{' (cached)' if k in summary['cached'] else ''}"
+                      for k, v in summary["seconds"].items())
+    print(f"steps: {steps}")
+    print(f"sample:\n{summary['sample']}")
+    print("open the UIs:\n"
+          f"  mlflow ui --backend-store-uri {summary['tracking_uri']} --host 127.0.0.1 "
+          "--port 5000    # http://127.0.0.1:5000\n"
+          "  prefect server start --host 127.0.0.1 --port 4200   # http://127.0.0.1:4200")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from gpt.config import apply_overrides, load_params
+    from tasks.ingest import ingest
+    from tasks.validate import DataValidationError, validate
+
+    with tempfile.TemporaryDirectory() as scratch:
+        report_dir = Path("reports") / "validate"
+        params = apply_overrides(load_params(args.params, args.overrides), [
+            f"paths.raw={scratch}/raw", f"paths.validated={scratch}/validated",
+            f"paths.reports={report_dir}"])
+        ingested = ingest(params, args.path)
+        try:
+            result = validate(params)
+        except DataValidationError as err:
+            print(f"tinygpt: validation failed: {err}", file=sys.stderr)
+            return 1
+    print(f"{args.path}: valid ({ingested['rows']} records, {result['expectations']} "
+          f"expectations met); report: {result['report']}")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> None:
+    from gpt.config import load_params
+    from tasks.promote import promote
+
+    decision = promote(load_params(args.params, args.overrides), args.version, args.force)
+    print(f"version {args.version}: {'promoted' if decision['promoted'] else 'not promoted'} "
+          f"({decision['reason']}); champion is version {decision['champion']}")
+
+
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    from gpt.config import load_params
+    from tasks.reproduce import reproduce
+
+    restored = reproduce(load_params(args.params, args.overrides), args.version)
+    print(f"restored the data, tokenizer and weights of version {args.version} "
+          f"(dvc.lock {restored['dvc_lock_digest'][:12]}); its code is git commit "
+          f"{restored['git_commit']}")
+
+
 COMMANDS = {
+    ("retrain", None): cmd_retrain,
+    ("validate", None): cmd_validate,
+    ("promote", None): cmd_promote,
+    ("reproduce", None): cmd_reproduce,
     ("tokenizer", "train"): cmd_tokenizer_train,
     ("train", None): cmd_train,
     ("generate", None): cmd_generate,
@@ -113,14 +211,15 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for key, value in ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     handler = COMMANDS[(args.command, getattr(args, "tokenizer_command", None))]
     try:
-        handler(args)
-    except (ValueError, OSError) as err:  # bad input: one clear line, no traceback
+        return handler(args) or 0
+    except (ValueError, OSError, RuntimeError) as err:  # one clear line, no traceback
         print(f"tinygpt: error: {err}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

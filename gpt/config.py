@@ -37,7 +37,7 @@ _Loader.add_implicit_resolver(
 
 
 def parse_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=_Loader)
 
 
 def load_params(path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict[str, Any]:

@@ -16,8 +16,8 @@ def test_repository_params_build_valid_configs():
 
 
 def test_overrides_parse_values_as_yaml():
-    params = apply_overrides({"train": {"max_steps": 5}},
-                             ["train.max_steps=200", "train.learning_rate=3e-4", "model.bias=false"])
+    overrides = ["train.max_steps=200", "train.learning_rate=3e-4", "model.bias=false"]
+    params = apply_overrides({"train": {"max_steps": 5}}, overrides)
     assert params["train"]["max_steps"] == 200
     assert params["train"]["learning_rate"] == pytest.approx(3e-4)
     assert params["model"]["bias"] is False
@@ -25,12 +25,12 @@ def test_overrides_parse_values_as_yaml():
 
 @pytest.mark.parametrize("override", ["max_steps=3", "train.max_steps"])
 def test_malformed_overrides_are_refused(override):
-    with pytest.raises(ValueError, match="section.key=value"):
+    with pytest.raises(ValueError, match=r"section\.key=value"):
         apply_overrides({}, [override])
 
 
 def test_unknown_keys_are_errors_not_silently_ignored():
-    with pytest.raises(ValueError, match="unknown parameter.*train.max_stpes"):
+    with pytest.raises(ValueError, match=r"unknown parameter.*train\.max_stpes"):
         train_config({"train": {"max_stpes": 10}})
 
 

@@ -72,7 +72,8 @@ def test_hf_agrees_on_hostile_text(hf_pair, text):
     assert ours.decode(ids) == text
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.text())
 def test_hf_agrees_and_round_trips_on_arbitrary_text(hf_pair, text):
     ours, hf = hf_pair

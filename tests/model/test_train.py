@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from gpt.checkpoint import atomic_directory, load_model
 from gpt.model import GPT, GPTConfig
-from gpt.train import Trainer, TrainConfig, build_optimizer, lr_at
+from gpt.train import TrainConfig, Trainer, build_optimizer, lr_at
 
 
 def tokens(n: int, seed: int = 0) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Serving: the MLflow pyfunc model, the FastAPI service and its web page."""

@@ -1,0 +1,50 @@
+"""The MLflow pyfunc for tinygpt, logged as "models from code": no pickled object.
+
+Its one artifact, `checkpoint`, is a checkpoint folder (safetensors weights, config.json,
+tokenizer files). `predict` takes a frame with a `prompt` column and sampling params; our
+own service unwraps it (`unwrap_python_model()`) to reach the model and tokenizer and stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+from gpt.checkpoint import load_model
+from gpt.generate import SamplingParams, generate_text
+from gpt.tokenizer import load_tokenizer
+
+PARAM_DEFAULTS: dict[str, Any] = {
+    "max_new_tokens": 100, "temperature": 0.8, "top_k": 50, "top_p": 1.0,
+    "repetition_penalty": 1.0, "seed": -1,
+}
+
+
+def sampling_from(params: dict[str, Any] | None) -> SamplingParams:
+    """SamplingParams from pyfunc params (seed -1 means unseeded)."""
+    merged = {**PARAM_DEFAULTS, **(params or {})}
+    seed = int(merged["seed"])
+    return SamplingParams(max_new_tokens=int(merged["max_new_tokens"]),
+                          temperature=float(merged["temperature"]), top_k=int(merged["top_k"]),
+                          top_p=float(merged["top_p"]),
+                          repetition_penalty=float(merged["repetition_penalty"]),
+                          seed=None if seed < 0 else seed)
+
+
+class TinyGPTModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context) -> None:
+        folder = context.artifacts["checkpoint"]
+        self.model = load_model(folder).eval()
+        self.tokenizer = load_tokenizer(folder)
+
+    def predict(self, context, model_input: pd.DataFrame,
+                params: dict[str, Any] | None = None) -> pd.DataFrame:
+        settings = sampling_from(params)
+        prompts = model_input["prompt"].astype(str).tolist()
+        return pd.DataFrame({"completion": [
+            generate_text(self.model, self.tokenizer, p, settings) for p in prompts]})
+
+
+mlflow.models.set_model(TinyGPTModel())

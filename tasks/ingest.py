@@ -1,0 +1,161 @@
+"""ingest: a text file, a folder of them, or a JSONL file -> data/raw/corpus.parquet.
+
+Each record is (doc_id, text, source, n_bytes). A text file becomes one record per paragraph
+(its text keeps the blank lines after it, so the records join back into the exact file); a
+JSONL line becomes one record. A URL source is fetched once and checked against its sha256;
+with no network the same file is read from the local mirror folder named by
+$TINYGPT_DATA_MIRROR.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect import task
+
+from gpt.data import CorpusError, decode_utf8
+from tasks.common import path_of, section, sha256_file
+
+MIRROR_ENV = "TINYGPT_DATA_MIRROR"
+CORPUS_FILE = "corpus.parquet"
+COLUMNS = ("doc_id", "text", "source", "n_bytes")
+# Cut after a blank line (one or more) that is followed by more text.
+_PARAGRAPH_END = re.compile(r"(?<=\n\n)(?=[^\n])")
+
+
+def is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+def fetch(url: str, sha256: str | None, downloads: Path, mirror_name: str | None = None) -> Path:
+    """A local copy of url: from the mirror folder if it has one, else downloaded once."""
+    name = mirror_name or url.rstrip("/").rsplit("/", 1)[-1]
+    mirror = os.environ.get(MIRROR_ENV)
+    candidates = [Path(mirror) / name] if mirror else []
+    candidates.append(downloads / name)
+    local = next((p for p in candidates if p.is_file()), None)
+    if local is None:
+        local = downloads / name
+        downloads.mkdir(parents=True, exist_ok=True)
+        partial = local.with_suffix(local.suffix + ".part")
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as out:
+                out.write(response.read())
+        except OSError as err:
+            raise CorpusError(f"cannot download {url} ({err}) and no mirror copy of {name} "
+                              f"in ${MIRROR_ENV}") from None
+        partial.replace(local)
+    if sha256 and sha256_file(local) != sha256:
+        raise CorpusError(f"{local}: sha256 {sha256_file(local)} does not match the expected "
+                          f"{sha256}")
+    return local
+
+
+def split_paragraphs(text: str) -> list[str]:
+    """Paragraphs that concatenate back to text exactly."""
+    return [p for p in _PARAGRAPH_END.split(text) if p]
+
+
+def read_bytes_checked(path: Path) -> bytes:
+    data = path.read_bytes()
+    if not data.strip():
+        raise CorpusError(f"{path}: file is empty")
+    return data
+
+
+def text_records(path: Path, name: str) -> list[dict[str, Any]]:
+    text = decode_utf8(read_bytes_checked(path), str(path))
+    return [{"doc_id": f"{name}:{i}", "text": para, "source": name}
+            for i, para in enumerate(split_paragraphs(text))]
+
+
+def jsonl_records(path: Path, name: str, text_field: str) -> list[dict[str, Any]]:
+    """One record per non-blank line; every malformed line is reported, with its number."""
+    lines = decode_utf8(read_bytes_checked(path), str(path)).splitlines()
+    records, problems = [], []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            problems.append(f"line {number}: not valid JSON ({err.msg})")
+            continue
+        if not isinstance(obj, dict):
+            problems.append(f"line {number}: expected a JSON object, got {type(obj).__name__}")
+        elif text_field not in obj:
+            problems.append(f"line {number}: missing the {text_field!r} field")
+        elif not isinstance(obj[text_field], str):
+            problems.append(f"line {number}: {text_field!r} must be a string, got "
+                            f"{type(obj[text_field]).__name__}")
+        else:
+            doc_id = obj.get("id")
+            records.append({"doc_id": str(doc_id) if doc_id is not None else f"{name}:{number}",
+                            "text": obj[text_field], "source": f"{name}:{number}"})
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more"
+                                            if len(problems) > 5 else "")
+        raise CorpusError(f"{path}: {len(problems)} bad JSONL line(s): {shown}")
+    return records
+
+
+def source_files(source: Path) -> list[Path]:
+    if source.is_file():
+        return [source]
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise CorpusError(f"{source}: folder holds no files")
+        return files
+    raise CorpusError(f"{source}: no such file or folder")
+
+
+def read_records(source: Path, text_field: str = "text") -> list[dict[str, Any]]:
+    records = []
+    root = source if source.is_dir() else source.parent
+    for path in source_files(source):
+        name = str(path.relative_to(root))
+        if path.suffix == ".jsonl":
+            records.extend(jsonl_records(path, name, text_field))
+        else:
+            records.extend(text_records(path, name))
+    for record in records:
+        record["n_bytes"] = len(record["text"].encode("utf-8"))
+    return records
+
+
+def write_records(records: list[dict[str, Any]], out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = pa.table({c: [r[c] for r in records] for c in COLUMNS},
+                     schema=pa.schema([("doc_id", pa.string()), ("text", pa.string()),
+                                       ("source", pa.string()), ("n_bytes", pa.int64())]))
+    target = out_dir / CORPUS_FILE
+    tmp = out_dir / f".{CORPUS_FILE}.tmp-{os.getpid()}"
+    pq.write_table(table, tmp, compression="zstd")
+    tmp.replace(target)
+    return target
+
+
+def ingest(params: dict[str, Any], source: str | None = None) -> dict[str, Any]:
+    """Read the configured (or given) source and write the records table."""
+    data = section(params, "data")
+    source = source or data.get("source")
+    if not source:
+        raise CorpusError("no data source: set data.source in params.yaml or pass one")
+    raw_dir = path_of(params, "raw")
+    local = (fetch(source, data.get("sha256"), raw_dir.parent / "downloads",
+                   data.get("mirror_name")) if is_url(source) else Path(source))
+    records = read_records(local, data.get("text_field", "text"))
+    path = write_records(records, raw_dir)
+    return {"path": str(path), "rows": len(records), "source": str(local),
+            "bytes": sum(r["n_bytes"] for r in records)}
+
+
+ingest_task = task(ingest, name="ingest", retries=2, retry_delay_seconds=5)

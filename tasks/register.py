@@ -1,0 +1,70 @@
+"""register: log the best checkpoint as an MLflow pyfunc and register it as a model version."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from tasks.common import path_of, read_json
+from tasks.encode import MANIFEST
+from tasks.tracking import client, connect, registry_settings
+
+PYFUNC_FILE = Path(__file__).resolve().parents[1] / "serve" / "pyfunc_model.py"
+
+
+def git_commit() -> str:
+    """HEAD's commit, with '-dirty' when tracked files have uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
+def signature():
+    """A `prompt` string column in, a `completion` string column out, sampling params."""
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    from serve.pyfunc_model import PARAM_DEFAULTS
+
+    return infer_signature(pd.DataFrame({"prompt": ["ROMEO:"]}),
+                           pd.DataFrame({"completion": ["..."]}), params=PARAM_DEFAULTS)
+
+
+def register(params: dict[str, Any], run_id: str, metrics: dict[str, float]) -> dict[str, Any]:
+    """Log the pyfunc in run_id, register it, and tag the version with its provenance."""
+    import mlflow
+    import pandas as pd
+
+    settings = registry_settings(params)
+    connect(params)
+    manifest = read_json(path_of(params, "tokens") / MANIFEST)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=str(PYFUNC_FILE),
+            artifacts={"checkpoint": str(path_of(params, "model") / "best")},
+            signature=signature(), input_example=pd.DataFrame({"prompt": ["ROMEO:"]}),
+            registered_model_name=settings["model_name"])
+    version = str(info.registered_model_version)
+    tags = {
+        "git_commit": git_commit(), "data_digest": manifest["data_digest"],
+        "tokenizer_digest": manifest["tokenizer_digest"],
+        "val_text_digest": manifest["val"]["text_digest"],
+        "val_bits_per_byte": f"{metrics['val_bits_per_byte']:.6f}",
+        "val_loss": f"{metrics['val_loss']:.6f}", "run_id": run_id,
+    }
+    mlflow_client = client(params)
+    for key, value in tags.items():
+        mlflow_client.set_model_version_tag(settings["model_name"], version, key, value)
+    return {"name": settings["model_name"], "version": version, "model_uri": info.model_uri,
+            "tags": tags}
+
+
+register_task = task(register, name="register", retries=2, retry_delay_seconds=5)

@@ -1,0 +1,127 @@
+"""train: the gpt/ trainer on the token shards, with every metric logged to MLflow.
+
+Training writes into a staging folder that replaces data/model only when it finishes, so a
+failed run leaves the previous model untouched. Also written: metrics/train.json,
+metrics/loss.csv (for `dvc plots show`), reports/loss_curve.png and reports/samples.txt.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from gpt.checkpoint import load_model
+from gpt.config import model_config, sampling_params, train_config
+from gpt.data import CorpusError, load_tokens
+from gpt.generate import generate_text
+from gpt.model import GPT
+from gpt.tokenizer import load_tokenizer
+from gpt.train import Trainer
+from tasks.common import path_of, read_json, section, write_json
+from tasks.encode import MANIFEST
+from tasks.tracking import client, metric_logger
+
+log = logging.getLogger("tinygpt.tasks.train")
+SAMPLE_PROMPTS = ("", "ROMEO:", "The king")
+
+
+def check_windows(manifest: dict[str, Any], block_size: int) -> None:
+    """Refuse, before training, a corpus too small to fill one window of either split."""
+    for split in ("train", "val"):
+        if manifest[split]["tokens"] < block_size + 1:
+            raise CorpusError(
+                f"corpus too small: the {split} split has {manifest[split]['tokens']} tokens, "
+                f"fewer than one training window of model.block_size + 1 = {block_size + 1}")
+
+
+def write_loss_curve(history: list[dict[str, Any]], csv_path: Path, png_path: Path) -> None:
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["step", "train_loss", "val_loss"])
+        for event in history:
+            writer.writerow([event["step"], f"{event['train_loss']:.5f}",
+                             f"{event['val_loss']:.5f}"])
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps = [e["step"] for e in history]
+    ax.plot(steps, [e["train_loss"] for e in history], marker="o", label="train")
+    ax.plot(steps, [e["val_loss"] for e in history], marker="o", label="val")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+def write_samples(model: GPT, tokenizer, params: dict[str, Any], path: Path) -> str:
+    settings = sampling_params(params)
+    blocks = []
+    for prompt in SAMPLE_PROMPTS:
+        text = generate_text(model, tokenizer, prompt, settings)
+        blocks.append(f"=== prompt: {prompt!r}\n{prompt}{text}\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(blocks), encoding="utf-8")
+    return blocks[1] if len(blocks) > 1 else blocks[0]
+
+
+def train(params: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
+    tokens_dir = path_of(params, "tokens")
+    manifest = read_json(tokens_dir / MANIFEST)
+    model_cfg = model_config(params, manifest["vocab_size"])
+    cfg = train_config(params)
+    check_windows(manifest, model_cfg.block_size)
+    train_ids, val_ids = load_tokens(tokens_dir, "train"), load_tokens(tokens_dir, "val")
+
+    model_dir = path_of(params, "model")
+    staging = model_dir.with_name(f".{model_dir.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    trainer = Trainer(GPT(model_cfg), train_ids, val_ids, cfg, staging,
+                      callback=metric_logger(params, run_id),
+                      assets_dir=path_of(params, "tokenizer"))
+    result = trainer.fit()
+    shutil.rmtree(model_dir, ignore_errors=True)
+    staging.rename(model_dir)
+
+    metrics_dir, reports = path_of(params, "metrics"), path_of(params, "reports")
+    summary = {"steps": result.steps, "best_val_loss": result.best_val_loss,
+               "train_seconds": round(result.seconds, 2),
+               "tokens_per_s": round(result.tokens_per_s, 1),
+               "stopped_early": result.stopped_early, "parameters": trainer.model.num_params()}
+    write_json(metrics_dir / "train.json", summary)
+    write_loss_curve(result.history, metrics_dir / "loss.csv", reports / "loss_curve.png")
+    best = load_model(model_dir / "best")
+    sample = write_samples(best, load_tokenizer(model_dir / "best"), params,
+                           reports / "samples.txt")
+    if run_id is not None:
+        mlflow_client = client(params)
+        flat = {f"model.{k}": v for k, v in model_cfg.to_dict().items()}
+        flat.update({f"train.{k}": v for k, v in asdict(cfg).items()})
+        flat.update({f"tokenizer.{k}": v for k, v in section(params, "tokenizer").items()})
+        flat.update({f"data.{k}": v for k, v in section(params, "data").items()})
+        mlflow_client.log_batch(run_id, params=_mlflow_params(flat))
+        for artifact in (reports / "loss_curve.png", reports / "samples.txt"):
+            mlflow_client.log_artifact(run_id, str(artifact))
+    return {**summary, "checkpoint": str(model_dir / "best"), "sample": sample}
+
+
+def _mlflow_params(flat: dict[str, Any]) -> list:
+    from mlflow.entities import Param
+
+    return [Param(k, str(v)[:6000]) for k, v in sorted(flat.items())]
+
+
+train_task = task(train, name="train")

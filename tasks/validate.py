@@ -1,0 +1,149 @@
+"""validate: the Great Expectations gate between raw records and everything downstream.
+
+The suite is defined here in code. A failure raises DataValidationError naming every failed
+expectation with a few offending rows, and the Data Docs HTML report is written either way.
+Great Expectations is imported inside the functions: it takes seconds to import.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import task
+
+from tasks.common import path_of, section
+from tasks.ingest import CORPUS_FILE
+
+SUITE_NAME = "corpus"
+# Control characters other than tab, newline and carriage return (C0, DEL and C1).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+DEFAULTS = {"min_chars": 1, "max_chars": 100_000, "max_control_share": 0.01, "min_rows": 1}
+
+
+class DataValidationError(ValueError):
+    """The data broke the suite; the message lists every failed expectation."""
+
+
+def control_share(text: str) -> float:
+    return len(_CONTROL.findall(text)) / len(text) if text else 0.0
+
+
+def validation_settings(params: dict[str, Any]) -> dict[str, Any]:
+    settings = {**DEFAULTS, **section(params, "validate")}
+    unknown = sorted(set(settings) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {', '.join('validate.' + k for k in unknown)}")
+    if not 0 <= settings["min_chars"] <= settings["max_chars"]:
+        raise ValueError("validate.min_chars must be between 0 and validate.max_chars")
+    return settings
+
+
+def build_suite(settings: dict[str, Any]):
+    """The expectations a corpus must meet before any training."""
+    import great_expectations as gx
+
+    E = gx.expectations
+    suite = gx.ExpectationSuite(name=SUITE_NAME)
+    for column, type_name in (("doc_id", "str"), ("text", "str"), ("source", "str"),
+                              ("n_bytes", "int64")):
+        suite.add_expectation(E.ExpectColumnToExist(column=column))
+        suite.add_expectation(E.ExpectColumnValuesToBeOfType(column=column, type_=type_name))
+        suite.add_expectation(E.ExpectColumnValuesToNotBeNull(column=column))
+    suite.add_expectation(E.ExpectTableRowCountToBeBetween(min_value=settings["min_rows"]))
+    suite.add_expectation(E.ExpectColumnValuesToBeUnique(column="doc_id"))
+    suite.add_expectation(E.ExpectColumnValueLengthsToBeBetween(
+        column="text", min_value=settings["min_chars"], max_value=settings["max_chars"]))
+    suite.add_expectation(E.ExpectColumnValuesToBeBetween(
+        column="control_share", min_value=0.0, max_value=settings["max_control_share"]))
+    return suite
+
+
+def _context(docs_dir: Path):
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    context.add_data_docs_site("tinygpt", {
+        "class_name": "SiteBuilder",
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                          "base_directory": str(docs_dir.resolve())},
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+    })
+    return context
+
+
+def run_suite(frame: pd.DataFrame, settings: dict[str, Any], docs_dir: Path):
+    """Validate frame with the suite through a Checkpoint that writes Data Docs to docs_dir."""
+    import great_expectations as gx
+
+    shutil.rmtree(docs_dir, ignore_errors=True)
+    context = _context(docs_dir)
+    batch = (context.data_sources.add_pandas("corpus").add_dataframe_asset("records")
+             .add_batch_definition_whole_dataframe("all"))
+    suite = context.suites.add(build_suite(settings))
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name="corpus", data=batch, suite=suite))
+    checkpoint = context.checkpoints.add(gx.Checkpoint(
+        name="corpus", validation_definitions=[definition], result_format="SUMMARY",
+        actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["tinygpt"])]))
+    result = checkpoint.run(batch_parameters={"dataframe": frame})
+    return next(iter(result.run_results.values()))
+
+
+def describe_failure(result, frame: pd.DataFrame) -> str:
+    """One line per failed expectation, with up to three offending rows by doc_id."""
+    lines = []
+    for item in result.results:
+        if item.success:
+            continue
+        config = item.expectation_config
+        column = config.kwargs.get("column")
+        title = f"{config.type}({column})" if column else config.type
+        details = item.result or {}
+        if "unexpected_count" in details:
+            rows = details.get("partial_unexpected_index_list") or []
+            shown = []
+            for index in rows[:3]:
+                if isinstance(index, int) and "doc_id" in frame and index < len(frame):
+                    text = str(frame["text"].iloc[index]) if "text" in frame else ""
+                    preview = (text[:40] + "…") if len(text) > 40 else text
+                    shown.append(f"{frame['doc_id'].iloc[index]} ({len(text)} chars: {preview!r})")
+            lines.append(f"- {title}: {details['unexpected_count']} row(s) fail"
+                         + (f", e.g. {'; '.join(shown)}" if shown else ""))
+        else:
+            lines.append(f"- {title}: observed {details.get('observed_value')!r}")
+    return "\n".join(lines)
+
+
+def validate(params: dict[str, Any]) -> dict[str, Any]:
+    """Check data/raw against the suite; copy it to data/validated only when it passes."""
+    settings = validation_settings(params)
+    frame = pd.read_parquet(path_of(params, "raw") / CORPUS_FILE)
+    if "text" in frame:
+        frame["control_share"] = [control_share(t) if isinstance(t, str) else 0.0
+                                  for t in frame["text"]]
+    docs_dir = path_of(params, "reports") / "data_docs"
+    result = run_suite(frame, settings, docs_dir)
+    report = docs_dir / "index.html"
+    if not result.success:
+        raise DataValidationError(
+            f"data validation failed ({len(frame)} rows); report: {report}\n"
+            + describe_failure(result, frame))
+    out_dir = path_of(params, "validated")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / CORPUS_FILE
+    tmp = out_dir / f".{CORPUS_FILE}.tmp-{os.getpid()}"
+    shutil.copyfile(path_of(params, "raw") / CORPUS_FILE, tmp)
+    tmp.replace(target)
+    return {"path": str(target), "rows": len(frame), "report": str(report),
+            "expectations": len(result.results)}
+
+
+validate_task = task(validate, name="validate")
