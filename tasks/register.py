@@ -40,8 +40,9 @@ def signature():
 
 def register(params: dict[str, Any], run_id: str, metrics: dict[str, float]) -> dict[str, Any]:
     """Log the pyfunc in run_id, register it, and tag the version with its provenance."""
-    import mlflow
     import pandas as pd
+
+    import mlflow
 
     settings = registry_settings(params)
     connect(params)
