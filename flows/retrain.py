@@ -113,8 +113,7 @@ def retrain(overrides: list[str] | None = None, params_file: str | None = None,
         mlflow_client.log_artifact(run_id, LOCK_FILE)
         decision = step("promote", promote_task, params, registered["version"], force_promote)
     except BaseException:
-        if restore_outputs():
-            logger.warning("run failed: data outputs restored from dvc.lock")
+        logger.warning("run failed; %s", restore_outputs())
         mlflow_client.set_terminated(run_id, "FAILED")
         raise
     mlflow_client.log_metric(run_id, "tokenizer_seconds", step.seconds["tokenize"])

@@ -14,6 +14,17 @@ DEFAULT_PATHS = {
 }
 
 
+def retry_transient(_task: Any, _task_run: Any, state: Any) -> bool:
+    """Prefect retry condition: retry I/O hiccups, never bad input (a ValueError)."""
+    try:
+        state.result()
+    except ValueError:
+        return False
+    except Exception:
+        return True
+    return True
+
+
 def path_of(params: dict[str, Any], name: str) -> Path:
     """A project path from params['paths'], relative to the working directory."""
     return Path((params.get("paths") or {}).get(name, DEFAULT_PATHS[name]))

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from prefect import task
 
 from gpt.data import CorpusError, decode_utf8
-from tasks.common import path_of, section, sha256_file
+from tasks.common import path_of, retry_transient, section, sha256_file
 
 MIRROR_ENV = "TINYGPT_DATA_MIRROR"
 CORPUS_FILE = "corpus.parquet"
@@ -158,4 +158,5 @@ def ingest(params: dict[str, Any], source: str | None = None) -> dict[str, Any]:
             "bytes": sum(r["n_bytes"] for r in records)}
 
 
-ingest_task = task(ingest, name="ingest", retries=2, retry_delay_seconds=5)
+ingest_task = task(ingest, name="ingest", retries=2, retry_delay_seconds=5,
+                   retry_condition_fn=retry_transient)

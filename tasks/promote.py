@@ -17,7 +17,7 @@ from prefect import task
 
 from gpt.data import token_dtype
 from gpt.evaluate import evaluate_tokens
-from tasks.common import documents, path_of, section, split_records
+from tasks.common import documents, path_of, retry_transient, section, split_records
 from tasks.encode import encode_documents
 from tasks.ingest import CORPUS_FILE
 from tasks.tracking import client, registry_settings
@@ -59,7 +59,7 @@ def promote(params: dict[str, Any], version: str, force: bool = False) -> dict[s
     champion_bpb = None
     if champion is None:
         promote_it, reason = True, "no champion yet"
-    elif champion.version == candidate.version:
+    elif str(champion.version) == str(candidate.version):
         promote_it, reason = True, "already the champion"
     else:
         if champion.tags.get("val_text_digest") == candidate.tags.get("val_text_digest"):
@@ -78,15 +78,16 @@ def promote(params: dict[str, Any], version: str, force: bool = False) -> dict[s
         mlflow_client.set_registered_model_alias(name, champion_alias, version)
     decision = "promoted" if promote_it else "not promoted"
     tags = {"promotion_decision": f"{decision}: {reason}",
-            "previous_champion": champion.version if champion else "none"}
+            "previous_champion": str(champion.version) if champion else "none"}
     if champion_bpb is not None:
         tags["champion_val_bits_per_byte"] = f"{champion_bpb:.6f}"
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(name, version, key, value)
     log.info("model %s v%s %s: %s", name, version, decision, reason)
-    champion_now = version if promote_it else champion.version
+    champion_now = version if promote_it else str(champion.version)
     return {"version": version, "promoted": promote_it, "reason": reason,
             "champion": champion_now, "previous_champion": tags["previous_champion"]}
 
 
-promote_task = task(promote, name="promote", retries=2, retry_delay_seconds=5)
+promote_task = task(promote, name="promote", retries=2, retry_delay_seconds=5,
+                    retry_condition_fn=retry_transient)

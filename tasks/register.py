@@ -8,7 +8,7 @@ from typing import Any
 
 from prefect import task
 
-from tasks.common import path_of, read_json
+from tasks.common import path_of, read_json, retry_transient
 from tasks.encode import MANIFEST
 from tasks.tracking import client, connect, registry_settings
 
@@ -68,4 +68,5 @@ def register(params: dict[str, Any], run_id: str, metrics: dict[str, float]) -> 
             "tags": tags}
 
 
-register_task = task(register, name="register", retries=2, retry_delay_seconds=5)
+register_task = task(register, name="register", retries=2, retry_delay_seconds=5,
+                     retry_condition_fn=retry_transient)

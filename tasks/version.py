@@ -15,7 +15,7 @@ from typing import Any
 
 from prefect import task
 
-from tasks.common import sha256_file
+from tasks.common import retry_transient, sha256_file
 
 LOCK_FILE = "dvc.lock"
 
@@ -37,12 +37,15 @@ def dvc(*args: str) -> str:
     return result.stdout
 
 
-def restore_outputs() -> bool:
+def restore_outputs() -> str:
     """Put every stage output back as the last dvc.lock recorded it (after a failed run)."""
     if not Path(".dvc").is_dir() or not Path(LOCK_FILE).is_file():
-        return False
-    dvc("checkout", "--force", "--quiet")
-    return True
+        return "nothing to restore: no dvc.lock yet"
+    try:
+        dvc("checkout", "--force", "--quiet")
+    except VersioningError as err:
+        return f"could not restore every output: {err}"
+    return "data outputs restored from dvc.lock"
 
 
 def version(params: dict[str, Any]) -> dict[str, Any]:
@@ -54,4 +57,5 @@ def version(params: dict[str, Any]) -> dict[str, Any]:
     return {"dvc_lock": LOCK_FILE, "dvc_lock_digest": sha256_file(LOCK_FILE)}
 
 
-version_task = task(version, name="version", retries=2, retry_delay_seconds=5)
+version_task = task(version, name="version", retries=2, retry_delay_seconds=5,
+                    retry_condition_fn=retry_transient)

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Prefect, Great Expectations, DVC and MLflow: private state for the test session, quiet.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="tinygpt-prefect-")
+os.environ.update({
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "60",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "GX_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+})
+os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 from gpt.model import GPT, GPTConfig
 from gpt.tokenizer import BPETokenizer

@@ -1,0 +1,111 @@
+"""The Great Expectations gate and the ingest step on their own."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tasks.ingest import MIRROR_ENV, fetch, ingest, read_records, split_paragraphs
+from tasks.validate import DataValidationError, validate
+from tests.conftest import ROOT
+
+
+def params_for(tmp_path: Path, **validate_settings) -> dict:
+    return {"paths": {"raw": str(tmp_path / "raw"), "validated": str(tmp_path / "validated"),
+                      "reports": str(tmp_path / "reports")},
+            "validate": {"max_chars": 200, **validate_settings}}
+
+
+def run(tmp_path: Path, records: list[dict], **settings) -> dict:
+    for r in records:
+        r.setdefault("source", "test")
+        r["n_bytes"] = len(r["text"].encode())
+    (tmp_path / "raw").mkdir(exist_ok=True)
+    pd.DataFrame(records).to_parquet(tmp_path / "raw" / "corpus.parquet")
+    return validate(params_for(tmp_path, **settings))
+
+
+def test_good_records_pass_and_are_copied_with_a_report(tmp_path):
+    result = run(tmp_path, [{"doc_id": "a", "text": "hello"}, {"doc_id": "b", "text": "world"}])
+    assert (tmp_path / "validated" / "corpus.parquet").is_file()
+    assert Path(result["report"]).is_file() and result["expectations"] >= 10
+
+
+@pytest.mark.parametrize(("records", "expected"), [
+    ([{"doc_id": "a", "text": "x"}, {"doc_id": "a", "text": "y"}],
+     "expect_column_values_to_be_unique(doc_id): 2 row(s) fail"),
+    ([{"doc_id": "a", "text": ""}, {"doc_id": "b", "text": "ok"}],
+     "expect_column_value_lengths_to_be_between(text): 1 row(s) fail, e.g. a (0 chars"),
+    ([{"doc_id": "a", "text": "y" * 201}], "expect_column_value_lengths_to_be_between(text)"),
+    ([{"doc_id": "a", "text": "bell\x07\x07\x07 ring"}],
+     "expect_column_values_to_be_between(control_share): 1 row(s) fail, e.g. a"),
+])
+def test_each_broken_rule_is_named_with_offending_rows(tmp_path, records, expected):
+    with pytest.raises(DataValidationError) as err:
+        run(tmp_path, records)
+    assert expected in str(err.value)
+    assert not (tmp_path / "validated").exists()
+    assert (tmp_path / "reports" / "data_docs" / "index.html").is_file()
+
+
+def test_every_failed_expectation_is_listed_at_once(tmp_path):
+    with pytest.raises(DataValidationError) as err:
+        run(tmp_path, [{"doc_id": "a", "text": ""}, {"doc_id": "a", "text": "\x01\x02"}])
+    message = str(err.value)
+    assert "unique(doc_id)" in message and "lengths_to_be_between(text)" in message
+    assert "control_share" in message
+
+
+def test_text_files_become_paragraph_records_that_join_back_exactly(tmp_path):
+    text = "First para\nline two\n\n\nSecond para\n\nThird\n"
+    assert "".join(split_paragraphs(text)) == text
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt").write_text(text)
+    (tmp_path / "corpus" / "b.jsonl").write_text(
+        json.dumps({"id": "x1", "text": "héllo"}) + "\n\n" + json.dumps({"text": "two"}) + "\n")
+    records = read_records(tmp_path / "corpus")
+    assert [r["doc_id"] for r in records] == ["a.txt:0", "a.txt:1", "a.txt:2", "x1",
+                                              "b.jsonl:3"]
+    assert records[3]["n_bytes"] == 6 and records[3]["source"] == "b.jsonl:1"
+
+
+def test_url_sources_come_from_the_mirror_and_are_hash_checked(tmp_path, monkeypatch):
+    (tmp_path / "mirror").mkdir()
+    (tmp_path / "mirror" / "corpus.txt").write_text("mirrored text\n")
+    digest = hashlib.sha256(b"mirrored text\n").hexdigest()
+    monkeypatch.setenv(MIRROR_ENV, str(tmp_path / "mirror"))
+    url = "https://example.invalid/data/corpus.txt"
+    assert fetch(url, digest, tmp_path / "dl").read_text() == "mirrored text\n"
+    with pytest.raises(ValueError, match="does not match the expected"):
+        fetch(url, "0" * 64, tmp_path / "dl")
+
+
+def test_ingest_writes_the_records_table(tmp_path):
+    (tmp_path / "c.txt").write_text("one\n\ntwo\n")
+    result = ingest(params_for(tmp_path), str(tmp_path / "c.txt"))
+    frame = pd.read_parquet(result["path"])
+    assert list(frame.columns) == ["doc_id", "text", "source", "n_bytes"]
+    assert result["rows"] == 2 and frame["n_bytes"].sum() == 9
+
+
+def test_validate_command_exit_codes(tmp_path):
+    good, bad = tmp_path / "good.txt", tmp_path / "bad.jsonl"
+    good.write_text("A fine paragraph.\n\nAnother one.\n")
+    bad.write_text(json.dumps({"text": "x" * 200_000}) + "\n")
+
+    def tinygpt(path):
+        return subprocess.run([sys.executable, str(ROOT / "cli.py"), "validate", str(path)],
+                              capture_output=True, text=True, cwd=tmp_path)
+
+    ok = tinygpt(good)
+    assert ok.returncode == 0 and "valid (2 records" in ok.stdout
+    failed = tinygpt(bad)
+    assert failed.returncode == 1
+    assert "expect_column_value_lengths_to_be_between(text)" in failed.stderr
+    assert not (tmp_path / "data").exists()  # the project's data is never touched

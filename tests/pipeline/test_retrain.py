@@ -1,0 +1,184 @@
+"""The retraining flow end to end on real Prefect, MLflow (SQLite), DVC and Great Expectations.
+
+The runs build on each other, as they would for a team: a first run makes the champion, a
+worse second run must not replace it, bad inputs must change nothing, and DVC must bring the
+files of any run back.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from flows.retrain import retrain
+from gpt.config import load_params
+from mlflow import MlflowClient
+from tasks.common import sha256_tree
+from tasks.reproduce import reproduce
+from tasks.tracking import client
+from tests.pipeline.conftest import dvc
+
+OUTPUTS = ("data/raw", "data/validated", "data/tokenizer", "data/tokens", "data/model")
+
+
+def registry() -> MlflowClient:
+    return client(load_params())
+
+
+def output_digests() -> dict[str, str]:
+    return {folder: sha256_tree(folder) for folder in OUTPUTS}
+
+
+def remote_files(project: Path) -> list[str]:
+    remote = project.parent / f"{project.name}-remote"
+    return sorted(str(p.relative_to(remote)) for p in remote.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def first_run(project):
+    return retrain()
+
+
+@pytest.fixture(scope="module")
+def second_run(first_run):
+    """Unchanged data, far fewer steps: a worse model."""
+    return retrain(overrides=["train.max_steps=2", "train.eval_interval=2"])
+
+
+def test_first_run_registers_a_tagged_version_and_makes_it_champion(first_run):
+    mlflow_client = registry()
+    assert first_run["version"] == "1" and first_run["promoted"]
+    assert str(mlflow_client.get_model_version_by_alias("tinygpt", "champion").version) == "1"
+    tags = mlflow_client.get_model_version("tinygpt", "1").tags
+    for key in ("git_commit", "dvc_lock_digest", "data_digest", "val_bits_per_byte",
+                "tokenizer_digest", "promotion_decision"):
+        assert tags.get(key), key
+    assert len(tags["git_commit"]) >= 40
+    assert float(tags["val_bits_per_byte"]) == pytest.approx(
+        first_run["metrics"]["val_bits_per_byte"], abs=1e-5)
+
+
+def test_first_run_logs_metrics_params_and_artifacts_to_one_mlflow_run(first_run):
+    mlflow_client = registry()
+    run = mlflow_client.get_run(first_run["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.max_steps"] == "30"
+    history = mlflow_client.get_metric_history(first_run["run_id"], "eval_val_loss")
+    assert [m.step for m in history] == [10, 20, 30]
+    artifacts = {a.path for a in mlflow_client.list_artifacts(first_run["run_id"])}
+    assert {"loss_curve.png", "samples.txt", "dvc.lock", "data_docs"} <= artifacts
+    docs = {a.path for a in mlflow_client.list_artifacts(first_run["run_id"], "data_docs")}
+    assert "data_docs/index.html" in docs
+
+
+def test_registered_pyfunc_loads_from_the_champion_alias_and_generates(first_run):
+    import pandas as pd
+
+    import mlflow
+
+    model = mlflow.pyfunc.load_model("models:/tinygpt@champion")
+    out = model.predict(pd.DataFrame({"prompt": ["ROMEO:"]}),
+                        params={"max_new_tokens": 8, "seed": 1})
+    assert list(out.columns) == ["completion"] and isinstance(out["completion"][0], str)
+    model_dir = Path(mlflow.artifacts.download_artifacts("models:/tinygpt@champion"))
+    stored = {p.name for p in model_dir.rglob("*") if p.is_file()}
+    assert {"model.safetensors", "config.json", "vocab.json", "merges.txt"} <= stored
+    assert not any(name.endswith((".pkl", ".pickle")) for name in stored)
+
+
+def test_worse_rerun_registers_but_keeps_the_champion_and_skips_cached_steps(second_run):
+    mlflow_client = registry()
+    assert second_run["version"] == "2" and not second_run["promoted"]
+    assert str(mlflow_client.get_model_version_by_alias("tinygpt", "champion").version) == "1"
+    assert str(mlflow_client.get_model_version_by_alias("tinygpt", "candidate").version) == "2"
+    tags = mlflow_client.get_model_version("tinygpt", "2").tags
+    assert tags["promotion_decision"].startswith("not promoted")
+    assert tags["previous_champion"] == "1"
+    assert {"tokenize", "encode"} <= set(second_run["cached"])
+
+
+def test_dvc_is_clean_after_a_run_and_pull_restores_identical_files(second_run, project):
+    assert "up to date" in dvc("status", cwd=project)
+    assert "didn't change" in dvc("repro", cwd=project)
+    before = output_digests()
+    for folder in OUTPUTS:
+        shutil.rmtree(folder)
+    shutil.rmtree(".dvc/cache")
+    dvc("pull", "-q", cwd=project)
+    assert output_digests() == before
+
+
+def test_reproduce_brings_back_an_older_version(second_run, project):
+    second_model = sha256_tree("data/model")
+    reproduce(load_params(), "1")
+    first_model = sha256_tree("data/model")
+    assert first_model != second_model
+    mlflow_client = registry()
+    tags = mlflow_client.get_model_version("tinygpt", "1").tags
+    lock = json.dumps(Path("dvc.lock").read_text())
+    assert tags["dvc_lock_digest"] and lock
+    reproduce(load_params(), "2")
+    assert sha256_tree("data/model") == second_model
+
+
+def bad_sources(folder: Path) -> dict[str, tuple[str, str]]:
+    """name -> (file, expected message)."""
+    cases = {
+        "empty.txt": (b"", "empty"),
+        "binary.txt": (bytes(range(256)) * 4, "binary"),
+        "latin1.txt": ("naïve café\n".encode("latin-1"), "invalid UTF-8 at byte offset 2"),
+        "not-json.jsonl": (b'{"text": "ok"}\n{not json}\n', "line 2: not valid JSON"),
+        "no-text.jsonl": (b'{"text": "ok"}\n{"body": "x"}\n', "line 2: missing the 'text'"),
+        "number.jsonl": (b'{"text": "ok"}\n{"text": 42}\n', "'text' must be a string"),
+        "too-long.jsonl": (json.dumps({"text": "x" * 6000}).encode() + b'\n{"text": "ok"}\n',
+                           "expect_column_value_lengths_to_be_between(text)"),
+        "tiny.txt": (b"To be.\n\nOr not.\n", "corpus too small"),
+    }
+    out = {}
+    for name, (content, message) in cases.items():
+        (folder / name).write_bytes(content)
+        out[name] = (str(folder / name), message)
+    return out
+
+
+@pytest.fixture(scope="module")
+def state_before_bad_runs(second_run, project):
+    return {"outputs": output_digests(), "remote": remote_files(project),
+            "versions": len(registry().search_model_versions("name='tinygpt'")),
+            "champion": str(registry().get_model_version_by_alias("tinygpt", "champion").version),
+            }
+
+
+BAD_SOURCES = ["empty.txt", "binary.txt", "latin1.txt", "not-json.jsonl", "no-text.jsonl",
+               "number.jsonl", "too-long.jsonl", "tiny.txt"]
+BAD_PARAMS = [(["train.learning_rate=-0.1"], "train.learning_rate"),
+              (["model.n_embd=30", "model.n_head=4"], "divisible")]
+
+
+def assert_nothing_changed(state, project):
+    assert output_digests() == state["outputs"]
+    assert remote_files(project) == state["remote"]
+    assert len(registry().search_model_versions("name='tinygpt'")) == state["versions"]
+    champion = registry().get_model_version_by_alias("tinygpt", "champion")
+    assert str(champion.version) == state["champion"]
+    assert "up to date" in dvc("status", cwd=project)
+
+
+@pytest.mark.parametrize("name", BAD_SOURCES)
+def test_bad_input_stops_the_run_and_changes_nothing(name, state_before_bad_runs, project,
+                                                     tmp_path):
+    path, message = bad_sources(tmp_path)[name]
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        retrain(source=path)
+    assert_nothing_changed(state_before_bad_runs, project)
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD_PARAMS)
+def test_nonsense_parameters_stop_the_run_and_change_nothing(overrides, message,
+                                                             state_before_bad_runs, project):
+    with pytest.raises(ValueError, match=message):
+        retrain(overrides=overrides)
+    assert_nothing_changed(state_before_bad_runs, project)
