@@ -78,6 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--force", action="store_true")
     _add_params_options(promote)
 
+    serve = commands.add_parser("serve", help="serve the registry's champion over HTTP")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--model", default=None,
+                       help="registry URI (default: models:/<registry.model_name>@champion)")
+    serve.add_argument("--poll-seconds", type=float, default=10.0,
+                       help="how often to check whether the alias moved")
+    serve.add_argument("--max-concurrency", type=int, default=2,
+                       help="generations running at once")
+    serve.add_argument("--max-queue", type=int, default=8,
+                       help="requests waiting for a slot before 429")
+    _add_params_options(serve)
+
     reproduce = commands.add_parser(
         "reproduce", help="restore a model version's data and weights with dvc pull")
     reproduce.add_argument("--version", required=True)
@@ -197,7 +210,26 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
           f"{restored['git_commit']}")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    import mlflow
+    import uvicorn
+
+    from gpt.config import load_params
+    from serve.app import Settings, create_app
+    from tasks.tracking import registry_settings, tracking_uri
+
+    params = load_params(args.params, args.overrides)
+    mlflow.set_tracking_uri(tracking_uri(params))  # the service waits for the registry
+    registry = registry_settings(params)
+    uri = args.model or f"models:/{registry['model_name']}@{registry['champion_alias']}"
+    app = create_app(Settings(model_uri=uri, poll_seconds=args.poll_seconds,
+                              max_concurrency=args.max_concurrency, max_queue=args.max_queue))
+    print(f"serving {uri} on http://{args.host}:{args.port}/")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+
+
 COMMANDS = {
+    ("serve", None): cmd_serve,
     ("retrain", None): cmd_retrain,
     ("validate", None): cmd_validate,
     ("promote", None): cmd_promote,

@@ -1,0 +1,112 @@
+"""The served model, resolved from the MLflow registry and followed as its alias moves.
+
+Requests take a reference to the current `LoadedModel` and keep it for their whole life, so
+swapping in a new version (loaded beside the old one first) never disturbs a request in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("tinygpt.serve")
+_ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[\w-]+)$")
+_VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    version: str
+    alias: str | None
+    model: Any
+    tokenizer: Any
+    parameters: int
+    device: str
+    loaded_at: float = field(default_factory=time.time)
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.name, "version": self.version, "alias": self.alias,
+                "parameters": self.parameters, "device": self.device,
+                "block_size": self.model.config.block_size}
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """(name, alias, version) of models:/NAME@ALIAS or models:/NAME/VERSION."""
+    if match := _ALIAS_URI.match(uri):
+        return match["name"], match["alias"], None
+    if match := _VERSION_URI.match(uri):
+        return match["name"], None, match["version"]
+    raise ValueError(f"model URI must look like models:/NAME@ALIAS or models:/NAME/VERSION, "
+                     f"got {uri!r}")
+
+
+class ModelHolder:
+    """Loads the model a registry URI names and, for an alias, follows it."""
+
+    def __init__(self, model_uri: str, poll_seconds: float = 10.0) -> None:
+        self.name, self.alias, self.pinned_version = parse_model_uri(model_uri)
+        self.poll_seconds = poll_seconds
+        self.current: LoadedModel | None = None
+        self.error: str | None = None
+        self.loading = False
+        self._task: asyncio.Task | None = None
+
+    # -- registry look-ups (blocking; run in a thread) ------------------------------------
+
+    def resolve_version(self) -> str:
+        from mlflow import MlflowClient
+
+        if self.pinned_version is not None:
+            return self.pinned_version
+        return str(MlflowClient().get_model_version_by_alias(self.name, self.alias).version)
+
+    def load_version(self, version: str) -> LoadedModel:
+        import mlflow
+
+        wrapper = mlflow.pyfunc.load_model(f"models:/{self.name}/{version}").unwrap_python_model()
+        model = wrapper.model.eval()
+        device = str(next(model.parameters()).device)
+        return LoadedModel(self.name, version, self.alias, model, wrapper.tokenizer,
+                           model.num_params(), device)
+
+    def refresh(self) -> bool:
+        """Load the version the URI resolves to, if it is not the one served. True if swapped."""
+        version = self.resolve_version()
+        if self.current is not None and self.current.version == version:
+            return False
+        loaded = self.load_version(version)
+        previous = self.current.version if self.current else None
+        self.current = loaded  # one reference assignment: in-flight requests keep the old one
+        log.info("serving %s version %s (was %s)", self.name, version, previous)
+        return True
+
+    # -- background life --------------------------------------------------------------------
+
+    async def _refresh_safely(self) -> None:
+        self.loading = self.current is None
+        try:
+            await asyncio.to_thread(self.refresh)
+            self.error = None
+        except Exception as err:  # the registry may be down; keep serving what we have
+            self.error = f"{type(err).__name__}: {err}"
+            log.warning("model refresh failed: %s", self.error)
+        finally:
+            self.loading = False
+
+    async def _follow(self) -> None:
+        while True:
+            await self._refresh_safely()
+            await asyncio.sleep(self.poll_seconds)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._follow())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

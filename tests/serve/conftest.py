@@ -1,0 +1,130 @@
+"""A real MLflow registry (SQLite) holding small models, and `tinygpt serve` as a process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from gpt.checkpoint import save_model
+from gpt.model import GPT, GPTConfig
+from gpt.tokenizer import BPETokenizer
+from tasks.register import PYFUNC_FILE, signature
+from tests.conftest import ROOT
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Registry:
+    uri: str
+    root: Path
+    tokenizer: BPETokenizer
+
+    def register(self, seed: int, alias: str | None = "champion") -> str:
+        """Register a small random-weight model; point alias at it. Returns the version."""
+        import mlflow
+        import pandas as pd
+
+        torch.manual_seed(seed)
+        model = GPT(GPTConfig(vocab_size=self.tokenizer.vocab_size, block_size=64, n_layer=2,
+                              n_head=2, n_embd=32))
+        tok_dir = self.root / f"tok-{seed}"
+        self.tokenizer.save(tok_dir)
+        ckpt = save_model(model, self.root / f"ckpt-{seed}", assets_dir=tok_dir)
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_experiment("serving-tests")
+        with mlflow.start_run():
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=str(PYFUNC_FILE), artifacts={"checkpoint": str(ckpt)},
+                signature=signature(), input_example=pd.DataFrame({"prompt": ["hi"]}),
+                registered_model_name="tinygpt")
+        version = str(info.registered_model_version)
+        if alias:
+            mlflow.MlflowClient().set_registered_model_alias("tinygpt", alias, version)
+        return version
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory, shakespeare) -> Registry:
+    root = tmp_path_factory.mktemp("registry")
+    reg = Registry(f"sqlite:///{root / 'mlflow.db'}", root,
+                   BPETokenizer.train(shakespeare[:30_000], 400))
+    reg.register(seed=0)
+    return reg
+
+
+def wait_for(url: str, status: int = 200, timeout: float = 90.0) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = httpx.get(url, timeout=5)
+            if last.status_code == status:
+                return last
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer {status} in {timeout}s (last: {last})")
+
+
+class Process:
+    """A child process we started, stopped by its own PID."""
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path, log: Path) -> None:
+        self.log = open(log, "w")
+        self.proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+def start_service(tracking_uri: str, cwd: Path, *extra: str) -> tuple[Process, str]:
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    proc = Process([str(BIN / "tinygpt"), "serve", "--port", str(port), "--poll-seconds", "0.5",
+                    *extra], env, cwd, cwd / f"serve-{port}.log")
+    return proc, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def service(registry, tmp_path_factory) -> Iterator[str]:
+    cwd = tmp_path_factory.mktemp("service")
+    proc, url = start_service(registry.uri, cwd, "--max-concurrency", "1", "--max-queue", "1")
+    try:
+        wait_for(f"{url}/health")
+        yield url
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Where tests keep what a person may want to look at afterwards (screenshots)."""
+    path = ROOT / "test-artifacts"
+    path.mkdir(exist_ok=True)
+    return path

@@ -1,0 +1,181 @@
+"""The HTTP service against a real registry: generation, streaming, limits, bad requests,
+metrics, and following the champion alias while requests are in flight."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.serve.conftest import start_service, wait_for
+
+BASE = {"prompt": "ROMEO:", "max_new_tokens": 24, "temperature": 0.9, "top_k": 40, "seed": 7}
+
+
+def sse_events(response: httpx.Response):
+    event = None
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            event = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            yield event, json.loads(line.removeprefix("data: "))
+
+
+def test_health_describes_the_served_model(service):
+    health = httpx.get(f"{service}/health").json()
+    assert health["status"] == "ok" and health["model"] == "tinygpt"
+    assert health["alias"] == "champion" and health["version"]
+    assert health["parameters"] > 0 and health["device"] == "cpu"
+
+
+def test_same_seed_and_parameters_give_the_same_text(service):
+    first = httpx.post(f"{service}/generate", json=BASE, timeout=60).json()
+    second = httpx.post(f"{service}/generate", json=BASE, timeout=60).json()
+    assert first["text"] == second["text"] and first["text"]
+    assert first["completion_tokens"] == 24 and first["prompt_tokens"] >= 1
+    assert first["version"] and first["tokens_per_s"] > 0
+    other = httpx.post(f"{service}/generate", json={**BASE, "seed": 8}, timeout=60).json()
+    assert other["text"] != first["text"]
+
+
+def test_stream_sends_pieces_then_stats_and_matches_generate(service):
+    with httpx.stream("POST", f"{service}/generate/stream", json=BASE, timeout=60) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = list(sse_events(response))
+    pieces = [data["text"] for event, data in events if event == "piece"]
+    assert len(pieces) > 1 and events[-1][0] == "done"
+    assert events[-1][1]["completion_tokens"] == 24
+    plain = httpx.post(f"{service}/generate", json=BASE, timeout=60).json()
+    assert "".join(pieces) == plain["text"]
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({**BASE, "temperature": "hot"}, "temperature"),
+    ({**BASE, "temperature": 9.0}, "temperature"),
+    ({**BASE, "max_new_tokens": 0}, "max_new_tokens"),
+    ({**BASE, "max_new_tokens": 5000}, "max_new_tokens"),
+    ({**BASE, "top_p": 0.0}, "top_p"),
+    ({**BASE, "top_k": -3}, "top_k"),
+    ({**BASE, "seed": -1}, "seed"),
+    ({**BASE, "stop": [""]}, "stop.0"),
+    ({**BASE, "prompt": 42}, "prompt"),
+    ({**BASE, "prompt": "x" * 9000}, "prompt"),
+    ({**BASE, "surprise": 1}, "surprise"),
+])
+def test_bad_fields_get_422_naming_the_field(service, body, field):
+    for route in ("/generate", "/generate/stream"):
+        response = httpx.post(f"{service}{route}", json=body, timeout=30)
+        assert response.status_code == 422
+        assert field in [d["field"] for d in response.json()["detail"]], response.text
+
+
+def test_prompt_longer_than_the_context_is_refused_not_truncated(service):
+    response = httpx.post(f"{service}/generate", json={**BASE, "prompt": "word " * 400})
+    assert response.status_code == 422
+    assert "the model reads at most 64" in response.json()["detail"][0]["message"]
+
+
+def test_malformed_requests_never_get_a_500(service):
+    cases = [
+        httpx.post(f"{service}/generate", content=b"{not json", timeout=30,
+                   headers={"content-type": "application/json"}),
+        httpx.post(f"{service}/generate", content=b"[1, 2]", timeout=30,
+                   headers={"content-type": "application/json"}),
+        httpx.post(f"{service}/generate", content=b"\xff\xfe", timeout=30,
+                   headers={"content-type": "application/json"}),
+        httpx.post(f"{service}/generate", content=b"x" * 200_000, timeout=30,
+                   headers={"content-type": "application/json"}),
+        httpx.get(f"{service}/no/such/route"),
+        httpx.get(f"{service}/generate"),
+        httpx.get(f"{service}/runs/not-a-uuid"),
+    ]
+    assert [r.status_code for r in cases] == [422, 422, 422, 413, 404, 405, 422]
+    assert httpx.get(f"{service}/health").status_code == 200
+
+
+def test_requests_beyond_the_queue_get_429(service):
+    # The service runs with one generation slot and a queue of one: of six requests sent at
+    # once, one runs, one waits, and the rest are refused straight away.
+    long = {**BASE, "max_new_tokens": 1000, "temperature": 1.0}
+    barrier = threading.Barrier(6)
+    statuses: list[int] = []
+
+    def call():
+        barrier.wait()
+        statuses.append(httpx.post(f"{service}/generate", json=long, timeout=120).status_code)
+
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(statuses) == {200, 429}
+    assert statuses.count(200) >= 2 and statuses.count(429) >= 1
+    assert httpx.post(f"{service}/generate", json=BASE, timeout=60).status_code == 200
+
+
+def generated_tokens(service: str) -> float:
+    for line in httpx.get(f"{service}/metrics").text.splitlines():
+        if line.startswith("tinygpt_generated_tokens_total "):
+            return float(line.split()[1])
+    raise AssertionError("no token counter")
+
+
+def test_a_client_that_disconnects_stops_the_generation(service):
+    before = generated_tokens(service)
+    with httpx.stream("POST", f"{service}/generate/stream", timeout=60,
+                      json={**BASE, "max_new_tokens": 1000}) as response:
+        next(sse_events(response))
+    time.sleep(1.5)
+    generated = generated_tokens(service) - before
+    assert 0 < generated < 1000
+    assert httpx.post(f"{service}/generate", json=BASE, timeout=60).status_code == 200
+
+
+def test_metrics_in_prometheus_format(service):
+    text = httpx.get(f"{service}/metrics").text
+    assert 'tinygpt_requests_total{route="/generate",status="200"}' in text
+    assert 'tinygpt_requests_total{route="/generate",status="422"}' in text
+    assert "tinygpt_request_seconds_bucket" in text
+    assert 'tinygpt_model_version{model="tinygpt"}' in text
+
+
+def test_alias_moving_during_a_stream_swaps_without_failing_it(service, registry):
+    old = httpx.get(f"{service}/health").json()["version"]
+    with httpx.stream("POST", f"{service}/generate/stream", timeout=120,
+                      json={**BASE, "max_new_tokens": 300}) as response:
+        events = sse_events(response)
+        next(events)
+        new = registry.register(seed=1)  # moves champion while the stream runs
+        rest = list(events)
+    assert rest[-1][0] == "done" and rest[-1][1]["version"] == old
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{service}/health").json()["version"] != new:
+        assert time.monotonic() < deadline, "the service never picked up the new champion"
+        time.sleep(0.3)
+    assert httpx.post(f"{service}/generate", json=BASE, timeout=60).json()["version"] == new
+
+
+def test_registry_unreachable_at_start_gives_503_then_recovers(registry, tmp_path):
+    from tests.serve.conftest import BIN, Process, free_port
+
+    port = free_port()
+    proc, url = start_service(f"http://127.0.0.1:{port}", tmp_path)
+    mlflow_server = None
+    try:
+        response = wait_for(f"{url}/health", status=503)
+        assert response.json()["detail"]["status"] in ("loading", "unavailable")
+        assert httpx.post(f"{url}/generate", json=BASE).status_code == 503
+        mlflow_server = Process(
+            [str(BIN / "mlflow"), "server", "--backend-store-uri", registry.uri,
+             "--host", "127.0.0.1", "--port", str(port)],
+            dict(__import__("os").environ), tmp_path, tmp_path / "mlflow-server.log")
+        health = wait_for(f"{url}/health", status=200, timeout=120).json()
+        assert health["model"] == "tinygpt"
+    finally:
+        proc.stop()
+        if mlflow_server is not None:
+            mlflow_server.stop()
