@@ -211,9 +211,9 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    import mlflow
     import uvicorn
 
+    import mlflow
     from gpt.config import load_params
     from serve.app import Settings, create_app
     from tasks.tracking import registry_settings, tracking_uri

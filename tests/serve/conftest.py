@@ -39,8 +39,9 @@ class Registry:
 
     def register(self, seed: int, alias: str | None = "champion") -> str:
         """Register a small random-weight model; point alias at it. Returns the version."""
-        import mlflow
         import pandas as pd
+
+        import mlflow
 
         torch.manual_seed(seed)
         model = GPT(GPTConfig(vocab_size=self.tokenizer.vocab_size, block_size=64, n_layer=2,
@@ -49,6 +50,9 @@ class Registry:
         self.tokenizer.save(tok_dir)
         ckpt = save_model(model, self.root / f"ckpt-{seed}", assets_dir=tok_dir)
         mlflow.set_tracking_uri(self.uri)
+        if mlflow.get_experiment_by_name("serving-tests") is None:
+            mlflow.create_experiment("serving-tests",
+                                     artifact_location=(self.root / "artifacts").as_uri())
         mlflow.set_experiment("serving-tests")
         with mlflow.start_run():
             info = mlflow.pyfunc.log_model(
@@ -88,7 +92,7 @@ class Process:
     """A child process we started, stopped by its own PID."""
 
     def __init__(self, args: list[str], env: dict[str, str], cwd: Path, log: Path) -> None:
-        self.log = open(log, "w")
+        self.log = open(log, "w")  # noqa: SIM115 - open for the life of the process
         self.proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
