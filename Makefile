@@ -38,10 +38,15 @@ run: setup
 mlflow-ui: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH sh mlflow/ui.sh
 
+# Debian's Chromium for the browser test (Playwright drives it; it never downloads a browser).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
 lint: setup
 	$(BIN)/ruff check .
 
-test: lint
+test: lint $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 clean:

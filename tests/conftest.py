@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,15 @@ def corpus_path() -> Path:
     """Tiny Shakespeare from the local mirror folder (TINYGPT_DATA_MIRROR or ../shared/data)."""
     mirror = os.environ.get("TINYGPT_DATA_MIRROR") or str(ROOT.parent / "shared" / "data")
     return Path(mirror) / "tinyshakespeare.txt"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """Real Prefect: a temporary API server and database for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
 
 
 @pytest.fixture(scope="session")

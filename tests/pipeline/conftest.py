@@ -58,14 +58,6 @@ def make_project(root: Path, corpus_text: str) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def prefect_harness() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, shakespeare, prefect_harness) -> Iterator[Path]:
     folder = tmp_path_factory.mktemp("tinygpt") / "project"

@@ -179,3 +179,41 @@ def test_registry_unreachable_at_start_gives_503_then_recovers(registry, tmp_pat
         proc.stop()
         if mlflow_server is not None:
             mlflow_server.stop()
+
+
+def test_uploads_never_leave_their_folder(tmp_path):
+    from serve.app import upload_path
+
+    root = tmp_path / "uploads"
+    root.mkdir()
+    for name in ("../../etc/passwd", "/abs/path.txt", "..\\..\\win.jsonl", "", "...",
+                 "a" * 300 + ".jsonl", "ok name.txt"):
+        path = upload_path(root, name)
+        assert path.parent == root.resolve(), name
+        assert path.suffix in (".txt", ".jsonl")
+
+
+def test_mlflow_models_serve_answers_with_the_same_pyfunc(registry, tmp_path):
+    import os
+
+    from tests.serve.conftest import BIN, Process, free_port
+
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registry.uri,
+           "PATH": f"{BIN}:{os.environ['PATH']}"}
+    server = Process([str(BIN / "mlflow"), "models", "serve", "-m", "models:/tinygpt@champion",
+                      "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+                     env, tmp_path, tmp_path / "models-serve.log")
+    try:
+        wait_for(f"http://127.0.0.1:{port}/ping", timeout=120)
+        body = {"dataframe_records": [{"prompt": "ROMEO:"}, {"prompt": "JULIET:"}],
+                "params": {"max_new_tokens": 8, "seed": 3, "temperature": 0.0}}
+        first = httpx.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=60)
+        assert first.status_code == 200, first.text
+        predictions = first.json()["predictions"]
+        assert len(predictions) == 2 and all(isinstance(p["completion"], str)
+                                             for p in predictions)
+        again = httpx.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=60)
+        assert again.json()["predictions"] == predictions
+    finally:
+        server.stop()

@@ -1,0 +1,91 @@
+"""The playground page in a real browser: Debian's Chromium, driven by Playwright."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from tests.serve.conftest import start_service, wait_for
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def page_service(registry, prefect_harness, tmp_path_factory) -> Iterator[str]:
+    """The service, with a Prefect API that has the on-demand retraining deployment."""
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.retrain import retrain
+
+    retrain.to_deployment(name="on-demand").apply()
+    cwd = tmp_path_factory.mktemp("page")
+    os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()
+    try:
+        proc, url = start_service(registry.uri, cwd)
+    finally:
+        del os.environ["PREFECT_API_URL"]
+    try:
+        wait_for(f"{url}/health")
+        yield url
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def browser_page(page_service):
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.goto(f"{page_service}/")
+        yield page
+        browser.close()
+
+
+def test_page_streams_a_generation_with_the_chosen_settings(browser_page, artifacts_dir):
+    page = browser_page
+    expect(page.locator("#model")).to_contain_text("model tinygpt version")
+    page.locator("#temperature").fill("0.5")
+    expect(page.locator("#temperature-value")).to_have_text("0.5")
+    page.locator("#max_new_tokens").fill("120")
+    page.fill("#prompt", "JULIET:")
+    page.evaluate("""() => {
+        window.updates = 0;
+        new MutationObserver(() => { window.updates += 1; }).observe(
+            document.getElementById('output'), {childList: true, characterData: true,
+                                                subtree: true});
+    }""")
+    page.click("#generate")
+    # A random-weight model may end early at <|endoftext|>; any count up to 120 is fine.
+    expect(page.locator("#stats")).to_contain_text(re.compile(r"\d+ tokens in"), timeout=60_000)
+    output = page.locator("#output").inner_text()
+    assert output.startswith("JULIET:") and len(output) > len("JULIET:")
+    assert page.evaluate("window.updates") > 2  # the text arrived in pieces, as streamed
+    page.screenshot(path=str(artifacts_dir / "playground.png"), full_page=True)
+
+
+def test_bad_upload_shows_the_validation_errors(browser_page):
+    page = browser_page
+    page.set_input_files("#corpus", files=[{"name": "../../etc/evil.jsonl",
+                                            "mimeType": "text/plain",
+                                            "buffer": b'{"text": 5}\n'}])
+    page.click("#upload")
+    status = page.locator("#corpus-status")
+    expect(status).to_contain_text("validation failed", timeout=60_000)
+    expect(status).to_contain_text("'text' must be a string")
+
+
+def test_good_upload_starts_a_retraining_run_and_shows_its_state(browser_page, artifacts_dir):
+    page = browser_page
+    text = "".join(f"Paragraph {i}: the quick brown fox.\n\n" for i in range(50)).encode()
+    page.set_input_files("#corpus", files=[{"name": "my corpus.txt", "mimeType": "text/plain",
+                                            "buffer": text}])
+    page.click("#upload")
+    expect(page.locator("#corpus-status")).to_contain_text("retraining run", timeout=60_000)
+    expect(page.locator("#corpus-status")).to_contain_text("Scheduled")
+    page.screenshot(path=str(artifacts_dir / "playground-upload.png"), full_page=True)
