@@ -22,7 +22,7 @@ export GX_ANALYTICS_ENABLED ?= false
 export DVC_NO_ANALYTICS ?= 1
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION ?= false
 
-.PHONY: setup run test lint clean mlflow-ui
+.PHONY: setup run test lint clean mlflow-ui bench
 
 setup: $(STAMP)
 
@@ -34,6 +34,15 @@ $(STAMP): requirements.lock pyproject.toml
 
 run: setup
 	$(BIN)/tinygpt retrain
+
+# Benchmarks against peers (several minutes each; quality includes a 15-minute run).
+bench: setup
+	$(BIN)/python bench/tokenizer.py
+	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/retrain_overhead.py
+	$(BIN)/python bench/quality.py
+	$(BIN)/python bench/serve_load.py
 
 mlflow-ui: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH sh mlflow/ui.sh

@@ -69,8 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--force-promote", action="store_true",
                          help="move the champion alias even if the new model is worse")
 
+    finetune = commands.add_parser(
+        "finetune", help="prompt -> completion fine-tuning as a Prefect flow (params: sft)")
+    _add_params_options(finetune)
+    finetune.add_argument("--force-promote", action="store_true")
+
     validate = commands.add_parser("validate", help="ingest + validate a corpus, nothing else")
     validate.add_argument("path")
+    validate.add_argument("--kind", choices=["text", "sft"], default="text",
+                          help="text corpus (default) or prompt/completion JSONL")
     _add_params_options(validate)
 
     promote = commands.add_parser("promote", help="promote a registered version to champion")
@@ -148,7 +155,31 @@ def cmd_export_hf(args: argparse.Namespace) -> None:
     print(f"wrote a Hugging Face GPT-2 folder: {export_hf(args.checkpoint, args.out)}")
 
 
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from flows.finetune import finetune
+
+    summary = finetune(overrides=args.overrides, params_file=args.params and str(args.params),
+                       force_promote=args.force_promote)
+    metrics = summary["metrics"]
+    print(f"\nmodel {summary['model']} version {summary['version']} "
+          f"({'now champion' if summary['promoted'] else 'not promoted'}; champion is version "
+          f"{summary['champion']}); base: {summary['base_version'] or 'none (from scratch)'}")
+    print(f"promotion: {summary['promotion']}")
+    print(f"{metrics['split']} exact match {metrics['exact_match']:.3f} on {metrics['records']} "
+          f"records | completion loss {metrics['completion_loss']:.4f} | {summary['steps']} steps"
+          f" in {summary['train_seconds']:.0f}s")
+    for task_name, accuracy in metrics["accuracy_by_task"].items():
+        print(f"  {task_name:<16} {accuracy:.3f}")
+    if "parses_as_python" in metrics:
+        print(f"parses as Python: {metrics['parses_as_python']:.3f}")
+
+
 def cmd_retrain(args: argparse.Namespace) -> None:
+    from gpt.config import load_params
+
+    if (load_params(args.params, args.overrides).get("data") or {}).get("kind") == "sft":
+        cmd_finetune(args)
+        return
     from flows.retrain import retrain
 
     summary = retrain(overrides=args.overrides, params_file=args.params and str(args.params),
@@ -177,18 +208,36 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory() as scratch:
         report_dir = Path("reports") / "validate"
-        params = apply_overrides(load_params(args.params, args.overrides), [
-            f"paths.raw={scratch}/raw", f"paths.validated={scratch}/validated",
-            f"paths.reports={report_dir}"])
-        ingested = ingest(params, args.path)
+        overrides = [f"paths.raw={scratch}/raw", f"paths.validated={scratch}/validated",
+                     f"paths.reports={report_dir}"]
+        params = apply_overrides(load_params(args.params, args.overrides), overrides)
         try:
-            result = validate(params)
+            if args.kind == "sft":
+                ingested, result = validate_pairs(params, args.path)
+            else:
+                ingested = ingest(params, args.path)
+                result = validate(params)
         except DataValidationError as err:
             print(f"tinygpt: validation failed: {err}", file=sys.stderr)
             return 1
     print(f"{args.path}: valid ({ingested['rows']} records, {result['expectations']} "
           f"expectations met); report: {result['report']}")
     return 0
+
+
+def validate_pairs(params: dict, path: str) -> tuple[dict, dict]:
+    """ingest + validate a prompt/completion JSONL file with the fine-tuning suite."""
+    from flows.finetune import context_size, sft_params, token_counter
+    from gpt.config import apply_overrides
+    from tasks.ingest import ingest_sft
+    from tasks.validate import validate_sft
+
+    paths = {k: params["paths"][k] for k in ("raw", "validated", "reports")}
+    params = apply_overrides(sft_params(params), [f"sft.dataset={path}"]
+                             + [f"paths.{k}={v}" for k, v in paths.items()])
+    ingested = ingest_sft(params)
+    result = validate_sft(params, token_counter(params), context_size(params))
+    return ingested, result
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
@@ -211,9 +260,9 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    import mlflow
     import uvicorn
 
-    import mlflow
     from gpt.config import load_params
     from serve.app import Settings, create_app
     from tasks.tracking import registry_settings, tracking_uri
@@ -231,6 +280,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 COMMANDS = {
     ("serve", None): cmd_serve,
     ("retrain", None): cmd_retrain,
+    ("finetune", None): cmd_finetune,
     ("validate", None): cmd_validate,
     ("promote", None): cmd_promote,
     ("reproduce", None): cmd_reproduce,
@@ -246,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in ENVIRONMENT.items():
         os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    for noisy in ("great_expectations", "httpx", "alembic", "mlflow.store"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     handler = COMMANDS[(args.command, getattr(args, "tokenizer_command", None))]
     try:
         return handler(args) or 0

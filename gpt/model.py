@@ -189,6 +189,21 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
+    @torch.no_grad()
+    def resize_vocab(self, vocab_size: int) -> None:
+        """Grow the (tied) embedding to vocab_size rows; new rows get GPT-2's init."""
+        old = self.transformer.wte.weight
+        if vocab_size < old.size(0):
+            raise ValueError(f"cannot shrink the vocabulary from {old.size(0)} to {vocab_size}")
+        new = nn.Embedding(vocab_size, old.size(1), device=old.device, dtype=old.dtype)
+        nn.init.normal_(new.weight, mean=0.0, std=0.02)
+        new.weight[:old.size(0)] = old
+        self.transformer.wte = new
+        self.lm_head = nn.Linear(old.size(1), vocab_size, bias=False, device=old.device,
+                                 dtype=old.dtype)
+        self.lm_head.weight = new.weight
+        self.config.vocab_size = vocab_size
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 cache: KVCache | None = None, last_only: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -23,7 +23,7 @@ from gpt.evaluate import evaluate_tokens
 from gpt.generate import generate_text
 from gpt.model import GPT
 from gpt.tokenizer import train_tokenizer
-from gpt.train import Trainer
+from gpt.train import windows_trainer
 
 log = logging.getLogger("tinygpt.quick")
 
@@ -52,7 +52,7 @@ def train_from_text(input_path: str | Path, out_dir: str | Path,
     log.info("encoded %d train and %d val tokens", len(train_ids), len(val_ids))
 
     model = GPT(model_config(params, tokenizer.vocab_size))
-    trainer = Trainer(model, train_ids, val_ids, cfg, out, assets_dir=out / "tokenizer")
+    trainer = windows_trainer(model, train_ids, val_ids, cfg, out, assets_dir=out / "tokenizer")
     result = trainer.fit()
 
     best = load_model(result.best_dir, trainer.device)

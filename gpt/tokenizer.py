@@ -87,6 +87,16 @@ def _check_specials(special_tokens: Iterable[str]) -> list[str]:
     return specials
 
 
+def _append_specials(current: dict[str, int], tokens: Iterable[str],
+                     next_id: int) -> dict[str, int]:
+    specials = dict(current)
+    for token in _check_specials(tokens):
+        if token not in specials:
+            specials[token] = next_id
+            next_id += 1
+    return specials
+
+
 def _split_on_specials(text: str, specials: dict[str, int]) -> list[tuple[str, int | None]]:
     """Cut text into (plain text, None) and (special token, id) pieces, longest match first."""
     if not specials:
@@ -195,6 +205,11 @@ class BPETokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
+
+    def with_special_tokens(self, tokens: Iterable[str]) -> BPETokenizer:
+        """A copy that also knows tokens (appended after the current vocabulary)."""
+        return BPETokenizer(self._bytes, self.merges,
+                            _append_specials(self.special_tokens, tokens, self.vocab_size))
 
     # -- files ------------------------------------------------------------------------------
 
@@ -341,6 +356,11 @@ class CharTokenizer:
             except KeyError as err:
                 raise ValueError(f"character {err.args[0]!r} is not in the vocabulary") from None
         return ids
+
+    def with_special_tokens(self, tokens: Iterable[str]) -> CharTokenizer:
+        """A copy that also knows tokens (appended after the current vocabulary)."""
+        return CharTokenizer(self.chars,
+                             _append_specials(self.special_tokens, tokens, self.vocab_size))
 
     def token_bytes(self, token_id: int) -> bytes:
         text = self._id_to_special.get(token_id)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -36,6 +37,15 @@ from gpt.model import GPT
 log = logging.getLogger("tinygpt.train")
 
 Callback = Callable[[dict], None]
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class BatchSource(Protocol):
+    """Training batches, drawn in an order that a saved state reproduces exactly."""
+
+    def next(self) -> Batch: ...
+    def get_state(self) -> torch.Tensor: ...
+    def set_state(self, state: torch.Tensor) -> None: ...
 DTYPES = ("auto", "float32", "bfloat16")
 
 
@@ -122,11 +132,17 @@ def autocast(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to learning_rate, then cosine decay to min_lr at max_steps."""
+def lr_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
+    """Linear warmup to learning_rate, then cosine decay to min_lr at max_steps.
+
+    With a time budget (max_seconds), the decay follows whichever runs out first, steps or
+    seconds, so a budgeted run still ends its schedule at min_lr.
+    """
     if step < cfg.warmup_steps:
         return cfg.learning_rate * (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    if cfg.max_seconds > 0:
+        progress = max(progress, elapsed / cfg.max_seconds)
     cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     return cfg.min_lr + cosine * (cfg.learning_rate - cfg.min_lr)
 
@@ -144,24 +160,30 @@ def build_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
 
 
 @torch.no_grad()
-def estimate_loss(model: GPT, batches: RandomWindows, iters: int, device: torch.device,
+def estimate_loss(model: GPT, batches: Iterable[Batch], device: torch.device,
                   dtype: torch.dtype) -> float:
+    """Mean loss over batches, weighted by the targets each one scores."""
     model.eval()
-    losses = []
-    for _ in range(iters):
-        x, y = batches.next()
+    total, count = 0.0, 0
+    for x, y in batches:
         with autocast(device, dtype):
-            _, loss = model(x, y)
-        losses.append(loss.item())
+            _, loss = model(x.to(device), y.to(device))
+        scored = int((y != -100).sum())
+        total += loss.item() * scored
+        count += scored
     model.train()
-    return float(np.mean(losses))
+    return total / max(count, 1)
 
 
 class Trainer:
-    """Trains a GPT on token arrays and writes best/ and latest/ checkpoints to out_dir."""
+    """Trains a GPT on a batch source and writes best/ and latest/ checkpoints to out_dir.
 
-    def __init__(self, model: GPT, train_tokens: np.ndarray, val_tokens: np.ndarray,
-                 cfg: TrainConfig, out_dir: str | Path, callback: Callback | None = None,
+    val_batches returns the same validation batches on every call, so evals compare.
+    """
+
+    def __init__(self, model: GPT, train_batches: BatchSource,
+                 val_batches: Callable[[], Iterable[Batch]], cfg: TrainConfig,
+                 out_dir: str | Path, callback: Callback | None = None,
                  assets_dir: str | Path | None = None) -> None:
         self.cfg = cfg
         self.device = pick_device(cfg.device)
@@ -171,11 +193,8 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.callback = callback or (lambda event: None)
         self.assets_dir = Path(assets_dir) if assets_dir is not None else None
-        block = model.config.block_size
-        self.train_batches = RandomWindows(train_tokens, block, cfg.batch_size, cfg.seed,
-                                           self.device)
-        self.val_tokens = val_tokens
-        RandomWindows(val_tokens, block, cfg.batch_size, 0)  # fail now if val is too short
+        self.train_batches = train_batches
+        self.val_batches = val_batches
         self.optimizer = build_optimizer(self.model, cfg)
         self.step = 0
         self.best_val_loss = math.inf
@@ -247,10 +266,7 @@ class Trainer:
 
     def _evaluate(self, train_loss: float) -> bool:
         """Estimate val loss on fixed batches, checkpoint, and say whether to stop early."""
-        block = self.model.config.block_size
-        val_batches = RandomWindows(self.val_tokens, block, self.cfg.batch_size, 0, self.device)
-        val_loss = estimate_loss(self.model, val_batches, self.cfg.eval_iters, self.device,
-                                 self.dtype)
+        val_loss = estimate_loss(self.model, self.val_batches(), self.device, self.dtype)
         improved = val_loss < self.best_val_loss
         self.last_val_loss = val_loss
         if improved:
@@ -279,7 +295,7 @@ class Trainer:
                  self.model.num_params() / 1e6, self.device, str(self.dtype).split(".")[-1],
                  cfg.max_steps)
         while self.step < last_step:
-            lr = lr_at(self.step, cfg)
+            lr = lr_at(self.step, cfg, time.perf_counter() - started)
             loss = self._train_step(lr)
             self.step += 1
             window_steps += 1
@@ -305,3 +321,18 @@ class Trainer:
             stopped_early=stopped_early, seconds=seconds,
             tokens_per_s=(self.step - first_step) * tokens_per_step / max(seconds, 1e-9),
             best_dir=self.best_dir, latest_dir=self.latest_dir, history=self.history)
+
+
+def windows_trainer(model: GPT, train_tokens: np.ndarray, val_tokens: np.ndarray,
+                    cfg: TrainConfig, out_dir: str | Path, **options) -> Trainer:
+    """A Trainer on random windows of token arrays (pretraining)."""
+    device = pick_device(cfg.device)
+    block = model.config.block_size
+    train = RandomWindows(train_tokens, block, cfg.batch_size, cfg.seed, device)
+    RandomWindows(val_tokens, block, cfg.batch_size, 0)  # fail now if val is too short
+
+    def val_batches() -> Iterable[Batch]:
+        windows = RandomWindows(val_tokens, block, cfg.batch_size, 0, device)
+        return [windows.next() for _ in range(cfg.eval_iters)]
+
+    return Trainer(model, train, val_batches, cfg, out_dir, **options)

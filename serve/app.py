@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -33,6 +34,7 @@ from prometheus_client import (
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from gpt.generate import SamplingParams, decode_stream, encode_prompt, iter_tokens
+from gpt.sft import prompt_ids
 from serve.registry import LoadedModel, ModelHolder
 
 log = logging.getLogger("tinygpt.serve")
@@ -68,7 +70,8 @@ class GenerateRequest(BaseModel):
     repetition_penalty: float = Field(1.0, ge=0.5, le=5.0)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stop: list[StopString] = Field(default_factory=list, max_length=8)
-    mode: Literal["text"] = "text"
+    # "completion": the prompt is wrapped as <|prompt|> ... <|completion|> for fine-tuned models
+    mode: Literal["text", "completion"] = "text"
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
@@ -128,7 +131,11 @@ class Generation:
         self.loaded = loaded
         self.params = request.sampling()
         self.prompt = request.prompt
-        self.idx = encode_prompt(loaded.tokenizer, request.prompt)
+        if request.mode == "completion":
+            ids = prompt_ids(loaded.tokenizer, request.prompt)  # ValueError without controls
+            self.idx = torch.tensor([ids], dtype=torch.long)
+        else:
+            self.idx = encode_prompt(loaded.tokenizer, request.prompt)
         self.cancelled = threading.Event()
         self.completion_tokens = 0
         self.started = time.perf_counter()
@@ -237,7 +244,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def start_generation(body: GenerateRequest) -> Generation:
         loaded = served()
-        generation = Generation(loaded, body)
+        try:
+            generation = Generation(loaded, body)
+        except ValueError as err:
+            raise HTTPException(422, detail=[{"field": "mode", "message": str(err)}]) from None
         block = loaded.model.config.block_size
         if generation.prompt_tokens > block:
             raise HTTPException(422, detail=[{

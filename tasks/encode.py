@@ -16,7 +16,7 @@ import pandas as pd
 from prefect import task
 
 import gpt.data
-from gpt.data import token_dtype, write_token_shards
+from gpt.data import CorpusError, token_dtype, write_token_shards
 from gpt.tokenizer import ENDOFTEXT, load_tokenizer
 from tasks.common import (
     documents,
@@ -87,3 +87,40 @@ def cache_key(_context, arguments: dict[str, Any]) -> str:
 # Cached on its inputs, like tokenize; results are stored as JSON.
 encode_task = task(encode, name="encode", cache_key_fn=cache_key, persist_result=True,
                    result_serializer="json")
+
+
+def encode_sft(params: dict[str, Any]) -> dict[str, Any]:
+    """Each split's records as (inputs, labels) id lists, labels -100 outside the answer."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gpt.sft import format_record
+    from tasks.validate import SFT_VALIDATED
+
+    tokenizer = load_tokenizer(path_of(params, "tokenizer"))
+    frame = pd.read_parquet(path_of(params, "validated") / SFT_VALIDATED)
+    out = path_of(params, "tokens")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    counts = {}
+    for split in ("train", "val", "test"):
+        part = frame[frame["split"] == split]
+        pairs = [format_record(tokenizer, p, c)
+                 for p, c in zip(part["prompt"], part["completion"], strict=True)]
+        table = pa.table({
+            "prompt": part["prompt"].tolist(), "completion": part["completion"].tolist(),
+            "task": part["task"].tolist(),
+            "inputs": pa.array([x for x, _ in pairs], pa.list_(pa.int32())),
+            "labels": pa.array([y for _, y in pairs], pa.list_(pa.int32()))})
+        pq.write_table(table, out / f"{split}.parquet", compression="zstd")
+        counts[split] = len(part)
+    if counts["train"] == 0 or counts["val"] == 0:
+        raise CorpusError(f"fine-tuning needs train and val records, got {counts}")
+    manifest = {"vocab_size": tokenizer.vocab_size, "records": counts,
+                "test_digest": sha256_json(frame[frame["split"] == "test"][
+                    ["prompt", "completion"]].values.tolist())}
+    write_json(out / MANIFEST, manifest)
+    return {"path": str(out), **manifest}
+
+
+encode_sft_task = task(encode_sft, name="encode-sft")

@@ -158,5 +158,71 @@ def ingest(params: dict[str, Any], source: str | None = None) -> dict[str, Any]:
             "bytes": sum(r["n_bytes"] for r in records)}
 
 
+
+
+# -- prompt/completion records (fine-tuning) ----------------------------------------------------
+
+SFT_FILE = "pairs.jsonl"
+ANSWER_FIELDS = ("completion", "code")
+
+
+def read_pairs(path: str | Path):
+    """JSONL prompt/completion records as a frame with the raw values and line numbers.
+
+    Lines that are not JSON objects stop here; missing, empty or non-string fields are left
+    for the validation suite, which reports them by line.
+    """
+    import pandas as pd
+
+    source = Path(path)
+    lines = decode_utf8(read_bytes_checked(source), str(source)).splitlines()
+    rows, problems = [], []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            problems.append(f"line {number}: not valid JSON ({err.msg})")
+            continue
+        if not isinstance(obj, dict):
+            problems.append(f"line {number}: expected a JSON object")
+            continue
+        answer = next((obj[f] for f in ANSWER_FIELDS if f in obj), None)
+        rows.append({"doc_id": f"line {number}", "prompt": obj.get("prompt"),
+                     "completion": answer, "split": obj.get("split", "train"),
+                     "task": obj.get("task", "")})
+    if problems:
+        raise CorpusError(f"{source}: {len(problems)} bad JSONL line(s): "
+                          + "; ".join(problems[:5]))
+    frame = pd.DataFrame(rows, columns=["doc_id", "prompt", "completion", "split", "task"])
+    return frame.astype({"prompt": object, "completion": object})
+
+
+def ingest_sft(params: dict[str, Any]) -> dict[str, Any]:
+    """The configured fine-tuning set (generated or a JSONL file) -> data/sft/raw/pairs.jsonl."""
+    from gpt.sft_data import python_tasks, verifiable_tasks, write_jsonl
+
+    sft = section(params, "sft")
+    dataset = str(sft.get("dataset", "verifiable"))
+    target = path_of(params, "raw") / SFT_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if dataset == "verifiable":
+        write_jsonl(verifiable_tasks(int(sft.get("records", 6000)), int(sft.get("seed", 0))),
+                    target)
+    elif dataset == "python":
+        write_jsonl(python_tasks(), target)
+    else:
+        source = Path(dataset)
+        if not source.is_file():
+            raise CorpusError(f"{source}: no such file (sft.dataset is 'verifiable', 'python' "
+                              f"or a JSONL path)")
+        read_pairs(source)  # refuse broken JSONL before copying it
+        target.write_bytes(source.read_bytes())
+    frame = read_pairs(target)
+    return {"path": str(target), "rows": len(frame), "dataset": dataset}
+
+
 ingest_task = task(ingest, name="ingest", retries=2, retry_delay_seconds=5,
                    retry_condition_fn=retry_transient)
+ingest_sft_task = task(ingest_sft, name="ingest-sft")

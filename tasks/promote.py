@@ -9,6 +9,8 @@ previous champion are recorded as tags on the candidate.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -48,28 +50,72 @@ def score_on_current_val(params: dict[str, Any], model_uri: str) -> float:
     return evaluate_tokens(wrapper.model, ids, sum(n for _, n in docs))["val_bits_per_byte"]
 
 
-def promote(params: dict[str, Any], version: str, force: bool = False) -> dict[str, Any]:
+@dataclass
+class Rule:
+    """How a kind of model is compared: which tag, which way, on which data."""
+
+    metric: str = "val_bits_per_byte"
+    higher_is_better: bool = False
+    data_tag: str = "val_text_digest"
+    rescore: Callable[[dict[str, Any], str], float] | None = None
+
+    def better(self, candidate: float, champion: float) -> bool:
+        return candidate > champion if self.higher_is_better else candidate < champion
+
+
+def score_sft_on_current_test(params: dict[str, Any], model_uri: str) -> float:
+    """A registered fine-tuned model's exact match on this run's test records."""
+    from gpt.sft import complete, exact_match
+    from tasks.tracking import load_registered
+
+    model, tokenizer, _ = load_registered(params, model_uri)
+    frame = pd.read_parquet(path_of(params, "tokens") / "test.parquet")
+    max_new = int(section(params, "sft").get("max_new_tokens", 64))
+
+    def answers(prompt: str, answer: str) -> bool:
+        try:
+            return exact_match(complete(model, tokenizer, prompt, max_new), answer)
+        except ValueError:  # its tokenizer cannot even encode the prompt: a miss
+            return False
+
+    hits = [answers(p, a) for p, a in zip(frame["prompt"], frame["completion"], strict=True)]
+    return sum(hits) / max(len(hits), 1)
+
+
+RULES = {
+    "pretrain": Rule(rescore=score_on_current_val),
+    "sft": Rule(metric="exact_match", higher_is_better=True, data_tag="test_digest",
+                rescore=score_sft_on_current_test),
+}
+
+
+def promote(params: dict[str, Any], version: str, force: bool = False,
+            model_name: str | None = None) -> dict[str, Any]:
+    """Promote by the rule of the candidate's kind (its `kind` tag)."""
     settings = registry_settings(params)
-    name, champion_alias = settings["model_name"], settings["champion_alias"]
+    name, champion_alias = model_name or settings["model_name"], settings["champion_alias"]
     mlflow_client = client(params)
     candidate = mlflow_client.get_model_version(name, version)
-    candidate_bpb = float(candidate.tags["val_bits_per_byte"])
+    rule = RULES[candidate.tags.get("kind", "pretrain")]
+    candidate_score = float(candidate.tags[rule.metric])
     champion = alias_version(mlflow_client, name, champion_alias)
 
-    champion_bpb = None
+    champion_score = None
     if champion is None:
         promote_it, reason = True, "no champion yet"
     elif str(champion.version) == str(candidate.version):
         promote_it, reason = True, "already the champion"
     else:
-        if champion.tags.get("val_text_digest") == candidate.tags.get("val_text_digest"):
-            champion_bpb = float(champion.tags["val_bits_per_byte"])
+        if champion.tags.get(rule.data_tag) == candidate.tags.get(rule.data_tag):
+            champion_score = float(champion.tags[rule.metric])
+        elif rule.rescore is not None:
+            champion_score = rule.rescore(params, f"models:/{name}/{champion.version}")
         else:
-            champion_bpb = score_on_current_val(params, f"models:/{name}/{champion.version}")
-        promote_it = candidate_bpb < champion_bpb
-        reason = (f"val bits/byte {candidate_bpb:.4f} "
-                  f"{'<' if promote_it else '>='} champion v{champion.version}'s "
-                  f"{champion_bpb:.4f}")
+            raise ValueError(f"champion v{champion.version} was scored on other data")
+        promote_it = rule.better(candidate_score, champion_score)
+        reason = (f"{rule.metric} {candidate_score:.4f} "
+                  f"{'beats' if promote_it else 'does not beat'} champion v{champion.version}'s "
+                  f"{champion_score:.4f}")
     if force and not promote_it:
         promote_it, reason = True, f"forced ({reason})"
 
@@ -79,8 +125,8 @@ def promote(params: dict[str, Any], version: str, force: bool = False) -> dict[s
     decision = "promoted" if promote_it else "not promoted"
     tags = {"promotion_decision": f"{decision}: {reason}",
             "previous_champion": str(champion.version) if champion else "none"}
-    if champion_bpb is not None:
-        tags["champion_val_bits_per_byte"] = f"{champion_bpb:.6f}"
+    if champion_score is not None:
+        tags[f"champion_{rule.metric}"] = f"{champion_score:.6f}"
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(name, version, key, value)
     log.info("model %s v%s %s: %s", name, version, decision, reason)

@@ -8,7 +8,7 @@ from typing import Any
 
 from prefect import task
 
-from tasks.common import path_of, read_json, retry_transient
+from tasks.common import path_of, read_json, retry_transient, section
 from tasks.encode import MANIFEST
 from tasks.tracking import client, connect, registry_settings
 
@@ -38,35 +38,52 @@ def signature():
                            pd.DataFrame({"completion": ["..."]}), params=PARAM_DEFAULTS)
 
 
-def register(params: dict[str, Any], run_id: str, metrics: dict[str, float]) -> dict[str, Any]:
-    """Log the pyfunc in run_id, register it, and tag the version with its provenance."""
+def register_checkpoint(params: dict[str, Any], run_id: str, checkpoint: Path,
+                        model_name: str, tags: dict[str, str]) -> dict[str, Any]:
+    """Log checkpoint as the pyfunc in run_id, register it, tag the version."""
+    import mlflow
     import pandas as pd
 
-    import mlflow
-
-    settings = registry_settings(params)
     connect(params)
-    manifest = read_json(path_of(params, "tokens") / MANIFEST)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=str(PYFUNC_FILE),
-            artifacts={"checkpoint": str(path_of(params, "model") / "best")},
+            name="model", python_model=str(PYFUNC_FILE), artifacts={"checkpoint": str(checkpoint)},
             signature=signature(), input_example=pd.DataFrame({"prompt": ["ROMEO:"]}),
-            registered_model_name=settings["model_name"])
+            registered_model_name=model_name)
     version = str(info.registered_model_version)
+    mlflow_client = client(params)
+    for key, value in {"git_commit": git_commit(), "run_id": run_id, **tags}.items():
+        mlflow_client.set_model_version_tag(model_name, version, key, value)
+    return {"name": model_name, "version": version, "model_uri": info.model_uri, "tags": tags}
+
+
+def register(params: dict[str, Any], run_id: str, metrics: dict[str, float]) -> dict[str, Any]:
+    """Register the pretrained model with its data provenance and val bits per byte."""
+    manifest = read_json(path_of(params, "tokens") / MANIFEST)
     tags = {
-        "git_commit": git_commit(), "data_digest": manifest["data_digest"],
+        "kind": "pretrain", "data_digest": manifest["data_digest"],
         "tokenizer_digest": manifest["tokenizer_digest"],
         "val_text_digest": manifest["val"]["text_digest"],
         "val_bits_per_byte": f"{metrics['val_bits_per_byte']:.6f}",
-        "val_loss": f"{metrics['val_loss']:.6f}", "run_id": run_id,
+        "val_loss": f"{metrics['val_loss']:.6f}",
     }
-    mlflow_client = client(params)
-    for key, value in tags.items():
-        mlflow_client.set_model_version_tag(settings["model_name"], version, key, value)
-    return {"name": settings["model_name"], "version": version, "model_uri": info.model_uri,
-            "tags": tags}
+    return register_checkpoint(params, run_id, path_of(params, "model") / "best",
+                               registry_settings(params)["model_name"], tags)
+
+
+def register_sft(params: dict[str, Any], run_id: str, metrics: dict[str, Any],
+                 base_version: str | None) -> dict[str, Any]:
+    """Register a fine-tuned model under its own name, its base version as a tag."""
+    manifest = read_json(path_of(params, "tokens") / MANIFEST)
+    tags = {"kind": "sft", "base_version": base_version or "none (from scratch)",
+            "test_digest": manifest["test_digest"],
+            "exact_match": f"{metrics['exact_match']:.6f}",
+            "completion_loss": f"{metrics['completion_loss']:.6f}"}
+    name = section(params, "sft").get("model_name", "tinygpt-sft")
+    return register_checkpoint(params, run_id, path_of(params, "model") / "best", name, tags)
 
 
 register_task = task(register, name="register", retries=2, retry_delay_seconds=5,
                      retry_condition_fn=retry_transient)
+register_sft_task = task(register_sft, name="register-sft", retries=2, retry_delay_seconds=5,
+                         retry_condition_fn=retry_transient)

@@ -50,3 +50,28 @@ def cache_key(_context, arguments: dict[str, Any]) -> str:
 # stored as JSON (never pickled).
 tokenize_task = task(tokenize, name="tokenize", cache_key_fn=cache_key, persist_result=True,
                      result_serializer="json")
+
+
+def tokenize_sft(params: dict[str, Any]) -> dict[str, Any]:
+    """The fine-tuning tokenizer: the base model's plus control tokens, or trained anew."""
+    from gpt.sft import CONTROL_TOKENS
+    from tasks.tracking import load_registered
+    from tasks.validate import SFT_VALIDATED
+
+    sft = section(params, "sft")
+    out = path_of(params, "tokenizer")
+    if sft.get("init"):
+        _, base, _ = load_registered(params, sft["init"])
+        tokenizer = base.with_special_tokens(CONTROL_TOKENS)
+    else:
+        kind, vocab_size = tokenizer_params(params)
+        frame = pd.read_parquet(path_of(params, "validated") / SFT_VALIDATED)
+        train = frame[frame["split"] == "train"]
+        text = "\n".join(train["prompt"]) + "\n" + "\n".join(train["completion"])
+        tokenizer = train_tokenizer(kind, text, vocab_size, special_tokens=CONTROL_TOKENS)
+    shutil.rmtree(out, ignore_errors=True)
+    tokenizer.save(out)
+    return {"path": str(out), "digest": sha256_tree(out), "vocab_size": tokenizer.vocab_size}
+
+
+tokenize_sft_task = task(tokenize_sft, name="tokenize-sft")

@@ -75,3 +75,17 @@ def metric_logger(params: dict[str, Any], run_id: str | None):
         mlflow_client.log_batch(run_id, metrics=metrics)
 
     return log
+
+
+def load_registered(params: dict[str, Any], model_uri: str):
+    """(model, tokenizer, version) of a registered model, through its pyfunc."""
+    import mlflow
+
+    from serve.registry import parse_model_uri
+
+    connect(params)
+    name, alias, version = parse_model_uri(model_uri)
+    if version is None:
+        version = str(client(params).get_model_version_by_alias(name, alias).version)
+    wrapper = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
+    return wrapper.model, wrapper.tokenizer, version

@@ -22,7 +22,7 @@ from gpt.data import CorpusError, load_tokens
 from gpt.generate import generate_text
 from gpt.model import GPT
 from gpt.tokenizer import load_tokenizer
-from gpt.train import Trainer
+from gpt.train import windows_trainer
 from tasks.common import path_of, read_json, section, write_json
 from tasks.encode import MANIFEST
 from tasks.tracking import client, metric_logger
@@ -89,9 +89,9 @@ def train(params: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
     model_dir = path_of(params, "model")
     staging = model_dir.with_name(f".{model_dir.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
-    trainer = Trainer(GPT(model_cfg), train_ids, val_ids, cfg, staging,
-                      callback=metric_logger(params, run_id),
-                      assets_dir=path_of(params, "tokenizer"))
+    trainer = windows_trainer(GPT(model_cfg), train_ids, val_ids, cfg, staging,
+                              callback=metric_logger(params, run_id),
+                              assets_dir=path_of(params, "tokenizer"))
     result = trainer.fit()
     shutil.rmtree(model_dir, ignore_errors=True)
     staging.rename(model_dir)
@@ -124,4 +124,61 @@ def _mlflow_params(flat: dict[str, Any]) -> list:
     return [Param(k, str(v)[:6000]) for k, v in sorted(flat.items())]
 
 
+
+
+def read_examples(path: Path) -> list:
+    """(inputs, labels) examples of one split written by encode_sft."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from gpt.sft import Example
+
+    table = pq.read_table(path, columns=["inputs", "labels"])
+    return [Example(np.asarray(x, dtype=np.int64), np.asarray(y, dtype=np.int64))
+            for x, y in zip(table["inputs"].to_pylist(), table["labels"].to_pylist(),
+                            strict=True)]
+
+
+def train_sft(params: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
+    """Fine-tune (or train from scratch) on prompt/completion records; loss on answers only."""
+    from gpt.sft import PAD, BucketedBatches, eval_batches
+    from gpt.train import Trainer, pick_device
+    from tasks.tracking import load_registered
+
+    tokens_dir, tokenizer_dir = path_of(params, "tokens"), path_of(params, "tokenizer")
+    tokenizer = load_tokenizer(tokenizer_dir)
+    cfg = train_config(params)
+    init = section(params, "sft").get("init")
+    base_version = None
+    if init:
+        model, _, base_version = load_registered(params, init)
+        model.resize_vocab(tokenizer.vocab_size)
+    else:
+        model = GPT(model_config(params, tokenizer.vocab_size))
+    train_examples = read_examples(tokens_dir / "train.parquet")
+    val_examples = read_examples(tokens_dir / "val.parquet")
+    longest = max(len(e.inputs) for e in train_examples + val_examples)
+    if longest > model.config.block_size:
+        raise CorpusError(f"a record needs {longest} tokens; the model's context is "
+                          f"{model.config.block_size}")
+    pad = tokenizer.special_tokens[PAD]
+    batches = BucketedBatches(train_examples, cfg.batch_size, pad, cfg.seed,
+                              device=pick_device(cfg.device))
+    val = eval_batches(val_examples, cfg.batch_size, pad)
+    model_dir = path_of(params, "model")
+    staging = model_dir.with_name(f".{model_dir.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    trainer = Trainer(model, batches, lambda: val, cfg, staging,
+                      callback=metric_logger(params, run_id), assets_dir=tokenizer_dir)
+    result = trainer.fit()
+    shutil.rmtree(model_dir, ignore_errors=True)
+    staging.rename(model_dir)
+    summary = {"steps": result.steps, "best_val_loss": result.best_val_loss,
+               "train_seconds": round(result.seconds, 2), "base_version": base_version,
+               "tokens_per_s": round(result.tokens_per_s, 1)}
+    write_json(path_of(params, "metrics") / "sft_train.json", summary)
+    return {**summary, "checkpoint": str(model_dir / "best")}
+
+
 train_task = task(train, name="train")
+train_sft_task = task(train_sft, name="train-sft")

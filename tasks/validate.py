@@ -112,7 +112,8 @@ def describe_failure(result, frame: pd.DataFrame) -> str:
             shown = []
             for index in rows[:3]:
                 if isinstance(index, int) and "doc_id" in frame and index < len(frame):
-                    text = str(frame["text"].iloc[index]) if "text" in frame else ""
+                    column = "text" if "text" in frame else "prompt"
+                    text = str(frame[column].iloc[index]) if column in frame else ""
                     preview = (text[:40] + "…") if len(text) > 40 else text
                     shown.append(f"{frame['doc_id'].iloc[index]} ({len(text)} chars: {preview!r})")
             lines.append(f"- {title}: {details['unexpected_count']} row(s) fail"
@@ -146,4 +147,69 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
             "expectations": len(result.results)}
 
 
+
+
+# -- prompt/completion records (fine-tuning) ----------------------------------------------------
+
+SFT_VALIDATED = "pairs.parquet"
+
+
+def build_sft_suite(block_size: int):
+    """Both fields present, strings, non-empty; the formatted record fits the context."""
+    import great_expectations as gx
+
+    E = gx.expectations
+    suite = gx.ExpectationSuite(name="pairs")
+    for column in ("prompt", "completion"):
+        suite.add_expectation(E.ExpectColumnToExist(column=column))
+        suite.add_expectation(E.ExpectColumnValuesToNotBeNull(column=column))
+        suite.add_expectation(E.ExpectColumnValuesToBeOfType(column=column, type_="str"))
+        suite.add_expectation(E.ExpectColumnValueLengthsToBeBetween(column=column, min_value=1))
+    suite.add_expectation(E.ExpectTableRowCountToBeBetween(min_value=2))
+    suite.add_expectation(E.ExpectColumnValuesToBeBetween(
+        column="n_tokens", min_value=0, max_value=block_size))
+    suite.add_expectation(E.ExpectColumnValuesToBeInSet(column="split",
+                                                        value_set=["train", "val", "test"]))
+    return suite
+
+
+def validate_sft(params: dict[str, Any], count_tokens, block_size: int) -> dict[str, Any]:
+    """Check data/sft/raw/pairs.jsonl; write the validated pairs only when it passes.
+
+    count_tokens(prompt, completion) gives a record's length with control tokens.
+    """
+    import great_expectations as gx
+
+    from tasks.ingest import SFT_FILE, read_pairs
+
+    frame = read_pairs(path_of(params, "raw") / SFT_FILE)
+    frame["n_tokens"] = [
+        count_tokens(p, c) if isinstance(p, str) and isinstance(c, str) else 0
+        for p, c in zip(frame["prompt"], frame["completion"], strict=True)]
+    docs_dir = path_of(params, "reports") / "data_docs"
+    shutil.rmtree(docs_dir, ignore_errors=True)
+    context = _context(docs_dir)
+    batch = (context.data_sources.add_pandas("pairs").add_dataframe_asset("records")
+             .add_batch_definition_whole_dataframe("all"))
+    suite = context.suites.add(build_sft_suite(block_size))
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name="pairs", data=batch, suite=suite))
+    checkpoint = context.checkpoints.add(gx.Checkpoint(
+        name="pairs", validation_definitions=[definition], result_format="SUMMARY",
+        actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["tinygpt"])]))
+    result = next(iter(checkpoint.run(batch_parameters={"dataframe": frame})
+                       .run_results.values()))
+    if not result.success:
+        raise DataValidationError(
+            f"fine-tuning data failed validation ({len(frame)} records); report: "
+            f"{docs_dir / 'index.html'}\n" + describe_failure(result, frame))
+    out = path_of(params, "validated")
+    out.mkdir(parents=True, exist_ok=True)
+    frame.astype({"prompt": str, "completion": str}).to_parquet(out / SFT_VALIDATED)
+    return {"path": str(out / SFT_VALIDATED), "rows": len(frame),
+            "report": str(docs_dir / "index.html"), "expectations": len(result.results),
+            "splits": frame["split"].value_counts().to_dict()}
+
+
 validate_task = task(validate, name="validate")
+validate_sft_task = task(validate_sft, name="validate-sft")

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from gpt.checkpoint import atomic_directory, load_model
 from gpt.model import GPT, GPTConfig
-from gpt.train import TrainConfig, Trainer, build_optimizer, lr_at
+from gpt.train import TrainConfig, build_optimizer, lr_at, windows_trainer
 
 
 def tokens(n: int, seed: int = 0) -> np.ndarray:
@@ -36,14 +36,14 @@ def new_model(dropout: float = 0.1) -> GPT:
 
 def test_resume_is_exact(tmp_path):
     cfg = small_config()
-    straight = Trainer(new_model(), tokens(3000), tokens(500, 1), cfg, tmp_path / "a")
+    straight = windows_trainer(new_model(), tokens(3000), tokens(500, 1), cfg, tmp_path / "a")
     straight.fit()
 
-    first = Trainer(new_model(), tokens(3000), tokens(500, 1), cfg, tmp_path / "b")
+    first = windows_trainer(new_model(), tokens(3000), tokens(500, 1), cfg, tmp_path / "b")
     first.fit(stop_at=6)
     # A new process would start from scratch: new model, new optimizer, different RNG state.
     torch.manual_seed(999)
-    second = Trainer(new_model(), tokens(3000), tokens(500, 1), cfg, tmp_path / "b")
+    second = windows_trainer(new_model(), tokens(3000), tokens(500, 1), cfg, tmp_path / "b")
     second.resume()
     second.fit()
 
@@ -55,7 +55,7 @@ def test_resume_is_exact(tmp_path):
 def test_training_lowers_the_loss_and_keeps_best_and_latest(tmp_path):
     events = []
     cfg = small_config(max_steps=60, eval_interval=20)
-    trainer = Trainer(new_model(0.0), tokens(5000), tokens(800, 1), cfg, tmp_path,
+    trainer = windows_trainer(new_model(0.0), tokens(5000), tokens(800, 1), cfg, tmp_path,
                       callback=events.append)
     result = trainer.fit()
     evals = [e for e in events if e["kind"] == "eval"]
@@ -74,7 +74,7 @@ def test_early_stopping_after_patience_evals_without_improvement(tmp_path):
     # A learning rate this small cannot move fp32 weights, so val loss never improves.
     cfg = small_config(max_steps=100, eval_interval=5, patience=2, learning_rate=1e-12,
                        min_lr=0.0)
-    result = Trainer(new_model(0.0), tokens(3000), tokens(500, 1), cfg, tmp_path).fit()
+    result = windows_trainer(new_model(0.0), tokens(3000), tokens(500, 1), cfg, tmp_path).fit()
     assert result.stopped_early and result.steps == 15
 
 
@@ -84,6 +84,10 @@ def test_lr_warms_up_linearly_then_decays_to_min_lr():
     assert lr_at(10, cfg) == pytest.approx(1.0)
     assert lr_at(55, cfg) == pytest.approx(0.55)
     assert lr_at(100, cfg) == pytest.approx(0.1)
+    budgeted = TrainConfig(max_steps=100, warmup_steps=10, learning_rate=1.0, min_lr=0.1,
+                           max_seconds=60)
+    assert lr_at(20, budgeted, elapsed=30) == pytest.approx(0.55)
+    assert lr_at(20, budgeted, elapsed=60) == pytest.approx(0.1)
 
 
 def test_weight_decay_applies_to_matrices_only():
@@ -95,10 +99,10 @@ def test_weight_decay_applies_to_matrices_only():
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     data = tokens(3000)
-    big = Trainer(new_model(0.0), data, tokens(500, 1), small_config(batch_size=8, max_steps=1),
-                  tmp_path / "a")
-    small = Trainer(new_model(0.0), data, tokens(500, 1),
-                    small_config(batch_size=4, grad_accum=2, max_steps=1), tmp_path / "b")
+    big = windows_trainer(new_model(0.0), data, tokens(500, 1),
+                          small_config(batch_size=8, max_steps=1), tmp_path / "a")
+    small = windows_trainer(new_model(0.0), data, tokens(500, 1),
+                            small_config(batch_size=4, grad_accum=2, max_steps=1), tmp_path / "b")
     # Same 8 windows either way: draw them once and feed them in one or two pieces.
     x, y = big.train_batches.next()
     windows = iter([(x, y), (x[:4], y[:4]), (x[4:], y[4:])])
@@ -134,4 +138,4 @@ def test_nonsense_training_parameters_are_refused(field, value):
 
 def test_validation_split_shorter_than_a_window_is_refused(tmp_path):
     with pytest.raises(ValueError, match="cannot fill one window"):
-        Trainer(new_model(), tokens(3000), tokens(10), small_config(), tmp_path)
+        windows_trainer(new_model(), tokens(3000), tokens(10), small_config(), tmp_path)

@@ -12,10 +12,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
 from flows.retrain import retrain
 from gpt.config import load_params
-from mlflow import MlflowClient
 from tasks.common import sha256_tree
 from tasks.reproduce import reproduce
 from tasks.tracking import client
@@ -75,9 +75,8 @@ def test_first_run_logs_metrics_params_and_artifacts_to_one_mlflow_run(first_run
 
 
 def test_registered_pyfunc_loads_from_the_champion_alias_and_generates(first_run):
-    import pandas as pd
-
     import mlflow
+    import pandas as pd
 
     model = mlflow.pyfunc.load_model("models:/tinygpt@champion")
     out = model.predict(pd.DataFrame({"prompt": ["ROMEO:"]}),

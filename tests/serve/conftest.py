@@ -18,6 +18,7 @@ import torch
 
 from gpt.checkpoint import save_model
 from gpt.model import GPT, GPTConfig
+from gpt.sft import CONTROL_TOKENS
 from gpt.tokenizer import BPETokenizer
 from tasks.register import PYFUNC_FILE, signature
 from tests.conftest import ROOT
@@ -37,18 +38,29 @@ class Registry:
     root: Path
     tokenizer: BPETokenizer
 
-    def register(self, seed: int, alias: str | None = "champion") -> str:
-        """Register a small random-weight model; point alias at it. Returns the version."""
+    def register(self, seed: int, alias: str | None = "champion", name: str = "tinygpt",
+                 fine_tuned: bool = False) -> str:
+        """Register a small random-weight model; point alias at it. Returns the version.
+
+        fine_tuned: its tokenizer has the control tokens, and it always answers
+        <|endoftext|> at once (so completion mode has a known result).
+        """
+        import mlflow
         import pandas as pd
 
-        import mlflow
-
+        tokenizer = (self.tokenizer.with_special_tokens(CONTROL_TOKENS) if fine_tuned
+                     else self.tokenizer)
         torch.manual_seed(seed)
-        model = GPT(GPTConfig(vocab_size=self.tokenizer.vocab_size, block_size=64, n_layer=2,
+        model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=2,
                               n_head=2, n_embd=32))
-        tok_dir = self.root / f"tok-{seed}"
-        self.tokenizer.save(tok_dir)
-        ckpt = save_model(model, self.root / f"ckpt-{seed}", assets_dir=tok_dir)
+        if fine_tuned:
+            with torch.no_grad():  # constant final features, aligned with <|endoftext|> only
+                model.transformer.ln_f.weight.zero_()
+                model.transformer.ln_f.bias.fill_(1.0)
+                model.lm_head.weight[tokenizer.special_tokens["<|endoftext|>"]] = 5.0
+        tok_dir = self.root / f"tok-{name}-{seed}"
+        tokenizer.save(tok_dir)
+        ckpt = save_model(model, self.root / f"ckpt-{name}-{seed}", assets_dir=tok_dir)
         mlflow.set_tracking_uri(self.uri)
         if mlflow.get_experiment_by_name("serving-tests") is None:
             mlflow.create_experiment("serving-tests",
@@ -58,10 +70,10 @@ class Registry:
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(PYFUNC_FILE), artifacts={"checkpoint": str(ckpt)},
                 signature=signature(), input_example=pd.DataFrame({"prompt": ["hi"]}),
-                registered_model_name="tinygpt")
+                registered_model_name=name)
         version = str(info.registered_model_version)
         if alias:
-            mlflow.MlflowClient().set_registered_model_alias("tinygpt", alias, version)
+            mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
         return version
 
 

@@ -217,3 +217,25 @@ def test_mlflow_models_serve_answers_with_the_same_pyfunc(registry, tmp_path):
         assert again.json()["predictions"] == predictions
     finally:
         server.stop()
+
+
+def test_completion_mode_needs_a_model_with_control_tokens(service):
+    response = httpx.post(f"{service}/generate", json={**BASE, "mode": "completion"})
+    assert response.status_code == 422
+    assert "control tokens" in response.json()["detail"][0]["message"]
+
+
+def test_completion_mode_wraps_the_prompt_and_stops_at_endoftext(registry, tmp_path):
+    registry.register(seed=5, name="tinygpt-sft", fine_tuned=True)
+    proc, url = start_service(registry.uri, tmp_path, "--model", "models:/tinygpt-sft@champion")
+    try:
+        wait_for(f"{url}/health")
+        answer = httpx.post(f"{url}/generate", timeout=60, json={
+            **BASE, "prompt": "2+2=", "mode": "completion", "max_new_tokens": 30}).json()
+        assert answer["completion_tokens"] == 0 and answer["text"] == ""
+        assert answer["prompt_tokens"] == len(registry.tokenizer.encode("2+2=")) + 2
+        text_mode = httpx.post(f"{url}/generate", timeout=60, json={
+            **BASE, "prompt": "2+2=", "max_new_tokens": 30}).json()
+        assert text_mode["prompt_tokens"] == answer["prompt_tokens"] - 2
+    finally:
+        proc.stop()

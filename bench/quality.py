@@ -1,0 +1,112 @@
+"""Quality per second on Tiny Shakespeare: val bits per byte on the last 10% of the text.
+
+The peer is nanoGPT's CPU recipe (char-level, 4 layers x 128, block 64, batch 12, 2000
+iterations, evals every 250), run here with the nanoGPT-shaped model. Ours then trains with the
+defaults of params.yaml for the same wall-clock time, and (unless --skip-long) for 15 minutes.
+Bits per byte does not depend on the tokenizer, so a char model and a BPE model compare.
+
+    python bench/quality.py [--skip-long] [--long-seconds 900]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.baselines import NanoGPT, nanogpt_lr
+from bench.common import ROOT, corpus_path, save, table
+from gpt.config import apply_overrides, load_params
+from gpt.data import sequential_windows
+from gpt.quick import train_from_text
+
+
+def nanogpt_recipe(text: str, iters: int = 2000) -> dict:
+    """nanoGPT's shakespeare_char CPU run: returns wall seconds and val bits per byte."""
+    started = time.perf_counter()
+    chars = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(chars)}
+    data = np.array([stoi[c] for c in text], dtype=np.int64)
+    cut = int(0.9 * len(data))
+    train, val = torch.from_numpy(data[:cut]), torch.from_numpy(data[cut:])
+    block, batch = 64, 12
+    torch.manual_seed(1337)
+    model = NanoGPT(len(chars), block, n_layer=4, n_head=4, n_embd=128)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99),
+                                  weight_decay=0.1)
+
+    def get_batch(split: torch.Tensor):
+        ix = torch.randint(len(split) - block, (batch,))
+        x = torch.stack([split[i:i + block] for i in ix])
+        y = torch.stack([split[i + 1:i + 1 + block] for i in ix])
+        return x, y
+
+    for it in range(iters + 1):
+        if it % 250 == 0:  # the recipe's periodic estimate (20 batches per split)
+            model.eval()
+            with torch.no_grad():
+                for split in (train, val):
+                    for _ in range(20):
+                        model(*get_batch(split))
+            model.train()
+        if it == iters:
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = nanogpt_lr(it, iters, 1e-3, 1e-4, 100)
+        loss = model(*get_batch(train))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if it % 500 == 0:
+            print(f"  nanoGPT recipe: iter {it}/{iters}, loss {loss.item():.3f}", flush=True)
+    seconds = time.perf_counter() - started
+    model.eval()
+    nats, count = 0.0, 0
+    with torch.no_grad():
+        for x, y in sequential_windows(val.numpy(), block, 64):
+            nats += model(x, y).item() * y.numel()
+            count += y.numel()
+    # The corpus is ASCII: one character is one byte.
+    return {"seconds": seconds, "bits_per_byte": nats / count / math.log(2)}
+
+
+def ours(budget: float, out: Path) -> dict:
+    params = apply_overrides(load_params(ROOT / "params.yaml"), [
+        f"train.max_seconds={budget}", "train.max_steps=100000", "sample.max_new_tokens=1"])
+    metrics = train_from_text(corpus_path(), out, params)
+    return {"seconds": metrics["wall_seconds"], "bits_per_byte": metrics["val_bits_per_byte"],
+            "steps": metrics["steps"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--skip-long", action="store_true")
+    parser.add_argument("--long-seconds", type=float, default=900)
+    args = parser.parse_args()
+    text = corpus_path().read_text(encoding="utf-8")
+    print("nanoGPT CPU recipe (peer) ...", flush=True)
+    peer = nanogpt_recipe(text)
+    rows = [{"run": "nanoGPT CPU recipe (char, 4x128, 2000 iters)", **peer}]
+    scratch = Path(tempfile.mkdtemp())
+    # Our budget covers everything (tokenizer training and encoding too): leave them ~5 s.
+    same = ours(peer["seconds"] - 5, scratch / "same")
+    rows.append({"run": "tinygpt defaults, same wall-clock", **same})
+    if not args.skip_long:
+        long = ours(args.long_seconds - 5, scratch / "long")
+        rows.append({"run": f"tinygpt defaults, {args.long_seconds / 60:.0f} minutes", **long})
+    for row in rows:
+        row["vs_peer_bpb"] = row["bits_per_byte"] / peer["bits_per_byte"]
+    print(table(rows, ["run", "seconds", "bits_per_byte", "vs_peer_bpb"]))
+    print(f"results: {save('quality', rows)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Training throughput: ours (fp32 and bf16 autocast) against transformers' GPT2LMHeadModel and
+a nanoGPT-shaped model, same shape, same batches, same machine, interleaved rounds.
+
+Also model FLOP/s (6 x params + attention per token, nanoGPT's estimate) as a share of a large
+matmul of the same dtype measured in the same run.
+
+    python bench/train_speed.py [--steps 8] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.baselines import NanoGPT
+from bench.common import save, table
+from gpt.model import GPT, GPTConfig
+from gpt.train import TrainConfig, autocast, build_optimizer
+
+VOCAB, BLOCK, LAYERS, HEADS, EMBD, BATCH = 8192, 256, 6, 6, 384, 16
+
+
+def matmul_flops(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    started = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - started)
+
+
+def flops_per_token(params: int) -> float:
+    return 6 * params + 12 * LAYERS * EMBD * BLOCK
+
+
+def ours(dtype: torch.dtype):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=LAYERS, n_head=HEADS,
+                          n_embd=EMBD))
+    optimizer = build_optimizer(model, TrainConfig())
+
+    def step(x, y):
+        with autocast(torch.device("cpu"), dtype):
+            _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step, model.num_params()
+
+
+def transformers_gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=BLOCK, n_embd=EMBD,
+                                       n_layer=LAYERS, n_head=HEADS, resid_pdrop=0.0,
+                                       embd_pdrop=0.0, attn_pdrop=0.0))
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+
+    def step(x, _y):
+        loss = model(input_ids=x, labels=x).loss  # transformers shifts the labels itself
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step, sum(p.numel() for p in model.parameters()) - BLOCK * EMBD
+
+
+def nanogpt():
+    torch.manual_seed(0)
+    model = NanoGPT(VOCAB, BLOCK, LAYERS, HEADS, EMBD)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+
+    def step(x, y):
+        loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step, sum(p.numel() for p in model.parameters()) - BLOCK * EMBD
+
+
+def tokens_per_s(step, steps: int) -> float:
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randint(VOCAB, (BATCH, BLOCK + 1), generator=gen) for _ in range(steps + 2)]
+    for b in batches[:2]:  # warm-up
+        step(b[:, :-1], b[:, 1:])
+    started = time.perf_counter()
+    for b in batches[2:]:
+        step(b[:, :-1], b[:, 1:])
+    return steps * BATCH * BLOCK / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    peak = {"float32": matmul_flops(torch.float32), "bfloat16": matmul_flops(torch.bfloat16)}
+    contenders = {
+        "transformers GPT2LMHeadModel fp32": (transformers_gpt2, "float32"),
+        "nanoGPT-shaped fp32": (nanogpt, "float32"),
+        "tinygpt fp32": (lambda: ours(torch.float32), "float32"),
+        "tinygpt bf16 autocast": (lambda: ours(torch.bfloat16), "bfloat16"),
+    }
+    best: dict[str, float] = {}
+    params: dict[str, int] = {}
+    for round_ in range(args.rounds):
+        for name, (build, _) in contenders.items():
+            step, params[name] = build()
+            best[name] = max(best.get(name, 0.0), tokens_per_s(step, args.steps))
+            print(f"round {round_ + 1}: {name}: {best[name]:,.0f} tok/s", flush=True)
+    reference = best["transformers GPT2LMHeadModel fp32"]
+    rows = []
+    for name, (_, dtype) in contenders.items():
+        achieved = flops_per_token(params[name]) * best[name]
+        rows.append({"model": name, "tokens_per_s": best[name],
+                     "vs_transformers_fp32": best[name] / reference,
+                     "model_gflops": achieved / 1e9,
+                     "pct_of_matmul": 100 * achieved / peak[dtype]})
+    print(f"\n{LAYERS} layers x {EMBD}, block {BLOCK}, batch {BATCH}, vocab {VOCAB}; matmul "
+          f"{peak['float32'] / 1e9:.0f} GFLOP/s fp32, {peak['bfloat16'] / 1e9:.0f} bf16")
+    print(table(rows, ["model", "tokens_per_s", "vs_transformers_fp32", "model_gflops",
+                       "pct_of_matmul"]))
+    gflops = {k: v / 1e9 for k, v in peak.items()}
+    print(f"results: {save('train_speed', rows, matmul_gflops=gflops)}")
+
+
+if __name__ == "__main__":
+    main()

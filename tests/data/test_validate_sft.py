@@ -1,0 +1,48 @@
+"""The fine-tuning data suite: every broken record is reported by line number."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def tinygpt_validate(tmp_path, lines):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(x) if not isinstance(x, str) else x for x in lines)
+                    + "\n")
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), "validate", str(path),
+                           "--kind", "sft"], capture_output=True, text=True, cwd=tmp_path)
+
+
+GOOD = [{"prompt": "2+2=", "completion": "4"}, {"prompt": "reverse 'ab'", "code": "ba"}]
+
+
+def test_good_pairs_pass(tmp_path):
+    result = tinygpt_validate(tmp_path, GOOD)
+    assert result.returncode == 0, result.stderr
+    assert "valid (2 records" in result.stdout
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    ({"prompt": "3+3="}, "expect_column_values_to_not_be_null(completion): 1 row(s) fail, e.g. "
+                         "line 3"),
+    ({"prompt": 5, "completion": "5"}, "expect_column_values_to_be_of_type(prompt): 1 row(s) "
+                                       "fail, e.g. line 3"),
+    ({"prompt": "x", "completion": ""}, "expect_column_value_lengths_to_be_between(completion)"),
+    ({"prompt": "x" * 300, "completion": "y"}, "expect_column_values_to_be_between(n_tokens): "
+                                               "1 row(s) fail, e.g. line 3"),
+])
+def test_each_broken_record_is_named_by_line(tmp_path, bad, message):
+    result = tinygpt_validate(tmp_path, [*GOOD, bad])
+    assert result.returncode == 1
+    assert message in result.stderr, result.stderr
+
+
+def test_a_line_that_is_not_json_is_refused_with_its_number(tmp_path):
+    result = tinygpt_validate(tmp_path, [*GOOD, "{oops"])
+    assert result.returncode == 1 and "line 3: not valid JSON" in result.stderr

@@ -1,0 +1,150 @@
+"""Fine-tuning: control tokens, masked labels, bucketed batches, vocab growth, datasets."""
+
+from __future__ import annotations
+
+import ast
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpt.model import GPT, GPTConfig
+from gpt.sft import (
+    COMPLETION,
+    CONTROL_TOKENS,
+    IGNORE,
+    PAD,
+    PROMPT,
+    BucketedBatches,
+    Example,
+    complete,
+    format_record,
+    pad_batch,
+    parses_as_python,
+    prompt_ids,
+)
+from gpt.sft_data import python_tasks, split_of, verifiable_tasks
+from gpt.tokenizer import BPETokenizer, CharTokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> BPETokenizer:
+    text = "Write a function to add two numbers.\ndef add(a, b):\n    return a + b\n" * 20
+    return BPETokenizer.train(text + PROMPT + COMPLETION, 320, special_tokens=CONTROL_TOKENS)
+
+
+def test_labels_cover_the_completion_and_end_only(tokenizer):
+    inputs, labels = format_record(tokenizer, "add 2 and 3", "5")
+    head = prompt_ids(tokenizer, "add 2 and 3")
+    assert inputs[:len(head)] == head and inputs[0] == tokenizer.special_tokens[PROMPT]
+    answer = [*tokenizer.encode("5"), tokenizer.special_tokens["<|endoftext|>"]]
+    assert labels == [IGNORE] * (len(head) - 1) + answer
+    assert len(inputs) == len(labels)
+
+
+def test_loss_gradient_is_exactly_zero_at_prompt_and_padding_positions(tokenizer):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=1, n_head=2,
+                          n_embd=32))
+    pairs = [format_record(tokenizer, "Write a function to add two numbers.",
+                           "def add(a, b):\n    return a + b\n"),
+             format_record(tokenizer, "add", "a + b")]
+    examples = [Example(np.array(x), np.array(y)) for x, y in pairs]
+    x, y = pad_batch(examples, tokenizer.special_tokens[PAD])
+    logits, _ = model(x)
+    logits.retain_grad()
+    F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=IGNORE).backward()
+    grad = logits.grad.abs().sum(dim=-1)
+    masked = y == IGNORE
+    assert masked.any() and (~masked).any()
+    assert torch.all(grad[masked] == 0)          # prompt and padding: exactly zero
+    assert torch.all(grad[~masked] > 0)          # every answer position: a gradient
+    padding = x == tokenizer.special_tokens[PAD]
+    assert padding.any() and torch.all(masked[padding])
+
+
+def test_control_tokens_are_never_merged_nor_matched_in_plain_text(tokenizer):
+    ids = set(tokenizer.special_tokens[t] for t in CONTROL_TOKENS)
+    assert not any(a in ids or b in ids for a, b in tokenizer.merges)
+    assert not ids & set(tokenizer.encode(f"{PROMPT} hi {COMPLETION}"))
+
+
+def test_bucketed_batches_group_lengths_cover_everything_and_resume():
+    rng = np.random.default_rng(0)
+    examples = [Example(np.ones(n, dtype=np.int64), np.ones(n, dtype=np.int64))
+                for n in rng.integers(2, 60, size=256)]
+    batches = BucketedBatches(examples, batch_size=8, pad_id=0, seed=1, bucket_batches=8)
+    epoch = [batches.next() for _ in range(32)]
+    seen = sorted(int((y != IGNORE).sum(dim=1)[i]) for _, y in epoch for i in range(len(y)))
+    assert seen == sorted(len(e.inputs) for e in examples)  # each example exactly once
+    padding = sum(int((y == IGNORE).sum()) for _, y in epoch) / sum(y.numel() for _, y in epoch)
+    assert padding < 0.15  # random batching of these lengths pads about 45%
+    state = batches.get_state()
+    expected = [batches.next()[0] for _ in range(5)]
+    resumed = BucketedBatches(examples, batch_size=8, pad_id=0, seed=99, bucket_batches=8)
+    resumed.set_state(state)
+    assert all(torch.equal(resumed.next()[0], e) for e in expected)
+
+
+def test_adding_control_tokens_to_a_base_model_keeps_its_old_predictions():
+    base_tok = CharTokenizer.train("abcdef ", special_tokens=("<|endoftext|>",))
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=base_tok.vocab_size, block_size=16, n_layer=1, n_head=2,
+                          n_embd=16)).eval()
+    idx = torch.tensor([base_tok.encode("abc fed")])
+    before = model(idx)[0]
+    grown = base_tok.with_special_tokens(CONTROL_TOKENS)
+    assert grown.vocab_size == base_tok.vocab_size + 3  # <|endoftext|> was already there
+    model.resize_vocab(grown.vocab_size)
+    after = model(idx)[0]
+    torch.testing.assert_close(after[..., :base_tok.vocab_size], before)
+    assert model.lm_head.weight is model.transformer.wte.weight
+
+
+def test_complete_stops_at_endoftext(tokenizer):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=1, n_head=2,
+                          n_embd=32)).eval()
+    eot = tokenizer.special_tokens["<|endoftext|>"]
+    with torch.no_grad():  # final features all ones, and only <|endoftext|> aligned with them
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.fill_(1.0)
+        model.lm_head.weight[eot] = 5.0
+    assert complete(model, tokenizer, "add", max_new_tokens=20) == ""
+
+
+def test_verifiable_answers_are_right_and_splits_are_stable():
+    records = verifiable_tasks(800, seed=3)
+    assert len({r["prompt"] for r in records}) == 800
+    for r in records:
+        p, a = r["prompt"], r["completion"]
+        if m := re.fullmatch(r"(\d+)([+-])(\d+)=", p):
+            x, op, y = int(m[1]), m[2], int(m[3])
+            assert int(a) == (x + y if op == "+" else x - y)
+        elif p.startswith("sort "):
+            assert ast.literal_eval(a) == sorted(ast.literal_eval(p[5:]))
+        elif p.startswith("reverse ["):
+            assert ast.literal_eval(a) == ast.literal_eval(p[8:])[::-1]
+        elif p.startswith("max "):
+            assert int(a) == max(ast.literal_eval(p[4:]))
+        elif p.startswith("reverse '"):
+            assert a == p[9:-1][::-1]
+        elif p.startswith("upper '"):
+            assert a == p[7:-1].upper()
+        elif p.startswith("len '"):
+            assert int(a) == len(p[5:-1])
+        else:
+            pytest.fail(f"unknown task {p!r}")
+    assert verifiable_tasks(800, seed=3) == records
+    splits = [split_of(r["prompt"]) for r in records]
+    assert {"train", "val", "test"} == set(splits)
+    assert 0.7 < splits.count("train") / len(splits) < 0.9
+
+
+def test_python_set_is_a_few_hundred_records_that_all_parse():
+    records = python_tasks()
+    assert 200 <= len(records) <= 400
+    assert all(parses_as_python(r["code"]) for r in records)
+    assert not parses_as_python("def broken(:\n")
