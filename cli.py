@@ -268,7 +268,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from tasks.tracking import registry_settings, tracking_uri
 
     params = load_params(args.params, args.overrides)
-    mlflow.set_tracking_uri(tracking_uri(params))  # the service waits for the registry
+    uri = tracking_uri(params)  # only set, not contacted: the service waits for the registry
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     registry = registry_settings(params)
     uri = args.model or f"models:/{registry['model_name']}@{registry['champion_alias']}"
     app = create_app(Settings(model_uri=uri, poll_seconds=args.poll_seconds,

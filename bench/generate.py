@@ -49,7 +49,8 @@ def main() -> None:
     ours = GPT(GPTConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=LAYERS, n_head=HEADS,
                          n_embd=EMBD)).eval()
     hf = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=BLOCK, n_embd=EMBD,
-                                    n_layer=LAYERS, n_head=HEADS)).eval()
+                                    n_layer=LAYERS, n_head=HEADS, bos_token_id=None,
+                                    eos_token_id=None)).eval()
     prompt = torch.randint(VOCAB, (1, PROMPT))
     runs = {
         "tinygpt (KV cache)": lambda: time_ours(ours, prompt, args.new_tokens),

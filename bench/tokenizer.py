@@ -77,10 +77,13 @@ def main() -> None:
     hf = hf_from_ours(folder)
     tk = tiktoken_from_ours(ours)
 
-    def ours_cold():
-        return BPETokenizer.load(folder).encode(text)  # fresh chunk cache each round
-
-    ours_enc, ours_ids = best_of(args.rounds, ours_cold)
+    ours_enc, ours_ids = float("inf"), None
+    for _ in range(args.rounds):  # a freshly loaded tokenizer each round: a cold chunk cache
+        fresh = BPETokenizer.load(folder)
+        started = time.perf_counter()
+        ours_ids = fresh.encode(text)
+        ours_enc = min(ours_enc, time.perf_counter() - started)
+    warm_enc, _ = best_of(args.rounds, lambda: fresh.encode(text))
     hf_whole, hf_ids = best_of(args.rounds, lambda: hf.encode(text).ids)
     hf_batch, _ = best_of(args.rounds, lambda: hf.encode_batch(lines))
     tk_enc, tk_ids = best_of(args.rounds, lambda: tk.encode_ordinary(text))
@@ -96,6 +99,9 @@ def main() -> None:
          "peer": f"{n_bytes / hf_whole / 1e6:.2f} MB/s (HF whole), "
                  f"{n_bytes / hf_batch / 1e6:.2f} MB/s (HF batched by line)",
          "ratio": f"{hf_batch / ours_enc:.2f}x HF batched"},
+        {"figure": "encode, warm chunk cache", "ours": f"{n_bytes / warm_enc / 1e6:.2f} MB/s",
+         "peer": f"{n_bytes / hf_batch / 1e6:.2f} MB/s (HF batched by line)",
+         "ratio": f"{hf_batch / warm_enc:.2f}x HF batched"},
         {"figure": "encode ceiling", "ours": f"{n_bytes / ours_enc / 1e6:.2f} MB/s",
          "peer": f"{n_bytes / tk_enc / 1e6:.2f} MB/s (tiktoken, our merges; "
                  f"same ids: {tk_ids == ours_ids})",

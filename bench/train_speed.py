@@ -61,7 +61,8 @@ def transformers_gpt2():
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=BLOCK, n_embd=EMBD,
                                        n_layer=LAYERS, n_head=HEADS, resid_pdrop=0.0,
-                                       embd_pdrop=0.0, attn_pdrop=0.0))
+                                       embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None,
+                                       eos_token_id=None))
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
 

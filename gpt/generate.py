@@ -88,7 +88,7 @@ def _generator(device: torch.device, seed: int | None) -> torch.Generator | None
     return torch.Generator(device=device).manual_seed(seed)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def iter_tokens(model: GPT, idx: torch.Tensor, params: SamplingParams,
                 stop_ids: Sequence[int] = ()) -> Iterator[torch.Tensor]:
     """Yield each new token (B,) in turn; stops early when batch 1 samples a stop id."""

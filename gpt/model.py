@@ -69,9 +69,10 @@ class KVCache:
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, H, T, D) at the current position; return all keys/values so far."""
         end = self.pos + k.size(2)
-        self.keys[layer, :, :, self.pos:end] = k
-        self.values[layer, :, :, self.pos:end] = v
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+        keys, values = self.keys[layer], self.values[layer]
+        keys.narrow(2, self.pos, k.size(2)).copy_(k)
+        values.narrow(2, self.pos, v.size(2)).copy_(v)
+        return keys.narrow(2, 0, end), values.narrow(2, 0, end)
 
 
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -88,6 +89,11 @@ def causal_mask(q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
     return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(diagonal=offset)
 
 
+def dropout_layer(p: float) -> nn.Module:
+    """Dropout, or nothing at all when p is 0 (saves a call per layer per token)."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -97,7 +103,7 @@ class CausalSelfAttention(nn.Module):
         # One matmul makes queries, keys and values for every head at once.
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = dropout_layer(config.dropout)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0
                 ) -> torch.Tensor:
@@ -131,7 +137,7 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = dropout_layer(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
@@ -160,7 +166,7 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),
-            drop=nn.Dropout(config.dropout),
+            drop=dropout_layer(config.dropout),
             h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))

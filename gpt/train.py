@@ -248,21 +248,23 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def _train_step(self, lr: float) -> float:
+    def _train_step(self, lr: float) -> tuple[float, int]:
+        """One optimizer step; returns the mean loss and the number of tokens fed."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        total = 0.0
+        total, tokens = 0.0, 0
         for _ in range(self.cfg.grad_accum):
             x, y = self.train_batches.next()
             with autocast(self.device, self.dtype):
                 _, loss = self.model(x, y)
             (loss / self.cfg.grad_accum).backward()
             total += loss.item()
+            tokens += x.numel()
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return total / self.cfg.grad_accum
+        return total / self.cfg.grad_accum, tokens
 
     def _evaluate(self, train_loss: float) -> bool:
         """Estimate val loss on fixed batches, checkpoint, and say whether to stop early."""
@@ -286,23 +288,22 @@ class Trainer:
         """Train until max_steps (or stop_at, an earlier step, keeping the same schedule)."""
         cfg = self.cfg
         last_step = min(cfg.max_steps, stop_at or cfg.max_steps)
-        first_step = self.step
-        tokens_per_step = cfg.batch_size * cfg.grad_accum * self.model.config.block_size
         self.model.train()
         started = window_start = time.perf_counter()
-        window_steps, loss, stopped_early = 0, math.nan, False
+        window_tokens, total_tokens, loss, stopped_early = 0, 0, math.nan, False
         log.info("training %.2fM parameters on %s (%s) for %d steps",
                  self.model.num_params() / 1e6, self.device, str(self.dtype).split(".")[-1],
                  cfg.max_steps)
         while self.step < last_step:
             lr = lr_at(self.step, cfg, time.perf_counter() - started)
-            loss = self._train_step(lr)
+            loss, tokens = self._train_step(lr)
             self.step += 1
-            window_steps += 1
+            window_tokens += tokens
+            total_tokens += tokens
             if self.step % cfg.log_interval == 0:
                 now = time.perf_counter()
-                tokens_per_s = window_steps * tokens_per_step / (now - window_start)
-                window_start, window_steps = now, 0
+                tokens_per_s = window_tokens / (now - window_start)
+                window_start, window_tokens = now, 0
                 self.callback({"kind": "train", "step": self.step, "train_loss": loss,
                                "lr": lr, "tokens_per_s": tokens_per_s})
                 log.info("step %d/%d | loss %.4f | lr %.2e | %.0f tok/s", self.step,
@@ -319,7 +320,7 @@ class Trainer:
         return TrainResult(
             steps=self.step, best_val_loss=self.best_val_loss, last_val_loss=self.last_val_loss,
             stopped_early=stopped_early, seconds=seconds,
-            tokens_per_s=(self.step - first_step) * tokens_per_step / max(seconds, 1e-9),
+            tokens_per_s=total_tokens / max(seconds, 1e-9),
             best_dir=self.best_dir, latest_dir=self.latest_dir, history=self.history)
 
 

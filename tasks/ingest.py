@@ -76,10 +76,11 @@ def text_records(path: Path, name: str) -> list[dict[str, Any]]:
             for i, para in enumerate(split_paragraphs(text))]
 
 
-def jsonl_records(path: Path, name: str, text_field: str) -> list[dict[str, Any]]:
-    """One record per non-blank line; every malformed line is reported, with its number."""
+def json_lines(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
+    """(line number, object) of each non-blank line, and a problem for each line that is not
+    a JSON object."""
     lines = decode_utf8(read_bytes_checked(path), str(path)).splitlines()
-    records, problems = [], []
+    objects, problems = [], []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -88,9 +89,26 @@ def jsonl_records(path: Path, name: str, text_field: str) -> list[dict[str, Any]
         except json.JSONDecodeError as err:
             problems.append(f"line {number}: not valid JSON ({err.msg})")
             continue
-        if not isinstance(obj, dict):
+        if isinstance(obj, dict):
+            objects.append((number, obj))
+        else:
             problems.append(f"line {number}: expected a JSON object, got {type(obj).__name__}")
-        elif text_field not in obj:
+    return objects, problems
+
+
+def refuse(path: Path, problems: list[str]) -> None:
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more"
+                                            if len(problems) > 5 else "")
+        raise CorpusError(f"{path}: {len(problems)} bad JSONL line(s): {shown}")
+
+
+def jsonl_records(path: Path, name: str, text_field: str) -> list[dict[str, Any]]:
+    """One record per non-blank line; every malformed line is reported, with its number."""
+    objects, problems = json_lines(path)
+    records = []
+    for number, obj in objects:
+        if text_field not in obj:
             problems.append(f"line {number}: missing the {text_field!r} field")
         elif not isinstance(obj[text_field], str):
             problems.append(f"line {number}: {text_field!r} must be a string, got "
@@ -99,10 +117,7 @@ def jsonl_records(path: Path, name: str, text_field: str) -> list[dict[str, Any]
             doc_id = obj.get("id")
             records.append({"doc_id": str(doc_id) if doc_id is not None else f"{name}:{number}",
                             "text": obj[text_field], "source": f"{name}:{number}"})
-    if problems:
-        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more"
-                                            if len(problems) > 5 else "")
-        raise CorpusError(f"{path}: {len(problems)} bad JSONL line(s): {shown}")
+    refuse(path, sorted(problems, key=lambda p: int(p.split()[1].rstrip(":"))))
     return records
 
 
@@ -175,26 +190,12 @@ def read_pairs(path: str | Path):
     import pandas as pd
 
     source = Path(path)
-    lines = decode_utf8(read_bytes_checked(source), str(source)).splitlines()
-    rows, problems = [], []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            problems.append(f"line {number}: not valid JSON ({err.msg})")
-            continue
-        if not isinstance(obj, dict):
-            problems.append(f"line {number}: expected a JSON object")
-            continue
-        answer = next((obj[f] for f in ANSWER_FIELDS if f in obj), None)
-        rows.append({"doc_id": f"line {number}", "prompt": obj.get("prompt"),
-                     "completion": answer, "split": obj.get("split", "train"),
-                     "task": obj.get("task", "")})
-    if problems:
-        raise CorpusError(f"{source}: {len(problems)} bad JSONL line(s): "
-                          + "; ".join(problems[:5]))
+    objects, problems = json_lines(source)
+    refuse(source, problems)
+    rows = [{"doc_id": f"line {number}", "prompt": obj.get("prompt"),
+             "completion": next((obj[f] for f in ANSWER_FIELDS if f in obj), None),
+             "split": obj.get("split", "train"), "task": obj.get("task", "")}
+            for number, obj in objects]
     frame = pd.DataFrame(rows, columns=["doc_id", "prompt", "completion", "split", "task"])
     return frame.astype({"prompt": object, "completion": object})
 

@@ -28,9 +28,14 @@ def registry_settings(params: dict[str, Any]) -> dict[str, str]:
     return settings
 
 
+# MLflow's set_tracking_uri writes MLFLOW_TRACKING_URI into the environment itself, so the
+# user's choice is read once, before this process sets it.
+USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
 def tracking_uri(params: dict[str, Any]) -> str:
     """The store's URI; a relative SQLite path is made absolute (MLflow caches by URI)."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or registry_settings(params)["tracking_uri"]
+    uri = USER_TRACKING_URI or registry_settings(params)["tracking_uri"]
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         database = Path(uri.removeprefix("sqlite:///")).resolve()
         database.parent.mkdir(parents=True, exist_ok=True)
@@ -43,7 +48,9 @@ def connect(params: dict[str, Any]) -> str:
     import mlflow
 
     settings = registry_settings(params)
-    mlflow.set_tracking_uri(tracking_uri(params))
+    uri = tracking_uri(params)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # or MLflow may keep a registry it resolved before
     experiment = mlflow.get_experiment_by_name(settings["experiment"])
     if experiment is not None:
         return experiment.experiment_id

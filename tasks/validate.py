@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,19 +80,20 @@ def _context(docs_dir: Path):
     return context
 
 
-def run_suite(frame: pd.DataFrame, settings: dict[str, Any], docs_dir: Path):
-    """Validate frame with the suite through a Checkpoint that writes Data Docs to docs_dir."""
+def run_suite(frame: pd.DataFrame, make_suite: Callable[[], Any], docs_dir: Path):
+    """Validate frame with the suite make_suite builds (it needs a live context, so it is
+    called here), through a Checkpoint that writes Data Docs to docs_dir."""
     import great_expectations as gx
 
     shutil.rmtree(docs_dir, ignore_errors=True)
     context = _context(docs_dir)
-    batch = (context.data_sources.add_pandas("corpus").add_dataframe_asset("records")
+    suite = make_suite()
+    batch = (context.data_sources.add_pandas(suite.name).add_dataframe_asset("records")
              .add_batch_definition_whole_dataframe("all"))
-    suite = context.suites.add(build_suite(settings))
     definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name="corpus", data=batch, suite=suite))
+        gx.ValidationDefinition(name=suite.name, data=batch, suite=context.suites.add(suite)))
     checkpoint = context.checkpoints.add(gx.Checkpoint(
-        name="corpus", validation_definitions=[definition], result_format="SUMMARY",
+        name=suite.name, validation_definitions=[definition], result_format="SUMMARY",
         actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["tinygpt"])]))
     result = checkpoint.run(batch_parameters={"dataframe": frame})
     return next(iter(result.run_results.values()))
@@ -131,7 +133,7 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
         frame["control_share"] = [control_share(t) if isinstance(t, str) else 0.0
                                   for t in frame["text"]]
     docs_dir = path_of(params, "reports") / "data_docs"
-    result = run_suite(frame, settings, docs_dir)
+    result = run_suite(frame, lambda: build_suite(settings), docs_dir)
     report = docs_dir / "index.html"
     if not result.success:
         raise DataValidationError(
@@ -178,8 +180,6 @@ def validate_sft(params: dict[str, Any], count_tokens, block_size: int) -> dict[
 
     count_tokens(prompt, completion) gives a record's length with control tokens.
     """
-    import great_expectations as gx
-
     from tasks.ingest import SFT_FILE, read_pairs
 
     frame = read_pairs(path_of(params, "raw") / SFT_FILE)
@@ -187,18 +187,7 @@ def validate_sft(params: dict[str, Any], count_tokens, block_size: int) -> dict[
         count_tokens(p, c) if isinstance(p, str) and isinstance(c, str) else 0
         for p, c in zip(frame["prompt"], frame["completion"], strict=True)]
     docs_dir = path_of(params, "reports") / "data_docs"
-    shutil.rmtree(docs_dir, ignore_errors=True)
-    context = _context(docs_dir)
-    batch = (context.data_sources.add_pandas("pairs").add_dataframe_asset("records")
-             .add_batch_definition_whole_dataframe("all"))
-    suite = context.suites.add(build_sft_suite(block_size))
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name="pairs", data=batch, suite=suite))
-    checkpoint = context.checkpoints.add(gx.Checkpoint(
-        name="pairs", validation_definitions=[definition], result_format="SUMMARY",
-        actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["tinygpt"])]))
-    result = next(iter(checkpoint.run(batch_parameters={"dataframe": frame})
-                       .run_results.values()))
+    result = run_suite(frame, lambda: build_sft_suite(block_size), docs_dir)
     if not result.success:
         raise DataValidationError(
             f"fine-tuning data failed validation ({len(frame)} records); report: "

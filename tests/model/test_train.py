@@ -107,8 +107,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     x, y = big.train_batches.next()
     windows = iter([(x, y), (x[:4], y[:4]), (x[4:], y[4:])])
     big.train_batches.next = small.train_batches.next = lambda: next(windows)
-    big._train_step(1e-3)
-    small._train_step(1e-3)
+    assert big._train_step(1e-3)[1] == small._train_step(1e-3)[1] == 8 * 16
     for (name, a), b in zip(big.model.named_parameters(), small.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4, msg=name)
 

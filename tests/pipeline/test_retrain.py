@@ -74,6 +74,15 @@ def test_first_run_logs_metrics_params_and_artifacts_to_one_mlflow_run(first_run
     assert "data_docs/index.html" in docs
 
 
+def test_the_flow_run_publishes_a_markdown_summary(first_run):
+    from prefect.artifacts import Artifact
+
+    artifact = Artifact.get("retrain-summary")
+    assert artifact is not None and artifact.type == "markdown"
+    assert f"version **{first_run['version']}**" in artifact.data
+    assert "val_bits_per_byte" in artifact.data and "no champion yet" in artifact.data
+
+
 def test_registered_pyfunc_loads_from_the_champion_alias_and_generates(first_run):
     import mlflow
     import pandas as pd

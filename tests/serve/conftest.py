@@ -62,6 +62,7 @@ class Registry:
         tokenizer.save(tok_dir)
         ckpt = save_model(model, self.root / f"ckpt-{name}-{seed}", assets_dir=tok_dir)
         mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
         if mlflow.get_experiment_by_name("serving-tests") is None:
             mlflow.create_experiment("serving-tests",
                                      artifact_location=(self.root / "artifacts").as_uri())
