@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from gpt.checkpoint import load_model
 from gpt.config import model_config, sampling_params, tokenizer_params, train_config
@@ -51,6 +52,7 @@ def train_from_text(input_path: str | Path, out_dir: str | Path,
     val_ids = np.array(tokenizer.encode(val_text), dtype=dtype)
     log.info("encoded %d train and %d val tokens", len(train_ids), len(val_ids))
 
+    torch.manual_seed(cfg.seed)  # the initial weights too come from the seed
     model = GPT(model_config(params, tokenizer.vocab_size))
     trainer = windows_trainer(model, train_ids, val_ids, cfg, out, assets_dir=out / "tokenizer")
     result = trainer.fit()

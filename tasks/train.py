@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
 from prefect import task
 
 from gpt.checkpoint import load_model
@@ -89,6 +90,7 @@ def train(params: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
     model_dir = path_of(params, "model")
     staging = model_dir.with_name(f".{model_dir.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
+    torch.manual_seed(cfg.seed)  # the initial weights too come from the seed
     trainer = windows_trainer(GPT(model_cfg), train_ids, val_ids, cfg, staging,
                               callback=metric_logger(params, run_id),
                               assets_dir=path_of(params, "tokenizer"))
@@ -154,6 +156,7 @@ def train_sft(params: dict[str, Any], run_id: str | None = None) -> dict[str, An
         model, _, base_version = load_registered(params, init)
         model.resize_vocab(tokenizer.vocab_size)
     else:
+        torch.manual_seed(cfg.seed)
         model = GPT(model_config(params, tokenizer.vocab_size))
     train_examples = read_examples(tokens_dir / "train.parquet")
     val_examples = read_examples(tokens_dir / "val.parquet")

@@ -89,3 +89,13 @@ def test_vocab_size_above_the_limit_is_refused(tmp_path, capsys):
     assert main(["tokenizer", "train", "--input", str(tmp_path / "ok.txt"), "--vocab-size",
                  "70000", "--out", str(tmp_path / "t")]) == 1
     assert "65535" in capsys.readouterr().err
+
+
+def test_same_data_and_seed_train_the_same_model(trained_run, tmp_path):
+    assert main(["train", "--input", str(trained_run / "corpus.txt"), "--out",
+                 str(tmp_path / "again"), *TINY]) == 0
+    first = json.loads((trained_run / "run" / "metrics.json").read_text())
+    second = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert first["val_loss"] == second["val_loss"]
+    a = (trained_run / "run" / "best" / "model.safetensors").read_bytes()
+    assert a == (tmp_path / "again" / "best" / "model.safetensors").read_bytes()

@@ -1,0 +1,45 @@
+"""prefect.yaml against a real Prefect server on 127.0.0.1: both deployments register, the
+nightly one with its cron schedule, on a process work pool."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import ROOT
+from tests.serve.conftest import Process, free_port, wait_for
+
+BIN = Path(sys.executable).parent
+
+
+def test_prefect_yaml_deploys_nightly_and_on_demand(tmp_path):
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(tmp_path / "prefect"),
+           "TINYGPT_PROJECT_DIR": str(ROOT)}
+    server = Process([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
+                      "--port", str(port)], env, tmp_path, tmp_path / "server.log")
+    try:
+        wait_for(f"{api}/health", timeout=120)
+
+        def prefect(*args: str) -> str:
+            result = subprocess.run([str(BIN / "prefect"), *args], env=env, cwd=ROOT,
+                                    capture_output=True, text=True, timeout=300)
+            assert result.returncode == 0, result.stdout + result.stderr
+            return result.stdout
+
+        prefect("work-pool", "create", "tinygpt", "--type", "process")
+        prefect("--no-prompt", "deploy", "--all")
+        deployments = httpx.post(f"{api}/deployments/filter", json={}).json()
+        by_name = {d["name"]: d for d in deployments}
+        assert set(by_name) == {"nightly", "on-demand"}
+        assert all(d["work_pool_name"] == "tinygpt" for d in deployments)
+        schedules = by_name["nightly"]["schedules"]
+        assert schedules[0]["schedule"]["cron"] == "0 3 * * *" and schedules[0]["active"]
+        assert by_name["on-demand"]["schedules"] == []
+    finally:
+        server.stop()
