@@ -131,12 +131,13 @@ def eval_batches(examples: list[Example], batch_size: int, pad_id: int
             for i in range(0, len(ordered), batch_size)]
 
 
-def complete(model, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 64) -> str:
-    """Greedy completion of a prompt in completion mode, up to <|endoftext|>."""
+def complete(model, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 64,
+             params: SamplingParams | None = None) -> str:
+    """The answer to a prompt in completion mode, up to <|endoftext|> (greedy by default)."""
     device = next(model.parameters()).device
     idx = torch.tensor([prompt_ids(tokenizer, prompt)], device=device)
     eot = tokenizer.special_tokens[ENDOFTEXT]
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0)
+    params = params or SamplingParams(max_new_tokens=max_new_tokens, temperature=0)
     ids = (int(t.item()) for t in iter_tokens(model, idx, params, (eot,)))
     return "".join(decode_stream((i for i in ids if i != eot), tokenizer))
 

@@ -1,8 +1,10 @@
 """The MLflow pyfunc for tinygpt, logged as "models from code": no pickled object.
 
 Its one artifact, `checkpoint`, is a checkpoint folder (safetensors weights, config.json,
-tokenizer files). `predict` takes a frame with a `prompt` column and sampling params; our
-own service unwraps it (`unwrap_python_model()`) to reach the model and tokenizer and stream.
+tokenizer files). `predict` takes a frame with a `prompt` column and sampling params; a
+fine-tuned model is logged with model_config {"mode": "completion"}, so it answers prompts
+instead of continuing them. Our own service unwraps it (`unwrap_python_model()`) to reach the
+model and tokenizer and stream.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pandas as pd
 
 from gpt.checkpoint import load_model
 from gpt.generate import SamplingParams, generate_text
+from gpt.sft import complete
 from gpt.tokenizer import load_tokenizer
 
 PARAM_DEFAULTS: dict[str, Any] = {
@@ -38,13 +41,17 @@ class TinyGPTModel(mlflow.pyfunc.PythonModel):
         folder = context.artifacts["checkpoint"]
         self.model = load_model(folder).eval()
         self.tokenizer = load_tokenizer(folder)
+        self.mode = (context.model_config or {}).get("mode", "text")
 
     def predict(self, context, model_input: pd.DataFrame,
                 params: dict[str, Any] | None = None) -> pd.DataFrame:
         settings = sampling_from(params)
         prompts = model_input["prompt"].astype(str).tolist()
-        return pd.DataFrame({"completion": [
-            generate_text(self.model, self.tokenizer, p, settings) for p in prompts]})
+        if self.mode == "completion":
+            answers = [complete(self.model, self.tokenizer, p, params=settings) for p in prompts]
+        else:
+            answers = [generate_text(self.model, self.tokenizer, p, settings) for p in prompts]
+        return pd.DataFrame({"completion": answers})
 
 
 mlflow.models.set_model(TinyGPTModel())

@@ -39,7 +39,8 @@ def signature():
 
 
 def register_checkpoint(params: dict[str, Any], run_id: str, checkpoint: Path,
-                        model_name: str, tags: dict[str, str]) -> dict[str, Any]:
+                        model_name: str, tags: dict[str, str], example_prompt: str = "ROMEO:",
+                        mode: str = "text") -> dict[str, Any]:
     """Log checkpoint as the pyfunc in run_id, register it, tag the version."""
     import mlflow
     import pandas as pd
@@ -48,8 +49,8 @@ def register_checkpoint(params: dict[str, Any], run_id: str, checkpoint: Path,
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(PYFUNC_FILE), artifacts={"checkpoint": str(checkpoint)},
-            signature=signature(), input_example=pd.DataFrame({"prompt": ["ROMEO:"]}),
-            registered_model_name=model_name)
+            signature=signature(), input_example=pd.DataFrame({"prompt": [example_prompt]}),
+            model_config={"mode": mode}, registered_model_name=model_name)
     version = str(info.registered_model_version)
     mlflow_client = client(params)
     for key, value in {"git_commit": git_commit(), "run_id": run_id, **tags}.items():
@@ -79,8 +80,14 @@ def register_sft(params: dict[str, Any], run_id: str, metrics: dict[str, Any],
             "test_digest": manifest["test_digest"],
             "exact_match": f"{metrics['exact_match']:.6f}",
             "completion_loss": f"{metrics['completion_loss']:.6f}"}
+    import pandas as pd
+
     name = section(params, "sft").get("model_name", "tinygpt-sft")
-    return register_checkpoint(params, run_id, path_of(params, "model") / "best", name, tags)
+    prompts = pd.concat([pd.read_parquet(path_of(params, "tokens") / f"{split}.parquet")["prompt"]
+                         for split in ("test", "val")])
+    example = str(prompts.iloc[0])
+    return register_checkpoint(params, run_id, path_of(params, "model") / "best", name, tags,
+                               example_prompt=example, mode="completion")
 
 
 register_task = task(register, name="register", retries=2, retry_delay_seconds=5,

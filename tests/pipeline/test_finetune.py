@@ -36,6 +36,22 @@ def test_finetune_from_scratch_registers_under_its_own_name(from_scratch):
     assert "exact_match" in run.data.metrics and "completion_loss" in run.data.metrics
 
 
+def test_the_registered_fine_tuned_pyfunc_answers_in_completion_mode(from_scratch, project):
+    import mlflow
+    import pandas as pd
+
+    from gpt.checkpoint import load_model
+    from gpt.sft import complete
+    from gpt.tokenizer import load_tokenizer
+
+    prompt = pd.read_parquet(project / "data/sft/tokens/test.parquet")["prompt"].iloc[0]
+    pyfunc = mlflow.pyfunc.load_model("models:/tinygpt-sft@champion")
+    answer = pyfunc.predict(pd.DataFrame({"prompt": [prompt]}),
+                            params={"max_new_tokens": 8, "temperature": 0.0})["completion"][0]
+    best = project / "data/sft/model/best"
+    assert answer == complete(load_model(best), load_tokenizer(best), prompt, 8)
+
+
 def test_finetune_from_the_pretrained_champion_reuses_its_tokenizer(from_scratch, project):
     retrain(overrides=["model.block_size=256"])  # a base whose context fits the code records
     tuned = finetune(overrides=[*SMALL, "sft.init=models:/tinygpt@champion",
