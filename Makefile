@@ -42,6 +42,7 @@ bench: setup
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/retrain_overhead.py
 	$(BIN)/python bench/quality.py
+	test -f mlflow/mlflow.db || $(MAKE) run   # serve_load needs a champion to serve
 	$(BIN)/python bench/serve_load.py
 
 mlflow-ui: setup
