@@ -227,7 +227,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def validate_pairs(params: dict, path: str) -> tuple[dict, dict]:
     """ingest + validate a prompt/completion JSONL file with the fine-tuning suite."""
-    from flows.finetune import context_size, sft_params, token_counter
+    from flows.finetune import length_limits, sft_params
     from gpt.config import apply_overrides
     from tasks.ingest import ingest_sft
     from tasks.validate import validate_sft
@@ -236,7 +236,7 @@ def validate_pairs(params: dict, path: str) -> tuple[dict, dict]:
     params = apply_overrides(sft_params(params), [f"sft.dataset={path}"]
                              + [f"paths.{k}={v}" for k, v in paths.items()])
     ingested = ingest_sft(params)
-    result = validate_sft(params, token_counter(params), context_size(params))
+    result = validate_sft(params, *length_limits(params))
     return ingested, result
 
 

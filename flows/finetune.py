@@ -10,6 +10,7 @@ under data/sft/ so the pretraining outputs stay as they are.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -44,23 +45,18 @@ def sft_params(params: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def token_counter(params: dict[str, Any]):
-    """A record's length in tokens, control tokens included, before any tokenizer is trained:
-    exact with a base model's tokenizer or a char tokenizer, an upper bound (bytes) for BPE."""
+def length_limits(params: dict[str, Any]) -> tuple[Callable[[str, str], int], int]:
+    """(a record's length in tokens with control tokens, the context size), before any
+    tokenizer is trained: exact with a base model's tokenizer or a char tokenizer, an upper
+    bound (UTF-8 bytes) for a BPE still to be trained."""
     init = section(params, "sft").get("init")
     if init:
-        _, tokenizer, _ = load_registered(params, init)
-        return lambda p, c: record_length(tokenizer, p, c)
+        model, tokenizer, _ = load_registered(params, init)
+        return (lambda p, c: record_length(tokenizer, p, c)), model.config.block_size
+    block = model_config(params, 256).block_size
     if tokenizer_params(params)[0] == "char":
-        return lambda p, c: len(p) + len(c) + 3
-    return lambda p, c: len(p.encode()) + len(c.encode()) + 3
-
-
-def context_size(params: dict[str, Any]) -> int:
-    init = section(params, "sft").get("init")
-    if init:
-        return load_registered(params, init)[0].config.block_size
-    return model_config(params, 256).block_size
+        return (lambda p, c: len(p) + len(c) + 3), block
+    return (lambda p, c: len(p.encode()) + len(c.encode()) + 3), block
 
 
 @flow(name="finetune", log_prints=True)
@@ -81,7 +77,7 @@ def finetune(overrides: list[str] | None = None, params_file: str | None = None,
     try:
         ingested = ingest_sft_task(params)
         logger.info("fine-tuning set: %d records (%s)", ingested["rows"], ingested["dataset"])
-        validate_sft_task(params, token_counter(params), context_size(params))
+        validate_sft_task(params, *length_limits(params))
         tokenize_sft_task(params)
         encode_sft_task(params)
         trained = train_sft_task(params, run_id)
