@@ -5,7 +5,7 @@ iterations, evals every 250), run here with the nanoGPT-shaped model. Ours then 
 defaults of params.yaml for the same wall-clock time, and (unless --skip-long) for 15 minutes.
 Bits per byte does not depend on the tokenizer, so a char model and a BPE model compare.
 
-    python bench/quality.py [--skip-long] [--long-seconds 900]
+    python bench/quality.py [--skip-long] [--long-seconds 900] [--also-seconds 197]
 """
 
 from __future__ import annotations
@@ -90,6 +90,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--skip-long", action="store_true")
     parser.add_argument("--long-seconds", type=float, default=900)
+    parser.add_argument("--also-seconds", type=float, action="append", default=[],
+                        help="also train ours for this many seconds (e.g. 197, the issue's "
+                             "nanoGPT time)")
     args = parser.parse_args()
     text = corpus_path().read_text(encoding="utf-8")
     print("nanoGPT CPU recipe (peer) ...", flush=True)
@@ -99,6 +102,9 @@ def main() -> None:
     # Our budget covers everything (tokenizer training and encoding too): leave them ~5 s.
     same = ours(peer["seconds"] - 5, scratch / "same")
     rows.append({"run": "tinygpt defaults, same wall-clock", **same})
+    for seconds in args.also_seconds:
+        rows.append({"run": f"tinygpt defaults, {seconds:.0f} s",
+                     **ours(seconds - 5, scratch / f"s{seconds:.0f}")})
     if not args.skip_long:
         long = ours(args.long_seconds - 5, scratch / "long")
         rows.append({"run": f"tinygpt defaults, {args.long_seconds / 60:.0f} minutes", **long})

@@ -146,6 +146,23 @@ def exact_match(prediction: str, answer: str) -> bool:
     return prediction.strip() == answer.strip()
 
 
+def answer_all(model, tokenizer: Tokenizer, prompts: Sequence[str], answers: Sequence[str],
+               max_new_tokens: int) -> tuple[list[str], list[bool]]:
+    """Greedy answers to prompts and whether each is exactly right. A prompt the tokenizer
+    cannot encode gets an empty answer and counts as a miss."""
+    predictions, hits = [], []
+    for prompt, answer in zip(prompts, answers, strict=True):
+        try:
+            prediction = complete(model, tokenizer, prompt, max_new_tokens)
+        except ValueError:
+            predictions.append("")
+            hits.append(False)
+            continue
+        predictions.append(prediction)
+        hits.append(exact_match(prediction, answer))
+    return predictions, hits
+
+
 def parses_as_python(code: str) -> bool:
     """Whether code is syntactically valid Python (parsed, never executed)."""
     try:

@@ -36,7 +36,7 @@ def evaluate_sft(params: dict[str, Any], run_id: str | None = None) -> dict[str,
     import pandas as pd
     import torch
 
-    from gpt.sft import PAD, complete, eval_batches, exact_match, parses_as_python
+    from gpt.sft import PAD, answer_all, eval_batches, parses_as_python
     from gpt.tokenizer import load_tokenizer
     from gpt.train import estimate_loss
     from tasks.common import section
@@ -51,8 +51,8 @@ def evaluate_sft(params: dict[str, Any], run_id: str | None = None) -> dict[str,
                            tokenizer.special_tokens[PAD])
     loss = estimate_loss(model, batches, torch.device("cpu"), torch.float32)
     max_new = int(section(params, "sft").get("max_new_tokens", 64))
-    predictions = [complete(model, tokenizer, p, max_new) for p in frame["prompt"]]
-    hits = [exact_match(p, a) for p, a in zip(predictions, frame["completion"], strict=True)]
+    predictions, hits = answer_all(model, tokenizer, frame["prompt"], frame["completion"],
+                                   max_new)
     metrics: dict[str, Any] = {"completion_loss": round(loss, 6), "split": split,
                                "exact_match": round(sum(hits) / len(hits), 6),
                                "records": len(hits)}

@@ -13,16 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from prefect import task
 
-from gpt.data import token_dtype
 from gpt.evaluate import evaluate_tokens
 from tasks.common import documents, path_of, retry_transient, section, split_records
 from tasks.encode import encode_documents
 from tasks.ingest import CORPUS_FILE
-from tasks.tracking import client, registry_settings
+from tasks.tracking import client, load_registered, registry_settings
 
 log = logging.getLogger("tinygpt.tasks.promote")
 
@@ -39,15 +37,12 @@ def alias_version(mlflow_client, name: str, alias: str):
 
 def score_on_current_val(params: dict[str, Any], model_uri: str) -> float:
     """A registered model's val bits per byte on this run's validation text."""
-    import mlflow
-
-    wrapper = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    model, tokenizer, _ = load_registered(params, model_uri)
     frame = pd.read_parquet(path_of(params, "validated") / CORPUS_FILE)
     _, val = split_records(frame, float(section(params, "data").get("val_fraction", 0.1)))
     docs = documents(val)
-    ids = encode_documents(wrapper.tokenizer, docs)
-    ids = np.asarray(ids, dtype=token_dtype(wrapper.tokenizer.vocab_size))
-    return evaluate_tokens(wrapper.model, ids, sum(n for _, n in docs))["val_bits_per_byte"]
+    ids = encode_documents(tokenizer, docs)
+    return evaluate_tokens(model, ids, sum(n for _, n in docs))["val_bits_per_byte"]
 
 
 @dataclass
@@ -65,20 +60,12 @@ class Rule:
 
 def score_sft_on_current_test(params: dict[str, Any], model_uri: str) -> float:
     """A registered fine-tuned model's exact match on this run's test records."""
-    from gpt.sft import complete, exact_match
-    from tasks.tracking import load_registered
+    from gpt.sft import answer_all
 
     model, tokenizer, _ = load_registered(params, model_uri)
     frame = pd.read_parquet(path_of(params, "tokens") / "test.parquet")
     max_new = int(section(params, "sft").get("max_new_tokens", 64))
-
-    def answers(prompt: str, answer: str) -> bool:
-        try:
-            return exact_match(complete(model, tokenizer, prompt, max_new), answer)
-        except ValueError:  # its tokenizer cannot even encode the prompt: a miss
-            return False
-
-    hits = [answers(p, a) for p, a in zip(frame["prompt"], frame["completion"], strict=True)]
+    _, hits = answer_all(model, tokenizer, frame["prompt"], frame["completion"], max_new)
     return sum(hits) / max(len(hits), 1)
 
 
