@@ -9,6 +9,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from gpt.config import DATA_KINDS
+from gpt.tokenizer import TOKENIZER_KINDS
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 # Embedded defaults for the tools the pipeline drives; anything already set wins.
@@ -46,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     tok_train = tok_commands.add_parser("train", help="train a tokenizer on a text file")
     tok_train.add_argument("--input", type=Path, required=True)
     tok_train.add_argument("--vocab-size", type=int, required=True)
-    tok_train.add_argument("--kind", choices=["bpe", "char"], default="bpe")
+    tok_train.add_argument("--kind", choices=list(TOKENIZER_KINDS), default="bpe")
     tok_train.add_argument("--out", type=Path, required=True)
 
     train = commands.add_parser("train", help="quick path: train tokenizer + model on a text file")
@@ -76,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="ingest + validate a corpus, nothing else")
     validate.add_argument("path")
-    validate.add_argument("--kind", choices=["text", "sft"], default="text",
+    validate.add_argument("--kind", choices=DATA_KINDS, default="text",
                           help="text corpus (default) or prompt/completion JSONL")
     _add_params_options(validate)
 
@@ -133,15 +136,15 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from gpt.checkpoint import load_model, resolve_checkpoint
-    from gpt.config import load_params, sampling_params
+    from gpt.config import load_params
     from gpt.generate import stream_text
     from gpt.tokenizer import load_tokenizer
 
     folder = resolve_checkpoint(args.checkpoint)
     model, tokenizer = load_model(folder), load_tokenizer(folder)
-    params = sampling_params(load_params(), max_new_tokens=args.max_new_tokens,
-                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                             repetition_penalty=args.repetition_penalty, seed=args.seed)
+    params = load_params().sample.sampling(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
     sys.stdout.write(args.prompt)
     for piece in stream_text(model, tokenizer, args.prompt, params):
         sys.stdout.write(piece)
@@ -156,88 +159,71 @@ def cmd_export_hf(args: argparse.Namespace) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    from flows.finetune import finetune
-
-    summary = finetune(overrides=args.overrides, params_file=args.params and str(args.params),
-                       force_promote=args.force_promote)
-    metrics = summary["metrics"]
-    print(f"\nmodel {summary['model']} version {summary['version']} "
-          f"({'now champion' if summary['promoted'] else 'not promoted'}; champion is version "
-          f"{summary['champion']}); base: {summary['base_version'] or 'none (from scratch)'}")
-    print(f"promotion: {summary['promotion']}")
-    print(f"{metrics['split']} exact match {metrics['exact_match']:.3f} on {metrics['records']} "
-          f"records | completion loss {metrics['completion_loss']:.4f} | {summary['steps']} steps"
-          f" in {summary['train_seconds']:.0f}s")
-    for task_name, accuracy in metrics["accuracy_by_task"].items():
-        print(f"  {task_name:<16} {accuracy:.3f}")
-    if "parses_as_python" in metrics:
-        print(f"parses as Python: {metrics['parses_as_python']:.3f}")
+    """`tinygpt finetune` is `tinygpt retrain --set data.kind=sft`."""
+    args.overrides = [*args.overrides, "data.kind=sft"]
+    args.source = None
+    cmd_retrain(args)
 
 
-def cmd_retrain(args: argparse.Namespace) -> None:
-    from gpt.config import load_params
-
-    if (load_params(args.params, args.overrides).get("data") or {}).get("kind") == "sft":
-        cmd_finetune(args)
-        return
-    from flows.retrain import retrain
-
-    summary = retrain(overrides=args.overrides, params_file=args.params and str(args.params),
-                      source=args.source, force_promote=args.force_promote)
+def print_summary(summary: dict) -> None:
     metrics = summary["metrics"]
     print(f"\nmodel {summary['model']} version {summary['version']} "
           f"({'now champion' if summary['promoted'] else 'candidate, not promoted'}; "
           f"champion is version {summary['champion']})")
     print(f"promotion: {summary['promotion']}")
-    print(f"val loss {metrics['val_loss']:.4f} | perplexity {metrics['val_perplexity']:.2f} | "
-          f"bits/byte {metrics['val_bits_per_byte']:.4f} | {summary['steps']} steps")
+    if summary["kind"] == "sft":
+        print(f"base: {summary['base_version'] or 'none (from scratch)'}")
+        print(f"{metrics['split']} exact match {metrics['exact_match']:.3f} on "
+              f"{metrics['records']} records | completion loss {metrics['completion_loss']:.4f}"
+              f" | {summary['steps']} steps in {summary['train_seconds']:.0f}s")
+        for task_name, accuracy in metrics["accuracy_by_task"].items():
+            print(f"  {task_name:<16} {accuracy:.3f}")
+        if "parses_as_python" in metrics:
+            print(f"parses as Python: {metrics['parses_as_python']:.3f}")
+    else:
+        print(f"val loss {metrics['val_loss']:.4f} | perplexity {metrics['val_perplexity']:.2f}"
+              f" | bits/byte {metrics['val_bits_per_byte']:.4f} | {summary['steps']} steps")
     steps = ", ".join(f"{k} {v:.1f}s{' (cached)' if k in summary['cached'] else ''}"
                       for k, v in summary["seconds"].items())
     print(f"steps: {steps}")
-    print(f"sample:\n{summary['sample']}")
+    if summary["sample"]:
+        print(f"sample:\n{summary['sample']}")
     print("open the UIs:\n"
           f"  mlflow ui --backend-store-uri {summary['tracking_uri']} --host 127.0.0.1 "
           "--port 5000    # http://127.0.0.1:5000\n"
           "  prefect server start --host 127.0.0.1 --port 4200   # http://127.0.0.1:4200")
 
 
+def cmd_retrain(args: argparse.Namespace) -> None:
+    from gpt.config import load_params
+
+    load_params(args.params, args.overrides)  # refuse bad parameters before Prefect starts
+    from flows.retrain import retrain
+
+    print_summary(retrain(overrides=args.overrides, params_file=args.params and str(args.params),
+                          source=args.source, force_promote=args.force_promote))
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    from gpt.config import apply_overrides, load_params
+    """ingest + validate a file with the suite of its kind, in a scratch folder."""
+    from gpt.config import load_params, with_paths
     from tasks.ingest import ingest
     from tasks.validate import DataValidationError, validate
 
+    overrides = [*args.overrides, f"data.kind={args.kind}"]
     with tempfile.TemporaryDirectory() as scratch:
-        report_dir = Path("reports") / "validate"
-        overrides = [f"paths.raw={scratch}/raw", f"paths.validated={scratch}/validated",
-                     f"paths.reports={report_dir}"]
-        params = apply_overrides(load_params(args.params, args.overrides), overrides)
+        params = with_paths(load_params(args.params, overrides), raw=f"{scratch}/raw",
+                            validated=f"{scratch}/validated",
+                            reports=str(Path("reports") / "validate"))
         try:
-            if args.kind == "sft":
-                ingested, result = validate_pairs(params, args.path)
-            else:
-                ingested = ingest(params, args.path)
-                result = validate(params)
+            ingested = ingest(params, args.path)
+            result = validate(params)
         except DataValidationError as err:
             print(f"tinygpt: validation failed: {err}", file=sys.stderr)
             return 1
     print(f"{args.path}: valid ({ingested['rows']} records, {result['expectations']} "
           f"expectations met); report: {result['report']}")
     return 0
-
-
-def validate_pairs(params: dict, path: str) -> tuple[dict, dict]:
-    """ingest + validate a prompt/completion JSONL file with the fine-tuning suite."""
-    from flows.finetune import length_limits, sft_params
-    from gpt.config import apply_overrides
-    from tasks.ingest import ingest_sft
-    from tasks.validate import validate_sft
-
-    paths = {k: params["paths"][k] for k in ("raw", "validated", "reports")}
-    params = apply_overrides(sft_params(params), [f"sft.dataset={path}"]
-                             + [f"paths.{k}={v}" for k, v in paths.items()])
-    ingested = ingest_sft(params)
-    result = validate_sft(params, *length_limits(params))
-    return ingested, result
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
@@ -260,19 +246,15 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    import mlflow
     import uvicorn
 
     from gpt.config import load_params
+    from registry import use_store
     from serve.app import Settings, create_app
-    from tasks.tracking import registry_settings, tracking_uri
 
     params = load_params(args.params, args.overrides)
-    uri = tracking_uri(params)  # only set, not contacted: the service waits for the registry
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    registry = registry_settings(params)
-    uri = args.model or f"models:/{registry['model_name']}@{registry['champion_alias']}"
+    use_store(params)  # only set, not contacted: the service waits for the registry
+    uri = args.model or f"models:/{params.model_name}@{params.registry.champion_alias}"
     app = create_app(Settings(model_uri=uri, poll_seconds=args.poll_seconds,
                               max_concurrency=args.max_concurrency, max_queue=args.max_queue))
     print(f"serving {uri} on http://{args.host}:{args.port}/")

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.baselines import NanoGPT, nanogpt_lr
 from bench.common import ROOT, corpus_path, save, table
-from gpt.config import apply_overrides, load_params
+from gpt.config import load_params
 from gpt.data import sequential_windows
 from gpt.quick import train_from_text
 
@@ -79,7 +79,7 @@ def nanogpt_recipe(text: str, iters: int = 2000) -> dict:
 
 
 def ours(budget: float, out: Path) -> dict:
-    params = apply_overrides(load_params(ROOT / "params.yaml"), [
+    params = load_params(ROOT / "params.yaml", [
         f"train.max_seconds={budget}", "train.max_steps=100000", "sample.max_new_tokens=1"])
     metrics = train_from_text(corpus_path(), out, params)
     return {"seconds": metrics["wall_seconds"], "bits_per_byte": metrics["val_bits_per_byte"],

@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import ROOT, save, table
+from tests.conftest import copy_code
 
 BIN = Path(sys.executable).parent
 
@@ -25,8 +26,7 @@ BIN = Path(sys.executable).parent
 def scratch_project() -> Path:
     root = Path(tempfile.mkdtemp(prefix="tinygpt-bench-")) / "project"
     root.mkdir()
-    for folder in ("gpt", "tasks", "flows", "serve"):
-        shutil.copytree(ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    copy_code(root)
     for name in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy(ROOT / name, root / name)
     for args in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"],

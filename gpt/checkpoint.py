@@ -13,14 +13,13 @@ leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from gpt.files import atomic_directory, write_json
 from gpt.model import GPT, GPTConfig
 
 WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
@@ -30,33 +29,6 @@ TIED_KEY = "lm_head.weight"
 
 class CheckpointError(ValueError):
     """A folder that should hold a checkpoint does not."""
-
-
-def write_json(path: Path, payload: dict) -> None:
-    path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-
-
-def atomic_directory(target: str | Path, fill: Callable[[Path], None]) -> Path:
-    """Create target by filling a temporary sibling folder and renaming it into place."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        fill(tmp)
-        for file in tmp.iterdir():
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
-    return target
 
 
 def model_state(model: GPT) -> dict[str, torch.Tensor]:

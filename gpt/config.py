@@ -1,26 +1,299 @@
-"""params.yaml: the one place every hyperparameter and path is set.
+"""params.yaml, typed: one dataclass per section, each key declared once with its default and
+its check. No torch here, so the CLI, DVC stages and the service read settings cheaply.
 
-Sections map onto the library's dataclasses (`model` -> GPTConfig, `train` -> TrainConfig,
-`sample` -> SamplingParams); a missing file or key falls back to the dataclass default, and an
-unknown key is an error rather than a silent no-op.
+`load_params()` reads params.yaml (then `--set section.key=value` overrides) into `Params`.
+A key the dataclasses do not declare is refused with the nearest valid name, so a misspelt
+key never passes silently. A `data.kind` other than `text` applies that kind's overlay
+section (`sft.model`, `sft.train`, ...) on top of the shared sections.
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
 import re
-from collections.abc import Iterable
-from dataclasses import fields
+import types
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from gpt.generate import SamplingParams
-from gpt.model import GPTConfig
-from gpt.train import TrainConfig
+from gpt.tokenizer import TOKENIZER_KINDS
 
 PARAMS_FILE = "params.yaml"
+TINY_SHAKESPEARE = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
+                    "tinyshakespeare/input.txt")
+DATA_KINDS = ("text", "sft")
+ATTENTION_IMPLS = ("sdpa", "explicit")
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+def _positive_ints(section: str, config: Any, names: Iterable[str]) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{section}.{name} must be a positive integer, got {value!r}")
+
+
+def _one_of(section: str, name: str, value: Any, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{section}.{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+# -- the sections --------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    kind: str = "text"             # text: a corpus to continue | sft: prompt -> completion pairs
+    # A path (file or folder, text or JSONL) or a URL checked against sha256. With no network,
+    # a URL is read from the mirror folder named by $TINYGPT_DATA_MIRROR, as mirror_name.
+    source: str | None = TINY_SHAKESPEARE
+    sha256: str | None = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+    mirror_name: str | None = "tinyshakespeare.txt"
+    text_field: str = "text"       # the JSONL field holding a record's text
+    val_fraction: float = 0.1      # the last share of the corpus (by bytes, whole documents)
+    tokens_per_shard: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        _one_of("data", "kind", self.kind, DATA_KINDS)
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        _positive_ints("data", self, ["tokens_per_shard"])
+
+
+@dataclass
+class ValidateConfig:
+    """The Great Expectations suite's bounds."""
+
+    min_chars: int = 1
+    max_chars: int = 100_000       # per record (a paragraph of a text file, a JSONL record)
+    max_control_share: float = 0.01
+    min_rows: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_chars <= self.max_chars:
+            raise ValueError("validate.min_chars must be between 0 and validate.max_chars")
+        if not 0 <= self.max_control_share <= 1:
+            raise ValueError("validate.max_control_share must be in [0, 1]")
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "bpe"              # bpe | char
+    vocab_size: int = 2048
+
+    def __post_init__(self) -> None:
+        _one_of("tokenizer", "kind", self.kind, list(TOKENIZER_KINDS))
+        _positive_ints("tokenizer", self, ["vocab_size"])
+
+
+@dataclass
+class GPTConfig:
+    """The model section; vocab_size is not a parameter but comes from the tokenizer."""
+
+    vocab_size: int = 50257
+    block_size: int = 128    # longest context the position embedding covers
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 256
+    dropout: float = 0.1
+    bias: bool = True        # biases in Linear and LayerNorm, as GPT-2 has
+    attn_impl: str = "sdpa"  # "sdpa" (fused kernel) or "explicit" (masked softmax, for reading)
+
+    def __post_init__(self) -> None:
+        _positive_ints("model", self, ["vocab_size", "block_size", "n_layer", "n_head",
+                                       "n_embd"])
+        if self.n_embd % self.n_head:
+            raise ValueError(f"model.n_embd ({self.n_embd}) must be divisible by "
+                             f"model.n_head ({self.n_head})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+        _one_of("model", "attn_impl", self.attn_impl, ATTENTION_IMPLS)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    batch_size: int = 32
+    grad_accum: int = 1            # micro-batches per optimizer step
+    learning_rate: float = 2e-3
+    min_lr: float = 1e-4           # where the cosine decay ends
+    warmup_steps: int = 50
+    weight_decay: float = 0.1      # applied to matrices only, not to biases or LayerNorms
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0         # max global gradient norm; 0 disables clipping
+    eval_interval: int = 250
+    eval_iters: int = 10           # batches per loss estimate
+    patience: int = 0              # evals without improvement before stopping; 0 = never
+    log_interval: int = 50
+    seed: int = 1337
+    device: str = "auto"           # "auto", "cpu", "cuda", "cuda:1", ...
+    dtype: str = "auto"            # autocast dtype: "auto", "float32", "bfloat16"
+    max_seconds: float = 0.0       # wall-clock budget for the loop; 0 = none
+
+    def __post_init__(self) -> None:
+        _positive_ints("train", self, ["max_steps", "batch_size", "grad_accum",
+                                       "eval_interval", "eval_iters", "log_interval"])
+        if not self.learning_rate > 0:
+            raise ValueError(f"train.learning_rate must be > 0, got {self.learning_rate!r}")
+        if not 0 <= self.min_lr <= self.learning_rate:
+            raise ValueError(f"train.min_lr must be in [0, learning_rate], got {self.min_lr!r}")
+        for name in ("warmup_steps", "patience", "weight_decay", "grad_clip", "max_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError("train.beta1 and train.beta2 must be in [0, 1)")
+        _one_of("train", "dtype", self.dtype, DTYPES)
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 200
+    temperature: float = 1.0           # 0 means greedy
+    top_k: int | None = None           # keep the k most likely tokens
+    top_p: float | None = None         # keep the smallest set whose probability reaches p
+    repetition_penalty: float = 1.0    # > 1 discourages tokens already in the context
+    seed: int | None = None            # same seed, same parameters -> same sample
+    stop: Sequence[str] = field(default_factory=tuple)  # text at which generation ends
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be a non-negative integer, "
+                             f"got {self.max_new_tokens!r}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k!r}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must be non-empty")
+
+
+@dataclass
+class SampleConfig(SamplingParams):
+    """The samples written after training: a prompt and how to sample from it."""
+
+    temperature: float = 0.8
+    top_k: int | None = 50
+    seed: int | None = 1337
+    prompt: str = "ROMEO:"
+
+    def sampling(self, **overrides: Any) -> SamplingParams:
+        """SamplingParams of this section; overrides that are not None win."""
+        values = {f.name: getattr(self, f.name) for f in fields(SamplingParams)}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return SamplingParams(**values)
+
+
+@dataclass
+class PathsConfig:
+    """Where each step writes; the file names inside live in tasks.common."""
+
+    raw: str = "data/raw"
+    validated: str = "data/validated"
+    tokenizer: str = "data/tokenizer"
+    tokens: str = "data/tokens"
+    model: str = "data/model"
+    metrics: str = "metrics"
+    reports: str = "reports"
+
+
+@dataclass
+class RegistryConfig:
+    """MLflow: MLFLOW_TRACKING_URI, when set, overrides tracking_uri."""
+
+    tracking_uri: str = "sqlite:///mlflow/mlflow.db"
+    artifact_root: str = "mlflow/artifacts"
+    experiment: str = "tinygpt"
+    model_name: str = "tinygpt"
+    champion_alias: str = "champion"
+    candidate_alias: str = "candidate"
+
+
+# A kind's overlay: partial sections laid over the shared ones when data.kind names the kind.
+OVERLAY_SECTIONS = ("tokenizer", "model", "train", "paths")
+
+
+@dataclass
+class SFTConfig:
+    """Prompt -> completion fine-tuning (`data.kind: sft`, or `tinygpt finetune`)."""
+
+    dataset: str = "verifiable"    # verifiable (generated, answers known) | python | a JSONL path
+    records: int = 6000            # size of the generated verifiable set
+    seed: int = 0
+    init: str | None = None        # a registered model to start from: models:/tinygpt@champion
+    model_name: str = "tinygpt-sft"
+    max_new_tokens: int = 32       # longest answer generated when scoring
+    tokenizer: dict[str, Any] = field(default_factory=lambda: {"kind": "char",
+                                                               "vocab_size": 256})
+    model: dict[str, Any] = field(default_factory=lambda: {
+        "block_size": 64, "n_layer": 4, "n_head": 4, "n_embd": 128, "dropout": 0.0})
+    train: dict[str, Any] = field(default_factory=lambda: {
+        "max_steps": 3000, "batch_size": 64, "learning_rate": 2e-3, "min_lr": 1e-4,
+        "warmup_steps": 50, "eval_interval": 250, "log_interval": 50})
+    paths: dict[str, Any] = field(default_factory=lambda: {
+        **{name: f"data/sft/{name}" for name in ("raw", "validated", "tokenizer", "tokens",
+                                                 "model")},
+        "metrics": "metrics/sft", "reports": "reports/sft"})
+
+    def __post_init__(self) -> None:
+        _positive_ints("sft", self, ["records", "max_new_tokens"])
+        for name in OVERLAY_SECTIONS:
+            check_keys(f"sft.{name}", getattr(self, name), SECTIONS[name],
+                       exclude=DERIVED.get(name, ()))
+
+
+@dataclass
+class Params:
+    """Every section of params.yaml."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: GPTConfig = field(default_factory=GPTConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+
+    @property
+    def kind(self) -> str:
+        return self.data.kind
+
+    def path(self, name: str) -> Path:
+        """A project path of the paths section, relative to the working directory."""
+        return Path(getattr(self.paths, name))
+
+    def model_config(self, vocab_size: int) -> GPTConfig:
+        return replace(self.model, vocab_size=vocab_size)
+
+    @property
+    def model_name(self) -> str:
+        """The registered model name this kind's runs register under."""
+        return self.sft.model_name if self.kind == "sft" else self.registry.model_name
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values of every section (what MLflow records and cache keys hash)."""
+        return asdict(self)
+
+
+SECTIONS: dict[str, type] = {f.name: f.default_factory for f in fields(Params)}  # type: ignore
+# Keys a section's dataclass has but params.yaml may not set: they are derived at run time.
+DERIVED = {"model": ("vocab_size",)}
+
+
+# -- reading -------------------------------------------------------------------------------------
 
 
 class _Loader(yaml.SafeLoader):
@@ -40,20 +313,101 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
-def load_params(path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict[str, Any]:
-    """Read params.yaml (default: the one in the working directory) and apply overrides."""
+def unknown_key(name: str, known: Iterable[str], prefix: str = "") -> ValueError:
+    """'train.max_step: unknown key; did you mean train.max_steps?'"""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    hint = f"; did you mean {prefix}{close[0]}?" if close else (
+        f"; known: {', '.join(sorted(known))}")
+    return ValueError(f"{prefix}{name}: unknown key{hint}")
+
+
+def check_keys(section: str, values: Mapping[str, Any], cls: type,
+               exclude: Iterable[str] = ()) -> None:
+    """Refuse any key of values that cls does not declare (or that is derived)."""
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{section} must be a mapping of keys, got {type(values).__name__}")
+    known = [f.name for f in fields(cls) if f.name not in set(exclude)]
+    for key in values:
+        if key not in known:
+            raise unknown_key(str(key), known, f"{section}.")
+
+
+def _check_type(where: str, value: Any, hint: Any) -> None:
+    """Refuse a value of the wrong type: a string where a number belongs, and so on."""
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        if not any(_matches(value, option) for option in get_args(hint)):
+            raise ValueError(f"{where} must be {_describe(hint)}, got {value!r}")
+    elif not _matches(value, hint):
+        raise ValueError(f"{where} must be {_describe(hint)}, got {value!r}")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    origin = get_origin(hint)
+    if origin is not None:
+        return isinstance(value, origin if isinstance(origin, type) else object)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _describe(hint: Any) -> str:
+    names = [getattr(h, "__name__", str(h)) for h in (get_args(hint) or (hint,))]
+    return " or ".join("null" if n == "NoneType" else n for n in names)
+
+
+def build_section(name: str, values: Mapping[str, Any] | None, cls: type | None = None) -> Any:
+    """One section's dataclass from its mapping: unknown keys and wrong types are refused."""
+    cls = cls or SECTIONS[name]
+    values = dict(values or {})
+    check_keys(name, values, cls, exclude=DERIVED.get(name, ()))
+    hints = get_type_hints(cls)
+    for key, value in values.items():
+        _check_type(f"{name}.{key}", value, hints[key])
+    if "stop" in values:
+        values["stop"] = tuple(values["stop"])
+    return cls(**values)
+
+
+def build_params(raw: Mapping[str, Any]) -> Params:
+    """Params from a params.yaml mapping, with the kind's overlay applied."""
+    if not isinstance(raw, Mapping):
+        raise ValueError("params must be a mapping of sections")
+    for name in raw:
+        if name not in SECTIONS:
+            raise unknown_key(str(name), SECTIONS)
+    base = {name: dict(raw.get(name) or {}) for name in SECTIONS}
+    kind = base["data"].get("kind", DataConfig.kind)
+    if kind == "sft":
+        overlay = build_section("sft", base["sft"])
+        for name in OVERLAY_SECTIONS:
+            base[name] = {**base[name], **getattr(overlay, name)}
+    return Params(**{name: build_section(name, values) for name, values in base.items()})
+
+
+def read_params_file(path: str | Path | None = None) -> dict[str, Any]:
+    """The raw mapping of params.yaml (default: the one in the working directory)."""
     source = Path(path) if path is not None else Path(PARAMS_FILE)
     if path is not None and not source.is_file():
         raise FileNotFoundError(f"parameter file {source} does not exist")
-    params = parse_yaml(source.read_text(encoding="utf-8")) if source.is_file() else {}
-    if not isinstance(params, dict):
+    raw = parse_yaml(source.read_text(encoding="utf-8")) if source.is_file() else {}
+    if not isinstance(raw, dict | type(None)):
         raise ValueError(f"{source} must hold a mapping of sections")
-    return apply_overrides(params or {}, overrides)
+    return raw or {}
 
 
-def apply_overrides(params: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+def load_params(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Params:
+    """Read params.yaml (default: the working directory's), apply overrides, check it all."""
+    return build_params(apply_overrides(read_params_file(path), overrides))
+
+
+def apply_overrides(params: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Apply 'section.key=value' strings; values are parsed as YAML (200, 3e-4, true, ...)."""
-    result = copy.deepcopy(params)
+    result = copy.deepcopy(dict(params))
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or "." not in key:
@@ -68,35 +422,18 @@ def apply_overrides(params: dict[str, Any], overrides: Iterable[str]) -> dict[st
     return result
 
 
-def _build(cls: type, section: str, values: dict[str, Any] | None, **fixed: Any) -> Any:
-    values = dict(values or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {', '.join(f'{section}.{k}' for k in unknown)}; "
-                         f"known: {', '.join(sorted(known))}")
-    values.update(fixed)
-    return cls(**values)
+def with_paths(params: Params, **paths: str) -> Params:
+    """A copy of params whose steps read and write the given paths (e.g. a scratch folder)."""
+    return replace(params, paths=replace(params.paths, **paths))
 
 
-def model_config(params: dict[str, Any], vocab_size: int) -> GPTConfig:
-    return _build(GPTConfig, "model", params.get("model"), vocab_size=vocab_size)
-
-
-def train_config(params: dict[str, Any]) -> TrainConfig:
-    return _build(TrainConfig, "train", params.get("train"))
-
-
-def sampling_params(params: dict[str, Any], **overrides: Any) -> SamplingParams:
-    values = {k: v for k, v in (params.get("sample") or {}).items() if k != "prompt"}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return _build(SamplingParams, "sample", values)
-
-
-def tokenizer_params(params: dict[str, Any]) -> tuple[str, int]:
-    """(kind, vocab_size) of the tokenizer section."""
-    section = params.get("tokenizer") or {}
-    unknown = sorted(set(section) - {"kind", "vocab_size"})
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {', '.join('tokenizer.' + k for k in unknown)}")
-    return section.get("kind", "bpe"), int(section.get("vocab_size", 8192))
+def as_flat_dict(config: Any, prefix: str = "") -> dict[str, Any]:
+    """{'train.max_steps': 1000, ...} of a dataclass (nested sections joined with dots)."""
+    values = asdict(config) if is_dataclass(config) else dict(config)
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(as_flat_dict(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

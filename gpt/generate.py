@@ -8,40 +8,15 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 
+from gpt.config import SamplingParams
+
 if TYPE_CHECKING:
     from gpt.model import GPT
     from gpt.tokenizer import Tokenizer
-
-
-@dataclass
-class SamplingParams:
-    max_new_tokens: int = 200
-    temperature: float = 1.0           # 0 means greedy
-    top_k: int | None = None           # keep the k most likely tokens
-    top_p: float | None = None         # keep the smallest set whose probability reaches p
-    repetition_penalty: float = 1.0    # > 1 discourages tokens already in the context
-    seed: int | None = None            # same seed, same parameters -> same sample
-    stop: Sequence[str] = field(default_factory=tuple)  # text at which generation ends
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be a non-negative integer, "
-                             f"got {self.max_new_tokens!r}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k!r}")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
-        if any(not s for s in self.stop):
-            raise ValueError("stop strings must be non-empty")
 
 
 def apply_repetition_penalty(logits: torch.Tensor, context: torch.Tensor,

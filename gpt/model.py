@@ -10,44 +10,12 @@ Hugging Face `GPT2LMHeadModel` is a renaming plus a transpose (see gpt/export.py
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gpt.generate import generate_ids
-
-ATTENTION_IMPLS = ("sdpa", "explicit")
-
-
-@dataclass
-class GPTConfig:
-    vocab_size: int = 8192
-    block_size: int = 256    # longest context the position embedding covers
-    n_layer: int = 6
-    n_head: int = 6
-    n_embd: int = 384
-    dropout: float = 0.0
-    bias: bool = True        # biases in Linear and LayerNorm, as GPT-2 has
-    attn_impl: str = "sdpa"  # "sdpa" (fused kernel) or "explicit" (masked softmax, for reading)
-
-    def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"model.n_embd ({self.n_embd}) must be divisible by "
-                             f"model.n_head ({self.n_head})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.attn_impl not in ATTENTION_IMPLS:
-            raise ValueError(f"model.attn_impl must be one of {ATTENTION_IMPLS}, "
-                             f"got {self.attn_impl!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from gpt.config import GPTConfig
 
 
 class KVCache:
@@ -243,10 +211,3 @@ class GPT(nn.Module):
     def new_cache(self, batch_size: int) -> KVCache:
         weight = self.transformer.wte.weight
         return KVCache(self.config, batch_size, weight.device, weight.dtype)
-
-    @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, **sampling) -> torch.Tensor:
-        """Extend idx (B, T) by max_new_tokens sampled tokens; see gpt.generate for options."""
-        return generate_ids(self, idx, max_new_tokens, temperature=temperature, top_k=top_k,
-                            top_p=top_p, **sampling)

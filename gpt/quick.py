@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from gpt.checkpoint import load_model
-from gpt.config import model_config, sampling_params, tokenizer_params, train_config
+from gpt.config import Params
 from gpt.data import read_text, split_text, token_dtype
 from gpt.evaluate import evaluate_tokens
 from gpt.generate import generate_text
@@ -30,20 +30,17 @@ log = logging.getLogger("tinygpt.quick")
 
 
 def train_from_text(input_path: str | Path, out_dir: str | Path,
-                    params: dict[str, Any]) -> dict[str, Any]:
-    """Train tokenizer and model on a text file; return the metrics written to metrics.json."""
+                    params: Params) -> dict[str, Any]:
+    """Train tokenizer and model on a text file; return the metrics written to metrics.json.
+
+    params was checked when it was built, so nonsense parameters fail before any work."""
     started = time.perf_counter()
     out = Path(out_dir)
-    # Validate every parameter before any work (the real vocab size is known only later).
-    cfg = train_config(params)
-    kind, vocab_size = tokenizer_params(params)
-    model_config(params, vocab_size)
-    sampling_params(params)
-    val_fraction = float((params.get("data") or {}).get("val_fraction", 0.1))
-    train_text, val_text = split_text(read_text(input_path), val_fraction)
+    cfg, kind = params.train, params.tokenizer.kind
+    train_text, val_text = split_text(read_text(input_path), params.data.val_fraction)
 
     t0 = time.perf_counter()
-    tokenizer = train_tokenizer(kind, train_text, vocab_size)
+    tokenizer = train_tokenizer(kind, train_text, params.tokenizer.vocab_size)
     tokenizer.save(out / "tokenizer")
     log.info("trained %s tokenizer (vocab %d) in %.1fs", kind, tokenizer.vocab_size,
              time.perf_counter() - t0)
@@ -53,16 +50,16 @@ def train_from_text(input_path: str | Path, out_dir: str | Path,
     log.info("encoded %d train and %d val tokens", len(train_ids), len(val_ids))
 
     torch.manual_seed(cfg.seed)  # the initial weights too come from the seed
-    model = GPT(model_config(params, tokenizer.vocab_size))
+    model = GPT(params.model_config(tokenizer.vocab_size))
     trainer = windows_trainer(model, train_ids, val_ids, cfg, out, assets_dir=out / "tokenizer")
     result = trainer.fit()
 
     best = load_model(result.best_dir, trainer.device)
     metrics = evaluate_tokens(best, val_ids, len(val_text.encode("utf-8")),
                               cfg.batch_size, trainer.dtype)
-    prompt = (params.get("sample") or {}).get("prompt", "")
+    prompt = params.sample.prompt
     metrics.update(steps=result.steps, train_seconds=result.seconds,
                    tokens_per_s=result.tokens_per_s, wall_seconds=time.perf_counter() - started,
-                   sample=generate_text(best, tokenizer, prompt, sampling_params(params)))
+                   sample=generate_text(best, tokenizer, prompt, params.sample.sampling()))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics

@@ -23,15 +23,15 @@ from safetensors.torch import save_file
 from gpt.checkpoint import (
     OPTIMIZER_FILE,
     STATE_FILE,
-    atomic_directory,
     load_model,
     load_training_state,
     optimizer_tensors,
     restore_optimizer,
-    write_json,
     write_model_files,
 )
+from gpt.config import TrainConfig
 from gpt.data import RandomWindows
+from gpt.files import atomic_directory, write_json
 from gpt.model import GPT
 
 log = logging.getLogger("tinygpt.train")
@@ -46,53 +46,6 @@ class BatchSource(Protocol):
     def next(self) -> Batch: ...
     def get_state(self) -> torch.Tensor: ...
     def set_state(self, state: torch.Tensor) -> None: ...
-DTYPES = ("auto", "float32", "bfloat16")
-
-
-@dataclass
-class TrainConfig:
-    max_steps: int = 1000
-    batch_size: int = 16
-    grad_accum: int = 1            # micro-batches per optimizer step
-    learning_rate: float = 1e-3
-    min_lr: float = 1e-4           # where the cosine decay ends
-    warmup_steps: int = 50
-    weight_decay: float = 0.1      # applied to matrices only, not to biases or LayerNorms
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0         # max global gradient norm; 0 disables clipping
-    eval_interval: int = 100
-    eval_iters: int = 10           # batches per loss estimate
-    patience: int = 0              # evals without improvement before stopping; 0 = never
-    log_interval: int = 20
-    seed: int = 1337
-    device: str = "auto"           # "auto", "cpu", "cuda", "cuda:1", ...
-    dtype: str = "auto"            # autocast dtype: "auto", "float32", "bfloat16"
-    max_seconds: float = 0.0       # wall-clock budget for the loop; 0 = none
-
-    def __post_init__(self) -> None:
-        positive = ("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_iters",
-                    "log_interval")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"train.{name} must be a positive integer, got {value!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"train.learning_rate must be > 0, got {self.learning_rate!r}")
-        if not 0 <= self.min_lr <= self.learning_rate:
-            raise ValueError(f"train.min_lr must be in [0, learning_rate], got {self.min_lr!r}")
-        for name in ("warmup_steps", "patience"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("weight_decay", "grad_clip", "max_seconds"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ValueError("train.beta1 and train.beta2 must be in [0, 1)")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"train.dtype must be one of {DTYPES}, got {self.dtype!r}")
-
-
 @dataclass
 class TrainResult:
     steps: int

@@ -1,17 +1,69 @@
-"""Helpers every pipeline step shares: parameters, paths, digests, JSON files."""
+"""What every pipeline step shares: the file names steps hand each other, the kinds of data,
+the retry rule, record splitting and cache keys."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-DEFAULT_PATHS = {
-    "raw": "data/raw", "validated": "data/validated", "tokenizer": "data/tokenizer",
-    "tokens": "data/tokens", "model": "data/model", "metrics": "metrics", "reports": "reports",
+from gpt.config import Params
+from gpt.files import sha256_file, sha256_json, sha256_tree
+
+# File names inside the step folders (the folders themselves are params.paths).
+CORPUS_FILE = "corpus.parquet"     # raw/ and validated/ of a text corpus
+PAIRS_RAW = "pairs.jsonl"          # raw/ of prompt -> completion records, as read
+PAIRS_FILE = "pairs.parquet"       # validated/ of prompt -> completion records
+MANIFEST = "manifest.json"         # tokens/: digests and counts of what encode wrote
+TRAIN_METRICS, EVAL_METRICS = "train.json", "eval.json"
+LOSS_CSV = "loss.csv"
+BEST, LATEST = "best", "latest"    # checkpoints inside the model folder
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What a kind of data decides outside the step functions.
+
+    Each step module dispatches its kind-specific part on `name`; the rest lives here: which
+    file the validated records live in, the DVC stages that version the kind, how
+    the pyfunc answers, and how promotion compares two models of the kind.
+    """
+
+    name: str
+    tag: str                 # the `kind` tag of its registered versions
+    validated_file: str
+    stage_prefix: str        # DVC stage names: "" -> ingest, ...; "sft-" -> sft-ingest, ...
+    mode: str                # the pyfunc's mode: "text" continues, "completion" answers
+    metric: str              # the registry tag promotion compares
+    higher_is_better: bool
+    data_tag: str            # the tag naming the data that metric was measured on
+
+    @property
+    def stages(self) -> list[str]:
+        return [f"{self.stage_prefix}{step}" for step in DVC_STEPS]
+
+    def better(self, candidate: float, champion: float) -> bool:
+        return candidate > champion if self.higher_is_better else candidate < champion
+
+
+DVC_STEPS = ("ingest", "validate", "tokenize", "encode", "train", "evaluate")
+KINDS = {
+    "text": Kind(name="text", tag="pretrain", validated_file=CORPUS_FILE,
+                 stage_prefix="", mode="text", metric="val_bits_per_byte",
+                 higher_is_better=False, data_tag="val_text_digest"),
+    "sft": Kind(name="sft", tag="sft", validated_file=PAIRS_FILE,
+                stage_prefix="sft-", mode="completion", metric="exact_match",
+                higher_is_better=True, data_tag="test_digest"),
 }
+
+
+def kind_of(params: Params) -> Kind:
+    return KINDS[params.kind]
+
+
+def kind_tagged(tag: str) -> Kind:
+    """The kind whose registered versions carry this `kind` tag."""
+    return next(kind for kind in KINDS.values() if kind.tag == tag)
 
 
 def retry_transient(_task: Any, _task_run: Any, state: Any) -> bool:
@@ -23,51 +75,6 @@ def retry_transient(_task: Any, _task_run: Any, state: Any) -> bool:
     except Exception:
         return True
     return True
-
-
-def path_of(params: dict[str, Any], name: str) -> Path:
-    """A project path from params['paths'], relative to the working directory."""
-    return Path((params.get("paths") or {}).get(name, DEFAULT_PATHS[name]))
-
-
-def section(params: dict[str, Any], name: str) -> dict[str, Any]:
-    return dict(params.get(name) or {})
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def sha256_tree(folder: str | Path) -> str:
-    """One digest over every file's relative name and content, in sorted order."""
-    root = Path(folder)
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(sha256_file(path).encode())
-    return digest.hexdigest()
-
-
-def sha256_json(payload: Any) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def write_json(path: str | Path, payload: Any) -> Path:
-    """Write JSON atomically (temp file, then rename)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(target)
-    return target
-
-
-def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def documents(frame: Any) -> list[tuple[str, int]]:
@@ -91,8 +98,6 @@ def documents(frame: Any) -> list[tuple[str, int]]:
 
 def split_records(frame: Any, val_fraction: float) -> tuple[Any, Any]:
     """Deterministic split by record order: the last val_fraction of bytes is held out."""
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction!r}")
     if len(frame) < 2:
         raise ValueError(f"need at least 2 records to hold some out for validation, got "
                          f"{len(frame)}")
@@ -102,24 +107,17 @@ def split_records(frame: Any, val_fraction: float) -> tuple[Any, Any]:
     return frame.iloc[:cut], frame.iloc[cut:]
 
 
-def pick(params: dict[str, Any], dotted_keys: list[str]) -> dict[str, Any]:
-    """The values of 'section' or 'section.key' entries of params."""
-    picked = {}
-    for key in dotted_keys:
-        node: Any = params
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        picked[key] = node
-    return picked
+def validated_path(params: Params) -> Path:
+    return params.path("validated") / kind_of(params).validated_file
 
 
-def step_cache_key(step: str, params: dict[str, Any], param_keys: list[str],
+def step_cache_key(step: str, params: Params, sections: dict[str, Any],
                    files: list[Path]) -> str:
-    """What a cached step's output depends on: its inputs' and code's digests, the parameters
+    """What a cached step's output depends on: its inputs' and code's digests, the settings
     it reads, and the project folder it writes into (the same keys as its DVC stage)."""
     return sha256_json({
-        "step": step, "project": str(Path.cwd().resolve()),
-        "params": pick(params, param_keys),
+        "step": step, "kind": params.kind, "project": str(Path.cwd().resolve()),
+        "settings": sections, "paths": asdict(params.paths),
         "files": {str(f): sha256_file(f) if Path(f).is_file() else sha256_tree(f)
                   for f in files},
     })

@@ -1,13 +1,14 @@
-"""encode: the validated corpus -> Parquet token shards, split by document, plus a manifest.
+"""encode: validated records -> token files for training, plus a manifest.
 
-data/tokens/{train,val}-NNNNN.parquet hold one `token` column (uint16 when the vocabulary
-fits, zstd); documents are separated by <|endoftext|>. manifest.json records the tokenizer
-and data digests and the token and byte counts that evaluation needs.
+Text: Parquet shards `{train,val}-NNNNN.parquet` with one `token` column (uint16 when the
+vocabulary fits, zstd), split by document; documents are separated by <|endoftext|>.
+Prompt -> completion pairs: `{train,val,test}.parquet`, each record's (inputs, labels) with
+labels -100 outside the answer. manifest.json records the digests and counts that training,
+evaluation and the registry tags need.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,26 +17,17 @@ import pandas as pd
 from prefect import task
 
 import gpt.data
+import gpt.sft
+from gpt.config import Params
 from gpt.data import CorpusError, token_dtype, write_token_shards
-from gpt.tokenizer import ENDOFTEXT, load_tokenizer
-from tasks.common import (
-    documents,
-    path_of,
-    section,
-    sha256_file,
-    sha256_json,
-    sha256_tree,
-    split_records,
-    step_cache_key,
-    write_json,
-)
-from tasks.ingest import CORPUS_FILE
+from gpt.files import atomic_directory, sha256_file, sha256_json, sha256_tree, write_json
+from gpt.tokenizer import ENDOFTEXT, Tokenizer, load_tokenizer
+from tasks.common import MANIFEST, documents, split_records, step_cache_key, validated_path
 
-MANIFEST = "manifest.json"
-DEFAULT_TOKENS_PER_SHARD = 1 << 20
+SFT_SPLITS = ("train", "val", "test")
 
 
-def encode_documents(tokenizer, docs: list[tuple[str, int]]) -> np.ndarray:
+def encode_documents(tokenizer: Tokenizer, docs: list[tuple[str, int]]) -> np.ndarray:
     """All documents' ids in one array, <|endoftext|> after each document but the last."""
     eot = tokenizer.special_tokens.get(ENDOFTEXT)
     ids: list[int] = []
@@ -46,22 +38,13 @@ def encode_documents(tokenizer, docs: list[tuple[str, int]]) -> np.ndarray:
     return np.asarray(ids, dtype=token_dtype(tokenizer.vocab_size))
 
 
-def encode(params: dict[str, Any]) -> dict[str, Any]:
-    data = section(params, "data")
-    corpus = path_of(params, "validated") / CORPUS_FILE
-    tokenizer_dir = path_of(params, "tokenizer")
-    tokenizer = load_tokenizer(tokenizer_dir)
-    per_shard = int(data.get("tokens_per_shard", DEFAULT_TOKENS_PER_SHARD))
-    out = path_of(params, "tokens")
-    shutil.rmtree(out, ignore_errors=True)
-    manifest: dict[str, Any] = {
-        "data_digest": sha256_file(corpus), "tokenizer_digest": sha256_tree(tokenizer_dir),
-        "vocab_size": tokenizer.vocab_size, "dtype": str(token_dtype(tokenizer.vocab_size)),
-        "tokens_per_shard": per_shard,
-    }
-    frame = pd.read_parquet(corpus)
-    for split, part in zip(("train", "val"),
-                           split_records(frame, float(data.get("val_fraction", 0.1))),
+def encode_corpus(params: Params, tokenizer: Tokenizer, out: Path) -> dict[str, Any]:
+    """Token shards of the train and val documents; their counts for the manifest."""
+    per_shard = params.data.tokens_per_shard
+    manifest: dict[str, Any] = {"dtype": str(token_dtype(tokenizer.vocab_size)),
+                                "tokens_per_shard": per_shard}
+    frame = pd.read_parquet(validated_path(params))
+    for split, part in zip(("train", "val"), split_records(frame, params.data.val_fraction),
                            strict=True):
         docs = documents(part)
         ids = encode_documents(tokenizer, docs)
@@ -70,40 +53,19 @@ def encode(params: dict[str, Any]) -> dict[str, Any]:
                            "text_digest": sha256_json([text for text, _ in docs]),
                            "documents": len(docs), "records": len(part),
                            "shards": [p.name for p in shards]}
-    write_json(out / MANIFEST, manifest)
-    return {"path": str(out), "digest": sha256_tree(out), "data_digest": manifest["data_digest"],
-            "tokenizer_digest": manifest["tokenizer_digest"],
-            "train_tokens": manifest["train"]["tokens"], "val_tokens": manifest["val"]["tokens"]}
+    return manifest
 
 
-def cache_key(_context, arguments: dict[str, Any]) -> str:
-    params = arguments["params"]
-    return step_cache_key(
-        "encode", params, ["data.val_fraction", "data.tokens_per_shard", "paths"],
-        [path_of(params, "validated") / CORPUS_FILE, path_of(params, "tokenizer"),
-         Path(__file__), Path(gpt.data.__file__)])
-
-
-# Cached on its inputs, like tokenize; results are stored as JSON.
-encode_task = task(encode, name="encode", cache_key_fn=cache_key, persist_result=True,
-                   result_serializer="json")
-
-
-def encode_sft(params: dict[str, Any]) -> dict[str, Any]:
-    """Each split's records as (inputs, labels) id lists, labels -100 outside the answer."""
+def encode_pairs(params: Params, tokenizer: Tokenizer, out: Path) -> dict[str, Any]:
+    """Each split's records as (inputs, labels) id lists; their counts for the manifest."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from gpt.sft import format_record
-    from tasks.validate import SFT_VALIDATED
 
-    tokenizer = load_tokenizer(path_of(params, "tokenizer"))
-    frame = pd.read_parquet(path_of(params, "validated") / SFT_VALIDATED)
-    out = path_of(params, "tokens")
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    frame = pd.read_parquet(validated_path(params))
     counts = {}
-    for split in ("train", "val", "test"):
+    for split in SFT_SPLITS:
         part = frame[frame["split"] == split]
         pairs = [format_record(tokenizer, p, c)
                  for p, c in zip(part["prompt"], part["completion"], strict=True)]
@@ -116,11 +78,40 @@ def encode_sft(params: dict[str, Any]) -> dict[str, Any]:
         counts[split] = len(part)
     if counts["train"] == 0 or counts["val"] == 0:
         raise CorpusError(f"fine-tuning needs train and val records, got {counts}")
-    manifest = {"vocab_size": tokenizer.vocab_size, "records": counts,
-                "test_digest": sha256_json(frame[frame["split"] == "test"][
-                    ["prompt", "completion"]].values.tolist())}
-    write_json(out / MANIFEST, manifest)
-    return {"path": str(out), **manifest}
+    test = frame[frame["split"] == "test"][["prompt", "completion"]].values.tolist()
+    return {"records": counts, "test_digest": sha256_json(test)}
 
 
-encode_sft_task = task(encode_sft, name="encode-sft")
+ENCODERS = {"text": encode_corpus, "sft": encode_pairs}
+
+
+def encode(params: Params) -> dict[str, Any]:
+    """Encode the validated records with the run's tokenizer into the tokens folder."""
+    validated, tokenizer_dir = validated_path(params), params.path("tokenizer")
+    tokenizer = load_tokenizer(tokenizer_dir)
+    manifest: dict[str, Any] = {"kind": params.kind, "data_digest": sha256_file(validated),
+                                "tokenizer_digest": sha256_tree(tokenizer_dir),
+                                "vocab_size": tokenizer.vocab_size}
+
+    def fill(folder: Path) -> None:
+        manifest.update(ENCODERS[params.kind](params, tokenizer, folder))
+        write_json(folder / MANIFEST, manifest)
+
+    out = atomic_directory(params.path("tokens"), fill)
+    return {"path": str(out), "digest": sha256_tree(out), **manifest}
+
+
+def cache_key(_context, arguments: dict[str, Any]) -> str:
+    params = arguments["params"]
+    settings = ({"val_fraction": params.data.val_fraction,
+                 "tokens_per_shard": params.data.tokens_per_shard}
+                if params.kind == "text" else {})
+    code = gpt.data.__file__ if params.kind == "text" else gpt.sft.__file__
+    return step_cache_key("encode", params, settings,
+                          [validated_path(params), params.path("tokenizer"), Path(__file__),
+                           Path(code)])
+
+
+# Cached on its inputs, like tokenize; results are stored as JSON.
+encode_task = task(encode, name="encode", cache_key_fn=cache_key, persist_result=True,
+                   result_serializer="json")

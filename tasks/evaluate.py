@@ -1,58 +1,52 @@
-"""evaluate: val loss, perplexity and bits per byte of the best checkpoint, held-out split."""
+"""evaluate: score the best checkpoint on held-out data, by the kind's measure.
+
+Text: val loss, perplexity and bits per byte over the whole held-out split. Prompt ->
+completion pairs: completion-only loss, exact match on the test split (per task too) and, for
+code, the share of answers that parse as Python (parsed, never executed).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
 from prefect import task
 
 from gpt.checkpoint import load_model
+from gpt.config import Params
 from gpt.data import load_tokens
 from gpt.evaluate import evaluate_tokens
-from tasks.common import path_of, read_json, write_json
-from tasks.encode import MANIFEST
-from tasks.tracking import client
+from gpt.files import read_json, write_json
+from tasks.common import BEST, EVAL_METRICS, MANIFEST
+from tasks.tracking import log_metrics
 
 
-def evaluate(params: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
-    tokens_dir = path_of(params, "tokens")
+def evaluate_corpus(params: Params) -> dict[str, Any]:
+    tokens_dir = params.path("tokens")
     manifest = read_json(tokens_dir / MANIFEST)
-    model = load_model(path_of(params, "model") / "best")
+    model = load_model(params.path("model") / BEST)
     metrics = evaluate_tokens(model, load_tokens(tokens_dir, "val"), manifest["val"]["bytes"])
-    metrics = {k: round(v, 6) for k, v in metrics.items()}
-    write_json(path_of(params, "metrics") / "eval.json", metrics)
-    if run_id is not None:
-        mlflow_client = client(params)
-        for key, value in metrics.items():
-            mlflow_client.log_metric(run_id, key, value)
-    return metrics
+    return {k: round(v, 6) for k, v in metrics.items()}
 
 
-
-
-def evaluate_sft(params: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
-    """Completion-only loss, exact match (accuracy) on the test split, and, for code, the
-    share of completions that parse as Python (parsed, never executed)."""
-    import pandas as pd
+def evaluate_pairs(params: Params) -> dict[str, Any]:
     import torch
 
     from gpt.sft import PAD, answer_all, eval_batches, parses_as_python
     from gpt.tokenizer import load_tokenizer
     from gpt.train import estimate_loss
-    from tasks.common import section
     from tasks.train import read_examples
 
-    best = path_of(params, "model") / "best"
+    best = params.path("model") / BEST
     model, tokenizer = load_model(best).eval(), load_tokenizer(best)
-    tokens_dir = path_of(params, "tokens")
+    tokens_dir = params.path("tokens")
     split = "test" if len(pd.read_parquet(tokens_dir / "test.parquet")) else "val"
     frame = pd.read_parquet(tokens_dir / f"{split}.parquet")
     batches = eval_batches(read_examples(tokens_dir / f"{split}.parquet"), 32,
                            tokenizer.special_tokens[PAD])
     loss = estimate_loss(model, batches, torch.device("cpu"), torch.float32)
-    max_new = int(section(params, "sft").get("max_new_tokens", 64))
     predictions, hits = answer_all(model, tokenizer, frame["prompt"], frame["completion"],
-                                   max_new)
+                                   params.sft.max_new_tokens)
     metrics: dict[str, Any] = {"completion_loss": round(loss, 6), "split": split,
                                "exact_match": round(sum(hits) / len(hits), 6),
                                "records": len(hits)}
@@ -64,14 +58,18 @@ def evaluate_sft(params: dict[str, Any], run_id: str | None = None) -> dict[str,
     metrics["examples"] = [{"prompt": p, "expected": a, "got": g} for p, a, g in
                            list(zip(frame["prompt"], frame["completion"], predictions,
                                     strict=True))[:5]]
-    write_json(path_of(params, "metrics") / "sft_eval.json", metrics)
-    if run_id is not None:
-        mlflow_client = client(params)
-        for key in ("completion_loss", "exact_match", "parses_as_python"):
-            if key in metrics:
-                mlflow_client.log_metric(run_id, key, metrics[key])
+    return metrics
+
+
+SCORERS = {"text": evaluate_corpus, "sft": evaluate_pairs}
+
+
+def evaluate(params: Params, run_id: str | None = None) -> dict[str, Any]:
+    """Score the best checkpoint; write metrics/eval.json and log the numbers to the run."""
+    metrics = SCORERS[params.kind](params)
+    write_json(params.path("metrics") / EVAL_METRICS, metrics)
+    log_metrics(params, run_id, metrics)
     return metrics
 
 
 evaluate_task = task(evaluate, name="evaluate")
-evaluate_sft_task = task(evaluate_sft, name="evaluate-sft")

@@ -1,10 +1,15 @@
-"""ingest: a text file, a folder of them, or a JSONL file -> data/raw/corpus.parquet.
+"""ingest: the configured source -> the raw folder, as records of the run's kind.
 
-Each record is (doc_id, text, source, n_bytes). A text file becomes one record per paragraph
+Text (data.kind text): a text file, a folder of them, or a JSONL file -> corpus.parquet, each
+record (doc_id, text, source, n_bytes). A text file becomes one record per paragraph
 (its text keeps the blank lines after it, so the records join back into the exact file); a
 JSONL line becomes one record. A URL source is fetched once and checked against its sha256;
 with no network the same file is read from the local mirror folder named by
 $TINYGPT_DATA_MIRROR.
+
+Prompt -> completion pairs (data.kind sft): the generated verifiable or Python set, or a JSONL
+file of {"prompt", "completion"} records -> pairs.jsonl, copied as read: the validation suite
+reports bad fields by line.
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
 
+from gpt.config import Params
 from gpt.data import CorpusError, decode_utf8
-from tasks.common import path_of, retry_transient, section, sha256_file
+from gpt.files import atomic_file, sha256_file
+from tasks.common import CORPUS_FILE, PAIRS_RAW, retry_transient
 
 MIRROR_ENV = "TINYGPT_DATA_MIRROR"
-CORPUS_FILE = "corpus.parquet"
 COLUMNS = ("doc_id", "text", "source", "n_bytes")
 # Cut after a blank line (one or more) that is followed by more text.
 _PARAGRAPH_END = re.compile(r"(?<=\n\n)(?=[^\n])")
@@ -147,37 +153,31 @@ def read_records(source: Path, text_field: str = "text") -> list[dict[str, Any]]
 
 
 def write_records(records: list[dict[str, Any]], out_dir: Path) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
     table = pa.table({c: [r[c] for r in records] for c in COLUMNS},
                      schema=pa.schema([("doc_id", pa.string()), ("text", pa.string()),
                                        ("source", pa.string()), ("n_bytes", pa.int64())]))
-    target = out_dir / CORPUS_FILE
-    tmp = out_dir / f".{CORPUS_FILE}.tmp-{os.getpid()}"
-    pq.write_table(table, tmp, compression="zstd")
-    tmp.replace(target)
-    return target
+    with atomic_file(out_dir / CORPUS_FILE) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return out_dir / CORPUS_FILE
 
 
-def ingest(params: dict[str, Any], source: str | None = None) -> dict[str, Any]:
+def ingest_text(params: Params, source: str | None) -> dict[str, Any]:
     """Read the configured (or given) source and write the records table."""
-    data = section(params, "data")
-    source = source or data.get("source")
+    data = params.data
+    source = source or data.source
     if not source:
         raise CorpusError("no data source: set data.source in params.yaml or pass one")
-    raw_dir = path_of(params, "raw")
-    local = (fetch(source, data.get("sha256"), raw_dir.parent / "downloads",
-                   data.get("mirror_name")) if is_url(source) else Path(source))
-    records = read_records(local, data.get("text_field", "text"))
+    raw_dir = params.path("raw")
+    local = (fetch(source, data.sha256, raw_dir.parent / "downloads", data.mirror_name)
+             if is_url(source) else Path(source))
+    records = read_records(local, data.text_field)
     path = write_records(records, raw_dir)
     return {"path": str(path), "rows": len(records), "source": str(local),
             "bytes": sum(r["n_bytes"] for r in records)}
 
 
-
-
 # -- prompt/completion records (fine-tuning) ----------------------------------------------------
 
-SFT_FILE = "pairs.jsonl"
 ANSWER_FIELDS = ("completion", "code")
 
 
@@ -200,30 +200,37 @@ def read_pairs(path: str | Path):
     return frame.astype({"prompt": object, "completion": object})
 
 
-def ingest_sft(params: dict[str, Any]) -> dict[str, Any]:
-    """The configured fine-tuning set (generated or a JSONL file) -> data/sft/raw/pairs.jsonl."""
+def ingest_pairs(params: Params, source: str | None) -> dict[str, Any]:
+    """The configured (or given) fine-tuning set, generated or a JSONL file -> pairs.jsonl."""
     from gpt.sft_data import python_tasks, verifiable_tasks, write_jsonl
 
-    sft = section(params, "sft")
-    dataset = str(sft.get("dataset", "verifiable"))
-    target = path_of(params, "raw") / SFT_FILE
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if dataset == "verifiable":
-        write_jsonl(verifiable_tasks(int(sft.get("records", 6000)), int(sft.get("seed", 0))),
-                    target)
-    elif dataset == "python":
-        write_jsonl(python_tasks(), target)
-    else:
-        source = Path(dataset)
-        if not source.is_file():
-            raise CorpusError(f"{source}: no such file (sft.dataset is 'verifiable', 'python' "
-                              f"or a JSONL path)")
-        read_pairs(source)  # refuse broken JSONL before copying it
-        target.write_bytes(source.read_bytes())
+    sft = params.sft
+    dataset = source or sft.dataset
+    target = params.path("raw") / PAIRS_RAW
+    with atomic_file(target) as tmp:
+        if dataset == "verifiable":
+            write_jsonl(verifiable_tasks(sft.records, sft.seed), tmp)
+        elif dataset == "python":
+            write_jsonl(python_tasks(), tmp)
+        else:
+            local = Path(dataset)
+            if not local.is_file():
+                raise CorpusError(f"{local}: no such file (sft.dataset is 'verifiable', "
+                                  f"'python' or a JSONL path)")
+            read_pairs(local)  # refuse broken JSONL before copying it
+            tmp.write_bytes(local.read_bytes())
     frame = read_pairs(target)
-    return {"path": str(target), "rows": len(frame), "dataset": dataset}
+    return {"path": str(target), "rows": len(frame), "source": dataset,
+            "bytes": target.stat().st_size}
+
+
+READERS = {"text": ingest_text, "sft": ingest_pairs}
+
+
+def ingest(params: Params, source: str | None = None) -> dict[str, Any]:
+    """The run's source (data.source, sft.dataset, or the one given) -> the raw folder."""
+    return READERS[params.kind](params, source)
 
 
 ingest_task = task(ingest, name="ingest", retries=2, retry_delay_seconds=5,
                    retry_condition_fn=retry_transient)
-ingest_sft_task = task(ingest_sft, name="ingest-sft")

@@ -10,15 +10,16 @@ import shutil
 import tempfile
 from typing import Any
 
-from tasks.common import sha256_file
-from tasks.tracking import client, registry_settings
-from tasks.version import LOCK_FILE, VersioningError, dvc
+from gpt.config import Params
+from gpt.files import sha256_file
+from registry import client
+from tasks.version import LOCK_FILE, VersioningError, dvc, locked_stages
 
 
-def reproduce(params: dict[str, Any], version: str) -> dict[str, Any]:
+def reproduce(params: Params, version: str) -> dict[str, Any]:
     import mlflow
 
-    name = registry_settings(params)["model_name"]
+    name = params.model_name
     model_version = client(params).get_model_version(name, version)
     expected = model_version.tags.get("dvc_lock_digest")
     if not expected:
@@ -29,6 +30,6 @@ def reproduce(params: dict[str, Any], version: str) -> dict[str, Any]:
         if sha256_file(lock) != expected:
             raise VersioningError(f"the stored {LOCK_FILE} does not match the version's digest")
         shutil.copyfile(lock, LOCK_FILE)
-    dvc("pull", "--force", "--quiet")
+    dvc("pull", "--force", "--quiet", *locked_stages())
     return {"version": version, "dvc_lock_digest": expected,
             "git_commit": model_version.tags.get("git_commit", "unknown")}

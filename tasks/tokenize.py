@@ -1,9 +1,14 @@
-"""tokenize: train our tokenizer on the training split of the validated corpus."""
+"""tokenize: the run's tokenizer, trained on the training split only.
+
+Text: trained on the training documents, with <|endoftext|> between documents. Prompt ->
+completion pairs: the base model's tokenizer plus the control tokens when fine-tuning a
+registered model (`sft.init`), otherwise one trained on the training records.
+"""
 
 from __future__ import annotations
 
-import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -11,67 +16,66 @@ import pandas as pd
 from prefect import task
 
 import gpt.tokenizer
-from gpt.config import tokenizer_params
-from gpt.tokenizer import ENDOFTEXT, train_tokenizer
-from tasks.common import (
-    documents,
-    path_of,
-    section,
-    sha256_tree,
-    split_records,
-    step_cache_key,
-)
-from tasks.ingest import CORPUS_FILE
+from gpt.config import Params
+from gpt.files import atomic_directory, sha256_tree
+from gpt.tokenizer import ENDOFTEXT, Tokenizer, train_tokenizer
+from tasks.common import documents, split_records, step_cache_key, validated_path
 
 
-def tokenize(params: dict[str, Any]) -> dict[str, Any]:
-    kind, vocab_size = tokenizer_params(params)
-    frame = pd.read_parquet(path_of(params, "validated") / CORPUS_FILE)
-    train_frame, _ = split_records(frame, float(section(params, "data").get("val_fraction", 0.1)))
+def corpus_tokenizer(params: Params) -> Tokenizer:
+    frame = pd.read_parquet(validated_path(params))
+    train_frame, _ = split_records(frame, params.data.val_fraction)
     text = "\n\n".join(doc for doc, _ in documents(train_frame))
+    return train_tokenizer(params.tokenizer.kind, text, params.tokenizer.vocab_size,
+                           special_tokens=(ENDOFTEXT,))
+
+
+def pairs_tokenizer(params: Params) -> Tokenizer:
+    from gpt.sft import CONTROL_TOKENS
+
+    if params.sft.init:
+        from registry import load_registered
+
+        _, base, _ = load_registered(params, params.sft.init)
+        return base.with_special_tokens(CONTROL_TOKENS)
+    frame = pd.read_parquet(validated_path(params))
+    train = frame[frame["split"] == "train"]
+    text = "\n".join(train["prompt"]) + "\n" + "\n".join(train["completion"])
+    return train_tokenizer(params.tokenizer.kind, text, params.tokenizer.vocab_size,
+                           special_tokens=CONTROL_TOKENS)
+
+
+BUILDERS = {"text": corpus_tokenizer, "sft": pairs_tokenizer}
+
+
+def tokenize(params: Params) -> dict[str, Any]:
     started = time.perf_counter()
-    tokenizer = train_tokenizer(kind, text, vocab_size, special_tokens=(ENDOFTEXT,))
+    tokenizer = BUILDERS[params.kind](params)
     seconds = time.perf_counter() - started
-    out = path_of(params, "tokenizer")
-    shutil.rmtree(out, ignore_errors=True)
-    tokenizer.save(out)
+    out = atomic_directory(params.path("tokenizer"), tokenizer.save)
     return {"path": str(out), "digest": sha256_tree(out), "vocab_size": tokenizer.vocab_size,
-            "kind": kind, "seconds": seconds}
+            "kind": params.tokenizer.kind, "seconds": seconds}
+
+
+def base_version(params: Params) -> str | None:
+    """The registered version `sft.init` names now (an alias may have moved), or None."""
+    if params.kind != "sft" or not params.sft.init:
+        return None
+    from registry import resolve_version, use_store
+
+    use_store(params)
+    return "/".join(resolve_version(params.sft.init))
 
 
 def cache_key(_context, arguments: dict[str, Any]) -> str:
     params = arguments["params"]
-    return step_cache_key(
-        "tokenize", params, ["tokenizer", "data.val_fraction", "paths"],
-        [path_of(params, "validated") / CORPUS_FILE, Path(__file__), Path(gpt.tokenizer.__file__)])
+    settings = {"tokenizer": asdict(params.tokenizer), "val_fraction": params.data.val_fraction,
+                "base": base_version(params)}
+    return step_cache_key("tokenize", params, settings,
+                          [validated_path(params), Path(__file__), *gpt.tokenizer.SOURCE_FILES])
 
 
 # Cached on its inputs: a re-run with unchanged data and parameters skips it. Results are
 # stored as JSON (never pickled).
 tokenize_task = task(tokenize, name="tokenize", cache_key_fn=cache_key, persist_result=True,
                      result_serializer="json")
-
-
-def tokenize_sft(params: dict[str, Any]) -> dict[str, Any]:
-    """The fine-tuning tokenizer: the base model's plus control tokens, or trained anew."""
-    from gpt.sft import CONTROL_TOKENS
-    from tasks.tracking import load_registered
-    from tasks.validate import SFT_VALIDATED
-
-    sft = section(params, "sft")
-    out = path_of(params, "tokenizer")
-    if sft.get("init"):
-        _, base, _ = load_registered(params, sft["init"])
-        tokenizer = base.with_special_tokens(CONTROL_TOKENS)
-    else:
-        kind, vocab_size = tokenizer_params(params)
-        frame = pd.read_parquet(path_of(params, "validated") / SFT_VALIDATED)
-        train = frame[frame["split"] == "train"]
-        text = "\n".join(train["prompt"]) + "\n" + "\n".join(train["completion"])
-        tokenizer = train_tokenizer(kind, text, vocab_size, special_tokens=CONTROL_TOKENS)
-    shutil.rmtree(out, ignore_errors=True)
-    tokenizer.save(out)
-    return {"path": str(out), "digest": sha256_tree(out), "vocab_size": tokenizer.vocab_size}
-
-
-tokenize_sft_task = task(tokenize_sft, name="tokenize-sft")

@@ -1,8 +1,10 @@
 """validate: the Great Expectations gate between raw records and everything downstream.
 
-The suite is defined here in code. A failure raises DataValidationError naming every failed
-expectation with a few offending rows, and the Data Docs HTML report is written either way.
-Great Expectations is imported inside the functions: it takes seconds to import.
+Each kind has its suite, defined here in code: a text corpus's columns, lengths and control
+characters; prompt -> completion records' fields, splits and lengths in tokens. A failure
+raises DataValidationError naming every failed expectation with a few offending rows, and the
+Data Docs HTML report is written either way. Great Expectations is imported inside the
+functions: it takes seconds to import.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ from typing import Any
 import pandas as pd
 from prefect import task
 
-from tasks.common import path_of, section
-from tasks.ingest import CORPUS_FILE
+from gpt.config import Params, ValidateConfig
+from gpt.files import atomic_file
+from tasks.common import CORPUS_FILE, PAIRS_RAW, validated_path
 
 SUITE_NAME = "corpus"
 # Control characters other than tab, newline and carriage return (C0, DEL and C1).
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-DEFAULTS = {"min_chars": 1, "max_chars": 100_000, "max_control_share": 0.01, "min_rows": 1}
 
 
 class DataValidationError(ValueError):
@@ -34,17 +36,7 @@ def control_share(text: str) -> float:
     return len(_CONTROL.findall(text)) / len(text) if text else 0.0
 
 
-def validation_settings(params: dict[str, Any]) -> dict[str, Any]:
-    settings = {**DEFAULTS, **section(params, "validate")}
-    unknown = sorted(set(settings) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {', '.join('validate.' + k for k in unknown)}")
-    if not 0 <= settings["min_chars"] <= settings["max_chars"]:
-        raise ValueError("validate.min_chars must be between 0 and validate.max_chars")
-    return settings
-
-
-def build_suite(settings: dict[str, Any]):
+def build_suite(settings: ValidateConfig):
     """The expectations a corpus must meet before any training."""
     import great_expectations as gx
 
@@ -55,12 +47,12 @@ def build_suite(settings: dict[str, Any]):
         suite.add_expectation(E.ExpectColumnToExist(column=column))
         suite.add_expectation(E.ExpectColumnValuesToBeOfType(column=column, type_=type_name))
         suite.add_expectation(E.ExpectColumnValuesToNotBeNull(column=column))
-    suite.add_expectation(E.ExpectTableRowCountToBeBetween(min_value=settings["min_rows"]))
+    suite.add_expectation(E.ExpectTableRowCountToBeBetween(min_value=settings.min_rows))
     suite.add_expectation(E.ExpectColumnValuesToBeUnique(column="doc_id"))
     suite.add_expectation(E.ExpectColumnValueLengthsToBeBetween(
-        column="text", min_value=settings["min_chars"], max_value=settings["max_chars"]))
+        column="text", min_value=settings.min_chars, max_value=settings.max_chars))
     suite.add_expectation(E.ExpectColumnValuesToBeBetween(
-        column="control_share", min_value=0.0, max_value=settings["max_control_share"]))
+        column="control_share", min_value=0.0, max_value=settings.max_control_share))
     return suite
 
 
@@ -125,35 +117,14 @@ def describe_failure(result, frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def validate(params: dict[str, Any]) -> dict[str, Any]:
-    """Check data/raw against the suite; copy it to data/validated only when it passes."""
-    settings = validation_settings(params)
-    frame = pd.read_parquet(path_of(params, "raw") / CORPUS_FILE)
+def check_corpus(params: Params) -> tuple[pd.DataFrame, Any, Callable[[Path], None]]:
+    """(frame, suite factory, writer of the validated file) of a text corpus."""
+    raw = params.path("raw") / CORPUS_FILE
+    frame = pd.read_parquet(raw)
     if "text" in frame:
         frame["control_share"] = [control_share(t) if isinstance(t, str) else 0.0
                                   for t in frame["text"]]
-    docs_dir = path_of(params, "reports") / "data_docs"
-    result = run_suite(frame, lambda: build_suite(settings), docs_dir)
-    report = docs_dir / "index.html"
-    if not result.success:
-        raise DataValidationError(
-            f"data validation failed ({len(frame)} rows); report: {report}\n"
-            + describe_failure(result, frame))
-    out_dir = path_of(params, "validated")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / CORPUS_FILE
-    tmp = out_dir / f".{CORPUS_FILE}.tmp-{os.getpid()}"
-    shutil.copyfile(path_of(params, "raw") / CORPUS_FILE, tmp)
-    tmp.replace(target)
-    return {"path": str(target), "rows": len(frame), "report": str(report),
-            "expectations": len(result.results)}
-
-
-
-
-# -- prompt/completion records (fine-tuning) ----------------------------------------------------
-
-SFT_VALIDATED = "pairs.parquet"
+    return frame, lambda: build_suite(params.validate), lambda tmp: shutil.copyfile(raw, tmp)
 
 
 def build_sft_suite(block_size: int):
@@ -175,30 +146,55 @@ def build_sft_suite(block_size: int):
     return suite
 
 
-def validate_sft(params: dict[str, Any], count_tokens, block_size: int) -> dict[str, Any]:
-    """Check data/sft/raw/pairs.jsonl; write the validated pairs only when it passes.
+def length_limits(params: Params) -> tuple[Callable[[str, str], int], int]:
+    """(a record's length in tokens with control tokens, the context size), before any
+    tokenizer is trained: exact with a base model's tokenizer or a char tokenizer, an upper
+    bound (UTF-8 bytes) for a BPE still to be trained."""
+    from gpt.sft import CONTROL_TOKENS, record_length
 
-    count_tokens(prompt, completion) gives a record's length with control tokens.
-    """
-    from tasks.ingest import SFT_FILE, read_pairs
+    if params.sft.init:
+        from registry import load_registered
 
-    frame = read_pairs(path_of(params, "raw") / SFT_FILE)
+        model, tokenizer, _ = load_registered(params, params.sft.init)
+        return (lambda p, c: record_length(tokenizer, p, c)), model.config.block_size
+    block, controls = params.model.block_size, len(CONTROL_TOKENS) - 1
+    if params.tokenizer.kind == "char":
+        return (lambda p, c: len(p) + len(c) + controls), block
+    return (lambda p, c: len(p.encode()) + len(c.encode()) + controls), block
+
+
+def check_pairs(params: Params) -> tuple[pd.DataFrame, Any, Callable[[Path], None]]:
+    """(frame, suite factory, writer of the validated file) of prompt -> completion records."""
+    from tasks.ingest import read_pairs
+
+    frame = read_pairs(params.path("raw") / PAIRS_RAW)
+    count_tokens, block_size = length_limits(params)
     frame["n_tokens"] = [
         count_tokens(p, c) if isinstance(p, str) and isinstance(c, str) else 0
         for p, c in zip(frame["prompt"], frame["completion"], strict=True)]
-    docs_dir = path_of(params, "reports") / "data_docs"
-    result = run_suite(frame, lambda: build_sft_suite(block_size), docs_dir)
+    return (frame, lambda: build_sft_suite(block_size),
+            lambda tmp: frame.astype({"prompt": str, "completion": str}).to_parquet(tmp))
+
+
+CHECKS = {"text": check_corpus, "sft": check_pairs}
+
+
+def validate(params: Params) -> dict[str, Any]:
+    """Check the raw records against the kind's suite; write the validated file only when
+    they pass. The Data Docs report is written either way."""
+    frame, make_suite, write_validated = CHECKS[params.kind](params)
+    docs_dir = params.path("reports") / "data_docs"
+    result = run_suite(frame, make_suite, docs_dir)
+    report = docs_dir / "index.html"
     if not result.success:
         raise DataValidationError(
-            f"fine-tuning data failed validation ({len(frame)} records); report: "
-            f"{docs_dir / 'index.html'}\n" + describe_failure(result, frame))
-    out = path_of(params, "validated")
-    out.mkdir(parents=True, exist_ok=True)
-    frame.astype({"prompt": str, "completion": str}).to_parquet(out / SFT_VALIDATED)
-    return {"path": str(out / SFT_VALIDATED), "rows": len(frame),
-            "report": str(docs_dir / "index.html"), "expectations": len(result.results),
-            "splits": frame["split"].value_counts().to_dict()}
+            f"data validation failed ({len(frame)} records); report: {report}\n"
+            + describe_failure(result, frame))
+    target = validated_path(params)
+    with atomic_file(target) as tmp:
+        write_validated(tmp)
+    return {"path": str(target), "rows": len(frame), "report": str(report),
+            "expectations": len(result.results)}
 
 
 validate_task = task(validate, name="validate")
-validate_sft_task = task(validate_sft, name="validate-sft")

@@ -1,8 +1,9 @@
 """version: record the run's data and model in dvc.lock and push them to the DVC remote.
 
-`dvc commit` stores the current outputs of every stage of dvc.yaml in the cache and in
-dvc.lock without re-running anything; `dvc push` copies them to the default remote. After it,
-`dvc status` is clean, and `dvc pull` with this dvc.lock restores exactly these files.
+`dvc commit` stores the current outputs of the run kind's stages of dvc.yaml in the cache and
+in dvc.lock without re-running anything; `dvc push` copies them to the default remote. After
+it, `dvc status` of those stages is clean, and `dvc pull` with this dvc.lock restores exactly
+these files.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from typing import Any
 
 from prefect import task
 
-from tasks.common import retry_transient, sha256_file
+from gpt.config import Params
+from gpt.files import sha256_file
+from tasks.common import kind_of, retry_transient
 
 LOCK_FILE = "dvc.lock"
 
@@ -37,23 +40,39 @@ def dvc(*args: str) -> str:
     return result.stdout
 
 
-def restore_outputs() -> str:
-    """Put every stage output back as the last dvc.lock recorded it (after a failed run)."""
-    if not Path(".dvc").is_dir() or not Path(LOCK_FILE).is_file():
-        return "nothing to restore: no dvc.lock yet"
+def locked_stages(params: Params | None = None) -> list[str]:
+    """The stages dvc.lock has an entry for: all of them, or the run kind's.
+
+    dvc.yaml holds every kind's stages, and a kind never run has no entry, so commands that
+    restore outputs (checkout, pull) name the stages the lock knows."""
+    import yaml
+
+    if not Path(LOCK_FILE).is_file():
+        return []
+    locked = (yaml.safe_load(Path(LOCK_FILE).read_text(encoding="utf-8")) or {}).get("stages")
+    wanted = kind_of(params).stages if params is not None else list(locked or {})
+    return [stage for stage in wanted if stage in (locked or {})]
+
+
+def restore_outputs(params: Params) -> str:
+    """Put the run kind's stage outputs back as the last dvc.lock recorded them."""
+    stages = locked_stages(params) if Path(".dvc").is_dir() else []
+    if not stages:
+        return f"nothing to restore: dvc.lock records no {params.kind} stage yet"
     try:
-        dvc("checkout", "--force", "--quiet")
+        dvc("checkout", "--force", "--quiet", *stages)
     except VersioningError as err:
         return f"could not restore every output: {err}"
     return "data outputs restored from dvc.lock"
 
 
-def version(params: dict[str, Any]) -> dict[str, Any]:
-    """dvc commit + dvc push; returns the digest of the resulting dvc.lock."""
+def version(params: Params) -> dict[str, Any]:
+    """dvc commit + dvc push of the run kind's stages; the digest of the resulting dvc.lock."""
     if not Path(".dvc").is_dir():
         raise VersioningError("not a DVC project (no .dvc folder here); run `dvc init`")
-    dvc("commit", "--force", "--quiet")
-    dvc("push", "--quiet")
+    stages = kind_of(params).stages
+    dvc("commit", "--force", "--quiet", *stages)
+    dvc("push", "--quiet", *stages)
     return {"dvc_lock": LOCK_FILE, "dvc_lock_digest": sha256_file(LOCK_FILE)}
 
 

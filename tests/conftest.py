@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,13 @@ from gpt.model import GPT, GPTConfig
 from gpt.tokenizer import BPETokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
+CODE_FOLDERS = ("gpt", "registry", "tasks", "flows", "serve")
+
+
+def copy_code(root: Path) -> None:
+    """The project's code into a scratch project, where dvc.yaml's stages find it."""
+    for folder in CODE_FOLDERS:
+        shutil.copytree(ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
 
 
 def corpus_path() -> Path:

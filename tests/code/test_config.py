@@ -1,18 +1,46 @@
-"""params.yaml loading, overrides and validation."""
+"""params.yaml: typed sections, overrides, and keys refused with the nearest valid name."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import fields
 
 import pytest
 
 from cli import main
-from gpt.config import apply_overrides, load_params, model_config, train_config
+from gpt.config import (
+    DERIVED,
+    SECTIONS,
+    Params,
+    apply_overrides,
+    build_params,
+    load_params,
+    read_params_file,
+)
 from tests.conftest import ROOT
 
 
 def test_repository_params_build_valid_configs():
     params = load_params(ROOT / "params.yaml")
-    assert model_config(params, vocab_size=300).n_layer == params["model"]["n_layer"]
-    assert train_config(params).max_steps == params["train"]["max_steps"]
+    raw = read_params_file(ROOT / "params.yaml")
+    assert params.model_config(vocab_size=300).n_layer == raw["model"]["n_layer"]
+    assert params.train.max_steps == raw["train"]["max_steps"]
+    assert params.kind == "text"
+
+
+def test_params_yaml_sets_every_key_to_its_declared_default():
+    """params.yaml shows every key, and the dataclasses' defaults are the same values: one
+    source, so code and file cannot drift apart (max_new_tokens once said 64 and 32)."""
+    raw = read_params_file(ROOT / "params.yaml")
+    defaults = Params().to_dict()
+    for section in SECTIONS:
+        declared = {f.name for f in fields(SECTIONS[section])} - set(DERIVED.get(section, ()))
+        assert set(raw[section]) == declared, section
+        for key in declared:
+            expected = defaults[section][key]
+            assert raw[section][key] == (list(expected) if isinstance(expected, tuple)
+                                         else expected), f"{section}.{key}"
 
 
 def test_overrides_parse_values_as_yaml():
@@ -29,9 +57,57 @@ def test_malformed_overrides_are_refused(override):
         apply_overrides({}, [override])
 
 
-def test_unknown_keys_are_errors_not_silently_ignored():
-    with pytest.raises(ValueError, match=r"unknown parameter.*train\.max_stpes"):
-        train_config({"train": {"max_stpes": 10}})
+# One misspelling per section of params.yaml, and in a kind's overlay sections.
+MISSPELT = [
+    ("data.sorce", "data.source"), ("validate.max_char", "validate.max_chars"),
+    ("tokenizer.vocab_sizes", "tokenizer.vocab_size"), ("model.n_layers", "model.n_layer"),
+    ("train.max_step", "train.max_steps"), ("sample.temprature", "sample.temperature"),
+    ("paths.token", "paths.tokens"), ("registry.model", "registry.model_name"),
+    ("sft.dataset_", "sft.dataset"), ("sft.train.max_step", "sft.train.max_steps"),
+    ("sft.model.n_embed", "sft.model.n_embd"), ("sft.paths.raws", "sft.paths.raw"),
+]
+
+
+@pytest.mark.parametrize(("key", "nearest"), MISSPELT)
+def test_a_misspelt_key_is_refused_with_the_nearest_valid_name(key, nearest):
+    with pytest.raises(ValueError) as err:
+        load_params(ROOT / "params.yaml", [f"{key}=1"])
+    assert str(err.value) == f"{key}: unknown key; did you mean {nearest}?"
+
+
+def test_a_misspelt_section_and_a_derived_key_are_refused():
+    with pytest.raises(ValueError, match=r"^trian: unknown key; did you mean train\?$"):
+        build_params({"trian": {"max_steps": 3}})
+    with pytest.raises(ValueError, match=r"model\.vocab_size: unknown key"):
+        build_params({"model": {"vocab_size": 3}})
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("train.max_steps=abc", "train.max_steps must be int"),
+    ("train.learning_rate=fast", "train.learning_rate must be float"),
+    ("data.kind=images", "data.kind must be one of text, sft"),
+    ("tokenizer.kind=wordpiece", "tokenizer.kind must be one of bpe, char"),
+    ("data.val_fraction=1.5", "data.val_fraction must be in"),
+])
+def test_wrong_types_and_values_are_refused(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_params(ROOT / "params.yaml", [override])
+
+
+def test_the_sft_kind_lays_its_sections_over_the_shared_ones():
+    params = load_params(ROOT / "params.yaml", ["data.kind=sft", "sft.model.n_layer=2"])
+    assert params.model.n_layer == 2 and params.model.n_embd == 128
+    assert params.tokenizer.kind == "char" and params.train.max_steps == 3000
+    assert params.paths.tokens == "data/sft/tokens" and params.model_name == "tinygpt-sft"
+    text = load_params(ROOT / "params.yaml")
+    assert text.model.n_layer == 4 and text.paths.tokens == "data/tokens"
+
+
+def test_the_config_module_imports_no_torch():
+    code = "import sys, gpt.config; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, check=True).stdout
+    assert out.strip() == "False"
 
 
 def test_nonsense_parameters_fail_before_any_work(tmp_path, capsys, shakespeare_path):
@@ -42,4 +118,8 @@ def test_nonsense_parameters_fail_before_any_work(tmp_path, capsys, shakespeare_
     code = main(["train", "--input", str(shakespeare_path), "--out", str(tmp_path / "run"),
                  "--set", "train.learning_rate=-0.1"])
     assert code == 1 and "train.learning_rate" in capsys.readouterr().err
+    code = main(["retrain", "--set", "train.max_step=5"])
+    assert code == 1
+    assert "train.max_step: unknown key; did you mean train.max_steps?" in \
+        capsys.readouterr().err
     assert not (tmp_path / "run").exists()

@@ -1,20 +1,35 @@
-"""Our BPE against Hugging Face `tokenizers`, and against a naive reference trainer."""
+"""Tokenizers: the contract every kind keeps, then BPE against Hugging Face `tokenizers` and a
+naive reference trainer, then what is particular to char.
+
+The contract tests run over every class in TOKENIZER_KINDS, so a new kind is held to them by
+being registered.
+"""
 
 from __future__ import annotations
 
+import inspect
+import json
+import types
 from collections import Counter
+from collections.abc import Iterable
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers
 
+import gpt.tokenizer
 from gpt.tokenizer import (
     ENDOFTEXT,
+    SOURCE_FILES,
+    TOKENIZER_KINDS,
     BPETokenizer,
     CharTokenizer,
+    Tokenizer,
+    is_tokenizer_dir,
     load_tokenizer,
     split_pretokens,
     train_tokenizer,
@@ -36,9 +51,185 @@ HOSTILE = [
     "\n\n\n",
 ]
 
+# =============================================================================================
+# Every kind
+# =============================================================================================
 
-def hf_from_files(folder: Path) -> Tokenizer:
-    hf = Tokenizer(models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt")))
+
+@pytest.fixture(scope="module")
+def train_text(shakespeare: str) -> str:
+    """Holds every character the tests encode, so a char tokenizer knows them all."""
+    return shakespeare[:50_000] + "".join(HOSTILE)
+
+
+@pytest.fixture(scope="module", params=sorted(TOKENIZER_KINDS))
+def trained(request, train_text: str) -> Tokenizer:
+    return train_tokenizer(request.param, train_text, 1024)
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_every_kind_round_trips_hostile_text(trained, text):
+    for allow_special in (False, True):
+        ids = trained.encode(text, allow_special=allow_special)
+        assert all(0 <= i < trained.vocab_size for i in ids)
+        assert trained.decode(ids) == text
+        # What the sampler streams: token bytes must add up to the text's UTF-8.
+        assert b"".join(trained.token_bytes(i) for i in ids) == text.encode("utf-8")
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_every_kind_round_trips_arbitrary_text_over_its_alphabet(trained, train_text, data):
+    plain = st.text(alphabet=sorted(set(train_text)))
+    text = data.draw(st.lists(st.one_of(plain, st.just(ENDOFTEXT))).map("".join))
+    eot = trained.special_tokens[ENDOFTEXT]
+    ids = trained.encode(text)
+    assert eot not in ids and trained.decode(ids) == text
+    special = trained.encode(text, allow_special=True)
+    assert special.count(eot) == text.count(ENDOFTEXT) and trained.decode(special) == text
+
+
+def test_special_tokens_are_matched_only_when_asked(trained):
+    eot = trained.special_tokens[ENDOFTEXT]
+    text = f"hello{ENDOFTEXT}world"
+    plain = trained.encode(text)
+    assert eot not in plain and trained.decode(plain) == text
+    special = trained.encode(text, allow_special=True)
+    assert special.count(eot) == 1 and trained.decode(special) == text
+    assert trained.token_bytes(eot) == ENDOFTEXT.encode()
+
+
+def test_with_special_tokens_appends_after_the_vocabulary_and_keeps_old_ids(trained):
+    before = trained.vocab_size
+    eot = trained.special_tokens[ENDOFTEXT]
+    grown = trained.with_special_tokens(["<|user|>", ENDOFTEXT, "<|bot|>", "<|user|>"])
+    assert type(grown) is type(trained)
+    assert grown.special_tokens == {ENDOFTEXT: eot, "<|user|>": before, "<|bot|>": before + 1}
+    assert grown.vocab_size == before + 2
+    # The original is untouched, and plain text encodes to the same ids in both.
+    assert trained.vocab_size == before and "<|user|>" not in trained.special_tokens
+    text = "hello <|user|> world"
+    assert grown.encode(text) == trained.encode(text)
+    ids = grown.encode(f"<|user|>hi{ENDOFTEXT}<|bot|>", allow_special=True)
+    assert ids[0] == before and ids[-1] == before + 1 and eot in ids
+    assert grown.decode(ids) == f"<|user|>hi{ENDOFTEXT}<|bot|>"
+
+
+def test_save_and_load_round_trip(trained, shakespeare, tmp_path):
+    grown = trained.with_special_tokens(["<|user|>"])
+    for tok, folder in [(trained, tmp_path / "base"), (grown, tmp_path / "grown")]:
+        tok.save(folder)
+        assert all((folder / name).exists() for name in type(tok).FILES)
+        assert is_tokenizer_dir(folder)
+        loaded = load_tokenizer(folder)
+        assert type(loaded) is type(tok)
+        assert loaded.vocab_size == tok.vocab_size
+        assert loaded.special_tokens == tok.special_tokens
+        for sample in [shakespeare[:5000], *HOSTILE, f"a<|user|>b{ENDOFTEXT}c"]:
+            assert loaded.encode(sample) == tok.encode(sample)
+            ids = tok.encode(sample, allow_special=True)
+            assert loaded.encode(sample, allow_special=True) == ids
+            assert loaded.decode(ids) == sample
+    assert not is_tokenizer_dir(tmp_path)
+
+
+def test_source_files_cover_the_package():
+    """The tokenize step's cache key hashes SOURCE_FILES: every kind's module must be in it."""
+    assert Path(gpt.tokenizer.__file__) in SOURCE_FILES
+    assert Path(inspect.getfile(Tokenizer)) in SOURCE_FILES
+    for cls in TOKENIZER_KINDS.values():
+        assert Path(inspect.getfile(cls)) in SOURCE_FILES
+        assert cls.FILES, f"{cls.__name__} names no files, so load_tokenizer cannot find it"
+
+
+def test_unknown_tokenizer_kind_and_empty_folder_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown tokenizer kind"):
+        train_tokenizer("wordpiece", "text", 300)
+    with pytest.raises(FileNotFoundError, match="holds no tokenizer"):
+        load_tokenizer(tmp_path)
+
+
+# =============================================================================================
+# The base class
+# =============================================================================================
+
+
+class ByteTokenizer(Tokenizer):
+    """The smallest complete kind: one token per byte. It handles plain bytes only; special
+    tokens, decoding and with_special_tokens must come from the base class."""
+
+    FILES = ("bytes.json",)
+
+    @classmethod
+    def train(cls, text: str, vocab_size: int,
+              special_tokens: Iterable[str] = (ENDOFTEXT,)) -> ByteTokenizer:
+        return cls({s: 256 + k for k, s in enumerate(dict.fromkeys(special_tokens))})
+
+    def save(self, directory: str | Path) -> None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        (Path(directory) / "bytes.json").write_text(json.dumps(self.special_tokens))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ByteTokenizer:
+        return cls(json.loads((Path(directory) / "bytes.json").read_text()))
+
+    def _encode_plain(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def _plain_token_bytes(self, token_id: int) -> bytes:
+        return bytes([token_id])
+
+    @property
+    def _plain_vocab_size(self) -> int:
+        return 256
+
+    def _with_specials(self, special_tokens: dict[str, int]) -> ByteTokenizer:
+        return type(self)(special_tokens)
+
+
+ABSTRACT = {"train", "save", "load", "_encode_plain", "_plain_token_bytes",
+            "_plain_vocab_size", "_with_specials"}
+
+
+def test_the_base_class_cannot_be_instantiated():
+    assert Tokenizer.__abstractmethods__ == ABSTRACT
+    with pytest.raises(TypeError, match="abstract"):
+        Tokenizer()
+
+
+@pytest.mark.parametrize("missing", sorted(ABSTRACT))
+def test_a_kind_missing_an_abstract_method_cannot_be_built(missing):
+    body = {k: v for k, v in vars(ByteTokenizer).items()
+            if not k.startswith("__") and k != missing}
+    partial = types.new_class("Partial", (Tokenizer,), exec_body=lambda ns: ns.update(body))
+    with pytest.raises(TypeError, match=missing):
+        partial({})
+
+
+def test_a_registered_kind_gets_the_shared_behaviour(monkeypatch, tmp_path):
+    monkeypatch.setitem(TOKENIZER_KINDS, "byte", ByteTokenizer)
+    tok = train_tokenizer("byte", "", 300)
+    assert tok.vocab_size == 257 and tok.special_tokens == {ENDOFTEXT: 256}
+    text = f"日本{ENDOFTEXT}x"
+    assert tok.encode(text) == list(text.encode()) and tok.decode(tok.encode(text)) == text
+    assert tok.encode(text, allow_special=True) == [*"日本".encode(), 256, ord("x")]
+    # A token that is part of a character decodes to U+FFFD instead of raising.
+    assert tok.decode(list("日".encode())[:2]) == "\ufffd"
+    grown = tok.with_special_tokens(["<|user|>"])
+    assert type(grown) is ByteTokenizer and grown.special_tokens["<|user|>"] == 257
+    grown.save(tmp_path)
+    loaded = load_tokenizer(tmp_path)
+    assert type(loaded) is ByteTokenizer and loaded.special_tokens == grown.special_tokens
+
+
+# =============================================================================================
+# BPE
+# =============================================================================================
+
+
+def hf_from_files(folder: Path) -> HFTokenizer:
+    hf = HFTokenizer(models.BPE.from_file(str(folder / "vocab.json"),
+                                          str(folder / "merges.txt")))
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     hf.decoder = decoders.ByteLevel()
     return hf
@@ -115,7 +306,7 @@ def test_incremental_training_learns_the_same_merges_as_naive_recounting(shakesp
     assert fast.merges == naive_merges(text, 150)
 
 
-def test_special_tokens_are_matched_only_when_asked(bpe_1k):
+def test_bpe_special_tokens_are_matched_only_when_asked(bpe_1k):
     eot = bpe_1k.special_tokens[ENDOFTEXT]
     text = f"hello{ENDOFTEXT}world"
     plain = bpe_1k.encode(text)
@@ -131,7 +322,7 @@ def test_special_tokens_are_never_produced_by_merges(shakespeare):
     assert tok.vocab_size == 600 and max(special_ids) == 599
 
 
-def test_save_and_load_round_trip(bpe_1k, shakespeare, tmp_path):
+def test_bpe_save_and_load_round_trip(bpe_1k, shakespeare, tmp_path):
     bpe_1k.save(tmp_path)
     loaded = load_tokenizer(tmp_path)
     assert isinstance(loaded, BPETokenizer)
@@ -141,10 +332,21 @@ def test_save_and_load_round_trip(bpe_1k, shakespeare, tmp_path):
     assert loaded.encode(sample) == bpe_1k.encode(sample)
 
 
+def test_bpe_decodes_a_partial_character_to_the_replacement_character(bpe_1k):
+    # Byte tokens keep their byte value as id; 0xE6 alone is the start of a 3-byte character.
+    assert bpe_1k.decode([0xE6]) == "\ufffd"
+    assert bpe_1k.decode([0xE6, *bpe_1k.encode("ok")]) == "\ufffdok"
+
+
 @pytest.mark.parametrize("size", [100, 256, 65536, 100_000])
 def test_bpe_vocab_size_out_of_range_is_refused(size):
     with pytest.raises(ValueError, match="vocab_size must be between"):
         BPETokenizer.train("some text", size)
+
+
+# =============================================================================================
+# Char
+# =============================================================================================
 
 
 def test_char_tokenizer_round_trips_and_refuses_unknown_characters(shakespeare, tmp_path):
@@ -158,8 +360,10 @@ def test_char_tokenizer_round_trips_and_refuses_unknown_characters(shakespeare, 
     assert load_tokenizer(tmp_path).encode(text) == tok.encode(text)
 
 
-def test_unknown_tokenizer_kind_and_empty_folder_are_clear_errors(tmp_path):
-    with pytest.raises(ValueError, match="unknown tokenizer kind"):
-        train_tokenizer("wordpiece", "text", 300)
-    with pytest.raises(FileNotFoundError, match="holds no tokenizer"):
-        load_tokenizer(tmp_path)
+def test_char_tokenizer_decodes_specials_and_refuses_a_too_small_vocabulary(shakespeare):
+    tok = train_tokenizer("char", shakespeare, 100)
+    ids = tok.encode(f"{ENDOFTEXT}To be{ENDOFTEXT}", allow_special=True)
+    assert ids[0] == ids[-1] == tok.special_tokens[ENDOFTEXT] == 65
+    assert tok.decode(ids) == f"{ENDOFTEXT}To be{ENDOFTEXT}"
+    with pytest.raises(ValueError, match="distinct characters"):
+        train_tokenizer("char", shakespeare, 65)

@@ -11,15 +11,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from gpt.config import Params, build_params
 from tasks.ingest import MIRROR_ENV, fetch, ingest, read_records, split_paragraphs
 from tasks.validate import DataValidationError, validate
 from tests.conftest import ROOT
 
 
-def params_for(tmp_path: Path, **validate_settings) -> dict:
-    return {"paths": {"raw": str(tmp_path / "raw"), "validated": str(tmp_path / "validated"),
-                      "reports": str(tmp_path / "reports")},
-            "validate": {"max_chars": 200, **validate_settings}}
+def params_for(tmp_path: Path, **validate_settings) -> Params:
+    return build_params({
+        "paths": {"raw": str(tmp_path / "raw"), "validated": str(tmp_path / "validated"),
+                  "reports": str(tmp_path / "reports")},
+        "validate": {"max_chars": 200, **validate_settings}})
 
 
 def run(tmp_path: Path, records: list[dict], **settings) -> dict:

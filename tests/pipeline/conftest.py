@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, copy_code
 
 BIN = Path(sys.executable).parent
 TINY = {
@@ -38,9 +38,7 @@ def dvc(*args: str, cwd: Path) -> str:
 
 def make_project(root: Path, corpus_text: str) -> Path:
     """Copy the code, dvc.yaml and a tiny params.yaml; git init, dvc init, local remote."""
-    for folder in ("gpt", "tasks", "flows", "serve"):
-        shutil.copytree(ROOT / folder, root / folder,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+    copy_code(root)
     shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
     shutil.copy(ROOT / ".gitignore", root / ".gitignore")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -1,29 +1,52 @@
-"""The fine-tuning flow on real Prefect, MLflow and GE: from scratch, and from the registered
-pretrained champion, with accuracy measured on held-out verifiable tasks."""
+"""Fine-tuning through the one retraining flow (`data.kind=sft`) on real Prefect, MLflow, DVC
+and GE: from scratch and from the registered pretrained champion, with accuracy measured on
+held-out verifiable tasks; like pretraining it runs DVC stages, hits the cache on an unchanged
+re-run and puts its outputs back when a run fails."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from flows.finetune import finetune
 from flows.retrain import retrain
 from gpt.config import load_params
-from tasks.tracking import client
+from gpt.files import sha256_tree
+from registry import client
+from tasks.common import KINDS
+from tasks.validate import DataValidationError
+from tests.pipeline.conftest import dvc
 
-SMALL = ["sft.records=600", "sft.train.max_steps=40", "sft.train.eval_interval=20",
-         "sft.train.batch_size=16", "sft.model.n_layer=1", "sft.model.n_embd=32",
-         "sft.model.n_head=2", "sft.max_new_tokens=8"]
+SMALL = ["data.kind=sft", "sft.records=600", "sft.train.max_steps=40",
+         "sft.train.eval_interval=20", "sft.train.batch_size=16", "sft.model.n_layer=1",
+         "sft.model.n_embd=32", "sft.model.n_head=2", "sft.max_new_tokens=8"]
+STAGES = KINDS["sft"].stages
+OUTPUTS = ("data/sft/raw", "data/sft/validated", "data/sft/tokenizer", "data/sft/tokens",
+           "data/sft/model")
+
+
+def registry():
+    return client(load_params(overrides=["data.kind=sft"]))
+
+
+def output_digests() -> dict[str, str]:
+    return {folder: sha256_tree(folder) for folder in OUTPUTS}
 
 
 @pytest.fixture(scope="module")
 def from_scratch(project):
-    return finetune(overrides=SMALL)
+    return retrain(overrides=SMALL)
+
+
+@pytest.fixture(scope="module")
+def rerun(from_scratch):
+    """The same data and parameters again."""
+    return retrain(overrides=SMALL)
 
 
 def test_finetune_from_scratch_registers_under_its_own_name(from_scratch):
-    mlflow_client = client(load_params())
+    mlflow_client = registry()
     assert from_scratch["model"] == "tinygpt-sft" and from_scratch["promoted"]
     tags = mlflow_client.get_model_version("tinygpt-sft", from_scratch["version"]).tags
     assert tags["kind"] == "sft" and tags["base_version"].startswith("none")
@@ -34,6 +57,7 @@ def test_finetune_from_scratch_registers_under_its_own_name(from_scratch):
     assert set(metrics["accuracy_by_task"]) >= {"add", "sort list", "reverse word"}
     run = mlflow_client.get_run(from_scratch["run_id"])
     assert "exact_match" in run.data.metrics and "completion_loss" in run.data.metrics
+    assert run.data.params["train.max_steps"] == "40"
 
 
 def test_the_registered_fine_tuned_pyfunc_answers_in_completion_mode(from_scratch, project):
@@ -52,12 +76,42 @@ def test_the_registered_fine_tuned_pyfunc_answers_in_completion_mode(from_scratc
     assert answer == complete(load_model(best), load_tokenizer(best), prompt, 8)
 
 
-def test_finetune_from_the_pretrained_champion_reuses_its_tokenizer(from_scratch, project):
+def test_finetune_outputs_are_versioned_by_its_dvc_stages(from_scratch, project):
+    lock = (project / "dvc.lock").read_text()
+    for stage in STAGES:
+        assert f"  {stage}:" in lock, stage
+    assert "up to date" in dvc("status", *STAGES, cwd=project)
+    assert "didn't change" in dvc("repro", *STAGES, cwd=project)
+    assert "in sync" in dvc("status", "--cloud", *STAGES, cwd=project)
+    version = registry().get_model_version("tinygpt-sft", from_scratch["version"])
+    assert version.tags["dvc_lock_digest"] == from_scratch["dvc_lock_digest"]
+
+
+def test_an_unchanged_rerun_takes_tokenize_and_encode_from_the_cache(rerun):
+    assert {"tokenize", "encode"} <= set(rerun["cached"])
+    assert rerun["version"] == "2"
+
+
+def test_a_failed_finetune_puts_its_outputs_back_and_registers_nothing(rerun, project,
+                                                                      tmp_path):
+    before = output_digests()
+    versions = len(registry().search_model_versions("name='tinygpt-sft'"))
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text(json.dumps({"prompt": "2+2=", "completion": "4"}) + "\n"
+                   + json.dumps({"prompt": "3+3="}) + "\n")
+    with pytest.raises(DataValidationError, match=r"not_be_null\(completion\).*line 2"):
+        retrain(overrides=[*SMALL, f"sft.dataset={bad}"])
+    assert output_digests() == before
+    assert len(registry().search_model_versions("name='tinygpt-sft'")) == versions
+    assert "up to date" in dvc("status", *STAGES, cwd=project)
+    assert Path("data/sft/raw/pairs.jsonl").read_text() != bad.read_text()
+
+
+def test_finetune_from_the_pretrained_champion_reuses_its_tokenizer(rerun, project):
     retrain(overrides=["model.block_size=256"])  # a base whose context fits the code records
-    tuned = finetune(overrides=[*SMALL, "sft.init=models:/tinygpt@champion",
-                                "sft.dataset=python"])
-    mlflow_client = client(load_params())
-    tags = mlflow_client.get_model_version("tinygpt-sft", tuned["version"]).tags
+    tuned = retrain(overrides=[*SMALL, "sft.init=models:/tinygpt@champion",
+                               "sft.dataset=python"])
+    tags = registry().get_model_version("tinygpt-sft", tuned["version"]).tags
     assert tags["base_version"] == "1"
     assert "parses_as_python" in tuned["metrics"]
     vocab = json.loads((project / "data/sft/tokenizer/special_tokens.json").read_text())

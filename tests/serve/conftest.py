@@ -20,7 +20,7 @@ from gpt.checkpoint import save_model
 from gpt.model import GPT, GPTConfig
 from gpt.sft import CONTROL_TOKENS
 from gpt.tokenizer import BPETokenizer
-from tasks.register import PYFUNC_FILE, signature
+from registry import PYFUNC_FILE, signature
 from tests.conftest import ROOT
 
 BIN = Path(sys.executable).parent

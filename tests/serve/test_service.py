@@ -182,7 +182,7 @@ def test_registry_unreachable_at_start_gives_503_then_recovers(registry, tmp_pat
 
 
 def test_uploads_never_leave_their_folder(tmp_path):
-    from serve.app import upload_path
+    from serve.upload import upload_path
 
     root = tmp_path / "uploads"
     root.mkdir()

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from registry import load_version, parse_model_uri, resolve_version
+
 log = logging.getLogger("tinygpt.serve")
-_ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[\w-]+)$")
-_VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
 
 
 @dataclass
@@ -35,16 +34,6 @@ class LoadedModel:
                 "block_size": self.model.config.block_size}
 
 
-def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
-    """(name, alias, version) of models:/NAME@ALIAS or models:/NAME/VERSION."""
-    if match := _ALIAS_URI.match(uri):
-        return match["name"], match["alias"], None
-    if match := _VERSION_URI.match(uri):
-        return match["name"], None, match["version"]
-    raise ValueError(f"model URI must look like models:/NAME@ALIAS or models:/NAME/VERSION, "
-                     f"got {uri!r}")
-
-
 class ModelHolder:
     """Loads the model a registry URI names and, for an alias, follows it."""
 
@@ -59,16 +48,12 @@ class ModelHolder:
     # -- registry look-ups (blocking; run in a thread) ------------------------------------
 
     def resolve_version(self) -> str:
-        from mlflow import MlflowClient
-
         if self.pinned_version is not None:
             return self.pinned_version
-        return str(MlflowClient().get_model_version_by_alias(self.name, self.alias).version)
+        return resolve_version(f"models:/{self.name}@{self.alias}")[1]
 
     def load_version(self, version: str) -> LoadedModel:
-        import mlflow
-
-        wrapper = mlflow.pyfunc.load_model(f"models:/{self.name}/{version}").unwrap_python_model()
+        wrapper = load_version(self.name, version)
         model = wrapper.model.eval()
         device = str(next(model.parameters()).device)
         return LoadedModel(self.name, version, self.alias, model, wrapper.tokenizer,

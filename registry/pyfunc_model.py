@@ -15,30 +15,15 @@ import mlflow
 import pandas as pd
 
 from gpt.checkpoint import load_model
-from gpt.generate import SamplingParams, generate_text
+from gpt.generate import generate_text
 from gpt.sft import complete
 from gpt.tokenizer import load_tokenizer
-
-PARAM_DEFAULTS: dict[str, Any] = {
-    "max_new_tokens": 100, "temperature": 0.8, "top_k": 50, "top_p": 1.0,
-    "repetition_penalty": 1.0, "seed": -1,
-}
-
-
-def sampling_from(params: dict[str, Any] | None) -> SamplingParams:
-    """SamplingParams from pyfunc params (seed -1 means unseeded)."""
-    merged = {**PARAM_DEFAULTS, **(params or {})}
-    seed = int(merged["seed"])
-    return SamplingParams(max_new_tokens=int(merged["max_new_tokens"]),
-                          temperature=float(merged["temperature"]), top_k=int(merged["top_k"]),
-                          top_p=float(merged["top_p"]),
-                          repetition_penalty=float(merged["repetition_penalty"]),
-                          seed=None if seed < 0 else seed)
+from registry import CHECKPOINT_ARTIFACT, sampling_from
 
 
 class TinyGPTModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        folder = context.artifacts["checkpoint"]
+        folder = context.artifacts[CHECKPOINT_ARTIFACT]
         self.model = load_model(folder).eval()
         self.tokenizer = load_tokenizer(folder)
         self.mode = (context.model_config or {}).get("mode", "text")

@@ -1,9 +1,6 @@
-"""Tokenizers: a byte-level BPE in the GPT-2 format, and a character-level one.
+"""Byte-level BPE in the GPT-2 format.
 
-Both share one interface (`encode`, `decode`, `token_bytes`, `vocab_size`, `save`), so the
-model, trainer and sampler never care which one they got.
-
-BPE files are GPT-2's: `vocab.json` maps a token's printable form (every byte shown through
+Files are GPT-2's: `vocab.json` maps a token's printable form (every byte shown through
 GPT-2's byte-to-unicode table) to its id, `merges.txt` lists the merges in rank order. Hugging
 Face `tokenizers` loads them and encodes exactly as we do; the tests hold us to that.
 """
@@ -17,9 +14,19 @@ from collections.abc import Iterable
 from functools import lru_cache
 from itertools import pairwise
 from pathlib import Path
-from typing import Protocol
 
 import regex
+
+from gpt.tokenizer.base import (
+    ENDOFTEXT,
+    MAX_VOCAB,
+    MERGES_FILE,
+    MIN_BPE_VOCAB,
+    SPECIALS_FILE,
+    VOCAB_FILE,
+    Tokenizer,
+    _check_specials,
+)
 
 # GPT-2's pre-tokenizer: contractions, letter runs, digit runs, punctuation runs, whitespace.
 # A merge never crosses a chunk boundary, so " the" and "the," stay separate words.
@@ -28,10 +35,7 @@ GPT2_SPLIT_PATTERN = (
 )
 _SPLIT_RE = regex.compile(GPT2_SPLIT_PATTERN)
 
-ENDOFTEXT = "<|endoftext|>"
-VOCAB_FILE, MERGES_FILE, SPECIALS_FILE = "vocab.json", "merges.txt", "special_tokens.json"
-CHARS_FILE = "chars.json"
-MIN_BPE_VOCAB, MAX_VOCAB = 256, 65535
+Pair = tuple[int, int]
 
 
 @lru_cache(maxsize=1)
@@ -67,65 +71,14 @@ def split_pretokens(text: str) -> list[str]:
     return _SPLIT_RE.findall(text)
 
 
-class Tokenizer(Protocol):
-    """What the model library needs from a tokenizer."""
-
-    special_tokens: dict[str, int]
-
-    @property
-    def vocab_size(self) -> int: ...
-    def encode(self, text: str, allow_special: bool = False) -> list[int]: ...
-    def decode(self, ids: Iterable[int]) -> str: ...
-    def token_bytes(self, token_id: int) -> bytes: ...
-    def save(self, directory: str | Path) -> None: ...
-
-
-def _check_specials(special_tokens: Iterable[str]) -> list[str]:
-    specials = list(dict.fromkeys(special_tokens))
-    if any(not s for s in specials):
-        raise ValueError("special tokens must be non-empty strings")
-    return specials
-
-
-def _append_specials(current: dict[str, int], tokens: Iterable[str],
-                     next_id: int) -> dict[str, int]:
-    specials = dict(current)
-    for token in _check_specials(tokens):
-        if token not in specials:
-            specials[token] = next_id
-            next_id += 1
-    return specials
-
-
-def _split_on_specials(text: str, specials: dict[str, int]) -> list[tuple[str, int | None]]:
-    """Cut text into (plain text, None) and (special token, id) pieces, longest match first."""
-    if not specials:
-        return [(text, None)]
-    alternatives = "|".join(regex.escape(s) for s in sorted(specials, key=len, reverse=True))
-    pieces: list[tuple[str, int | None]] = []
-    last = 0
-    for match in regex.finditer(alternatives, text):
-        if match.start() > last:
-            pieces.append((text[last:match.start()], None))
-        pieces.append((match.group(), specials[match.group()]))
-        last = match.end()
-    if last < len(text):
-        pieces.append((text[last:], None))
-    return pieces
-
-
-# ---------------------------------------------------------------------------------------------
-# Byte-level BPE
-# ---------------------------------------------------------------------------------------------
-
-Pair = tuple[int, int]
-
-
-class BPETokenizer:
+class BPETokenizer(Tokenizer):
     """Byte-level BPE: 256 byte tokens, learned merges, then special tokens."""
+
+    FILES = (VOCAB_FILE, MERGES_FILE)
 
     def __init__(self, vocab: dict[int, bytes], merges: list[Pair],
                  special_tokens: dict[str, int] | None = None) -> None:
+        super().__init__(special_tokens)
         self._bytes = vocab
         self.merges = merges
         # A merge's rank is its position in the list: lower ranks are applied first.
@@ -135,8 +88,7 @@ class BPETokenizer:
         for a, b in merges:
             self._merged_id[(a, b)] = by_bytes[vocab[a] + vocab[b]]
         self._byte_ids = [by_bytes[bytes([b])] for b in range(256)]
-        self.special_tokens = dict(special_tokens or {})
-        self._id_to_special = {i: s.encode() for s, i in self.special_tokens.items()}
+        # Natural text repeats its chunks (" the", ",\n") endlessly: encode each once.
         self._cache: dict[str, list[int]] = {}
 
     # -- training ---------------------------------------------------------------------------
@@ -163,26 +115,20 @@ class BPETokenizer:
         first_special = len(vocab)
         return cls(vocab, merges, {s: first_special + k for k, s in enumerate(specials)})
 
-    # -- encoding ---------------------------------------------------------------------------
+    # -- plain tokens -----------------------------------------------------------------------
 
     @property
-    def vocab_size(self) -> int:
-        return len(self._bytes) + len(self.special_tokens)
+    def _plain_vocab_size(self) -> int:
+        return len(self._bytes)
 
-    def encode(self, text: str, allow_special: bool = False) -> list[int]:
-        """Token ids for text; special tokens are recognised only with allow_special=True."""
-        pieces = _split_on_specials(text, self.special_tokens) if allow_special else [(text, None)]
+    def _encode_plain(self, text: str) -> list[int]:
         ids: list[int] = []
         cache = self._cache
-        for piece, special_id in pieces:
-            if special_id is not None:
-                ids.append(special_id)
-                continue
-            for chunk in split_pretokens(piece):
-                encoded = cache.get(chunk)
-                if encoded is None:
-                    encoded = cache[chunk] = self._encode_chunk(chunk)
-                ids.extend(encoded)
+        for chunk in split_pretokens(text):
+            encoded = cache.get(chunk)
+            if encoded is None:
+                encoded = cache[chunk] = self._encode_chunk(chunk)
+            ids.extend(encoded)
         return ids
 
     def _encode_chunk(self, chunk: str) -> list[int]:
@@ -196,20 +142,11 @@ class BPETokenizer:
             ids = _replace_pair(ids, best, self._merged_id[best])
         return ids
 
-    # -- decoding ---------------------------------------------------------------------------
-
-    def token_bytes(self, token_id: int) -> bytes:
-        if token_id in self._id_to_special:
-            return self._id_to_special[token_id]
+    def _plain_token_bytes(self, token_id: int) -> bytes:
         return self._bytes[token_id]
 
-    def decode(self, ids: Iterable[int]) -> str:
-        return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
-
-    def with_special_tokens(self, tokens: Iterable[str]) -> BPETokenizer:
-        """A copy that also knows tokens (appended after the current vocabulary)."""
-        return BPETokenizer(self._bytes, self.merges,
-                            _append_specials(self.special_tokens, tokens, self.vocab_size))
+    def _with_specials(self, special_tokens: dict[str, int]) -> BPETokenizer:
+        return type(self)(self._bytes, self.merges, special_tokens)
 
     # -- files ------------------------------------------------------------------------------
 
@@ -243,6 +180,9 @@ class BPETokenizer:
             a, b = line.split(" ")
             merges.append((by_printable[a], by_printable[b]))
         return cls(vocab, merges, specials)
+
+
+# -- training helpers -----------------------------------------------------------------------
 
 
 def _replace_pair(ids: list[int], pair: Pair, new_id: int) -> list[int]:
@@ -311,104 +251,3 @@ def _learn_merges(words: list[list[int]], counts: list[int], n_merges: int) -> l
             if p != pair and pair_counts[p] > 0:
                 heapq.heappush(heap, (-pair_counts[p], p))
     return merges
-
-
-# ---------------------------------------------------------------------------------------------
-# Character level
-# ---------------------------------------------------------------------------------------------
-
-
-class CharTokenizer:
-    """One token per character seen in training: the simplest tokenizer there is."""
-
-    def __init__(self, chars: list[str], special_tokens: dict[str, int] | None = None) -> None:
-        self.chars = chars
-        self._ids = {c: i for i, c in enumerate(chars)}
-        self.special_tokens = dict(special_tokens or {})
-        self._id_to_special = {i: s for s, i in self.special_tokens.items()}
-
-    @classmethod
-    def train(cls, text: str, vocab_size: int | None = None,
-              special_tokens: Iterable[str] = (ENDOFTEXT,)) -> CharTokenizer:
-        """Vocabulary = the sorted set of characters in text (vocab_size is only a ceiling)."""
-        specials = _check_specials(special_tokens)
-        chars = sorted(set(text))
-        if not chars:
-            raise ValueError("cannot train a tokenizer on empty text")
-        if vocab_size is not None and len(chars) + len(specials) > vocab_size:
-            raise ValueError(f"text has {len(chars)} distinct characters, more than "
-                             f"vocab_size={vocab_size} allows")
-        return cls(chars, {s: len(chars) + k for k, s in enumerate(specials)})
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.chars) + len(self.special_tokens)
-
-    def encode(self, text: str, allow_special: bool = False) -> list[int]:
-        pieces = _split_on_specials(text, self.special_tokens) if allow_special else [(text, None)]
-        ids: list[int] = []
-        for piece, special_id in pieces:
-            if special_id is not None:
-                ids.append(special_id)
-                continue
-            try:
-                ids.extend(self._ids[c] for c in piece)
-            except KeyError as err:
-                raise ValueError(f"character {err.args[0]!r} is not in the vocabulary") from None
-        return ids
-
-    def with_special_tokens(self, tokens: Iterable[str]) -> CharTokenizer:
-        """A copy that also knows tokens (appended after the current vocabulary)."""
-        return CharTokenizer(self.chars,
-                             _append_specials(self.special_tokens, tokens, self.vocab_size))
-
-    def token_bytes(self, token_id: int) -> bytes:
-        text = self._id_to_special.get(token_id)
-        return (text if text is not None else self.chars[token_id]).encode("utf-8")
-
-    def decode(self, ids: Iterable[int]) -> str:
-        return "".join(self._id_to_special.get(i) or self.chars[i] for i in ids)
-
-    def save(self, directory: str | Path) -> None:
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        payload = {"chars": self.chars, "special_tokens": self.special_tokens}
-        (out / CHARS_FILE).write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
-
-    @classmethod
-    def load(cls, directory: str | Path) -> CharTokenizer:
-        payload = json.loads((Path(directory) / CHARS_FILE).read_text(encoding="utf-8"))
-        return cls(payload["chars"], payload["special_tokens"])
-
-
-# ---------------------------------------------------------------------------------------------
-# Picking one
-# ---------------------------------------------------------------------------------------------
-
-TOKENIZER_KINDS = {"bpe": BPETokenizer, "char": CharTokenizer}
-
-
-def train_tokenizer(kind: str, text: str, vocab_size: int,
-                    special_tokens: Iterable[str] = (ENDOFTEXT,)) -> Tokenizer:
-    """Train the tokenizer named by kind ('bpe' or 'char')."""
-    if kind not in TOKENIZER_KINDS:
-        raise ValueError(f"unknown tokenizer kind {kind!r}; "
-                         f"choose one of {sorted(TOKENIZER_KINDS)}")
-    return TOKENIZER_KINDS[kind].train(text, vocab_size, special_tokens)
-
-
-def load_tokenizer(directory: str | Path) -> Tokenizer:
-    """Load whichever tokenizer a folder holds."""
-    src = Path(directory)
-    if (src / VOCAB_FILE).exists() and (src / MERGES_FILE).exists():
-        return BPETokenizer.load(src)
-    if (src / CHARS_FILE).exists():
-        return CharTokenizer.load(src)
-    raise FileNotFoundError(f"{src} holds no tokenizer (expected {VOCAB_FILE} + {MERGES_FILE} "
-                            f"or {CHARS_FILE})")
-
-
-def is_tokenizer_dir(directory: str | Path) -> bool:
-    src = Path(directory)
-    return ((src / VOCAB_FILE).exists() and (src / MERGES_FILE).exists()) or (
-        src / CHARS_FILE).exists()

@@ -1,0 +1,62 @@
+"""Tokenizers: a byte-level BPE in the GPT-2 format, and a character-level one.
+
+Every kind is a `Tokenizer` (base.py: special tokens and the shared interface) that adds one
+idea (bpe.py, char.py), so the model, trainer and sampler never care which one they got. A
+new kind drops in by subclassing `Tokenizer` and being registered in `TOKENIZER_KINDS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from gpt.tokenizer.base import (
+    CHARS_FILE,
+    ENDOFTEXT,
+    MAX_VOCAB,
+    MERGES_FILE,
+    MIN_BPE_VOCAB,
+    SPECIALS_FILE,
+    VOCAB_FILE,
+    Tokenizer,
+)
+from gpt.tokenizer.bpe import GPT2_SPLIT_PATTERN, BPETokenizer, bytes_to_unicode, split_pretokens
+from gpt.tokenizer.char import CharTokenizer
+
+__all__ = [
+    "CHARS_FILE", "ENDOFTEXT", "GPT2_SPLIT_PATTERN", "MAX_VOCAB", "MERGES_FILE",
+    "MIN_BPE_VOCAB", "SOURCE_FILES", "SPECIALS_FILE", "TOKENIZER_KINDS", "VOCAB_FILE",
+    "BPETokenizer", "CharTokenizer", "Tokenizer", "bytes_to_unicode", "is_tokenizer_dir",
+    "load_tokenizer", "split_pretokens", "train_tokenizer",
+]
+
+# Every source file of the package, for cache keys: a change to any kind or to the base
+# class can change what a trained tokenizer is.
+SOURCE_FILES: tuple[Path, ...] = tuple(sorted(Path(__file__).parent.glob("*.py")))
+
+# Order matters to load_tokenizer: the first kind whose files are present wins.
+TOKENIZER_KINDS: dict[str, type[Tokenizer]] = {"bpe": BPETokenizer, "char": CharTokenizer}
+
+
+def train_tokenizer(kind: str, text: str, vocab_size: int,
+                    special_tokens: Iterable[str] = (ENDOFTEXT,)) -> Tokenizer:
+    """Train the tokenizer named by kind (a key of TOKENIZER_KINDS)."""
+    if kind not in TOKENIZER_KINDS:
+        raise ValueError(f"unknown tokenizer kind {kind!r}; "
+                         f"choose one of {sorted(TOKENIZER_KINDS)}")
+    return TOKENIZER_KINDS[kind].train(text, vocab_size, special_tokens)
+
+
+def load_tokenizer(directory: str | Path) -> Tokenizer:
+    """Load whichever tokenizer a folder holds."""
+    src = Path(directory)
+    for cls in TOKENIZER_KINDS.values():
+        if cls.is_saved_in(src):
+            return cls.load(src)
+    expected = " or ".join(" + ".join(cls.FILES) for cls in TOKENIZER_KINDS.values())
+    raise FileNotFoundError(f"{src} holds no tokenizer (expected {expected})")
+
+
+def is_tokenizer_dir(directory: str | Path) -> bool:
+    """Whether a folder holds a tokenizer of any registered kind."""
+    return any(cls.is_saved_in(directory) for cls in TOKENIZER_KINDS.values())

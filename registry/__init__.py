@@ -1,0 +1,183 @@
+"""The one place that knows MLflow's model side: where the store is, model URIs and aliases,
+logging a checkpoint as the tinygpt pyfunc, and loading a registered version back.
+
+tasks/ (register, promote, fine-tuning from a registered base) and serve/ both go through
+here; nothing here imports tasks/ or serve/. MLflow is imported inside the functions: it takes
+seconds to import, and the CLI should not pay for it when a command does not need it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from gpt.config import Params, SamplingParams
+
+PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
+CHECKPOINT_ARTIFACT = "checkpoint"
+# Sampling params the pyfunc accepts (its signature), with their defaults; seed -1 = unseeded.
+PARAM_DEFAULTS: dict[str, Any] = {
+    "max_new_tokens": 100, "temperature": 0.8, "top_k": 50, "top_p": 1.0,
+    "repetition_penalty": 1.0, "seed": -1,
+}
+_ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[\w-]+)$")
+_VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
+
+# MLflow's set_tracking_uri writes MLFLOW_TRACKING_URI into the environment itself, so the
+# user's choice is read once, before this process sets it.
+USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
+# -- where the store is ---------------------------------------------------------------------------
+
+
+def tracking_uri(params: Params) -> str:
+    """The store's URI; a relative SQLite path is made absolute (MLflow caches by URI)."""
+    uri = USER_TRACKING_URI or params.registry.tracking_uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        database = Path(uri.removeprefix("sqlite:///")).resolve()
+        database.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{database}"
+    return uri
+
+
+def use_store(params: Params) -> str:
+    """Point mlflow at the configured store without contacting it; return its URI."""
+    import mlflow
+
+    uri = tracking_uri(params)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # or MLflow may keep a registry it resolved before
+    return uri
+
+
+def connect(params: Params) -> str:
+    """Point mlflow at the store and make sure the experiment exists; return its id."""
+    import mlflow
+
+    use_store(params)
+    settings = params.registry
+    experiment = mlflow.get_experiment_by_name(settings.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    root = Path(settings.artifact_root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return mlflow.create_experiment(settings.experiment, artifact_location=root.as_uri())
+
+
+def client(params: Params):
+    """An MlflowClient on the configured store."""
+    from mlflow import MlflowClient
+
+    connect(params)
+    return MlflowClient()
+
+
+# -- names, versions, aliases ---------------------------------------------------------------------
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """(name, alias, version) of models:/NAME@ALIAS or models:/NAME/VERSION."""
+    if match := _ALIAS_URI.match(uri):
+        return match["name"], match["alias"], None
+    if match := _VERSION_URI.match(uri):
+        return match["name"], None, match["version"]
+    raise ValueError(f"model URI must look like models:/NAME@ALIAS or models:/NAME/VERSION, "
+                     f"got {uri!r}")
+
+
+def alias_version(mlflow_client, name: str, alias: str):
+    """The model version an alias points at, or None when the alias is not set."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def resolve_version(uri: str) -> tuple[str, str]:
+    """(name, version) a model URI names now (an alias is looked up in the registry)."""
+    from mlflow import MlflowClient
+
+    name, alias, version = parse_model_uri(uri)
+    if version is None:
+        version = str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    return name, version
+
+
+# -- loading --------------------------------------------------------------------------------------
+
+
+def load_version(name: str, version: str):
+    """The tinygpt pyfunc of a registered version, unwrapped: `.model`, `.tokenizer`, `.mode`."""
+    import mlflow
+
+    return mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
+
+
+def load_registered(params: Params, model_uri: str):
+    """(model, tokenizer, version) of the registered model a URI names."""
+    use_store(params)
+    name, version = resolve_version(model_uri)
+    wrapper = load_version(name, version)
+    return wrapper.model, wrapper.tokenizer, version
+
+
+# -- registering ----------------------------------------------------------------------------------
+
+
+def sampling_from(params: dict[str, Any] | None) -> SamplingParams:
+    """SamplingParams from pyfunc params (seed -1 means unseeded)."""
+    merged = {**PARAM_DEFAULTS, **(params or {})}
+    seed = int(merged["seed"])
+    return SamplingParams(max_new_tokens=int(merged["max_new_tokens"]),
+                          temperature=float(merged["temperature"]), top_k=int(merged["top_k"]),
+                          top_p=float(merged["top_p"]),
+                          repetition_penalty=float(merged["repetition_penalty"]),
+                          seed=None if seed < 0 else seed)
+
+
+def signature():
+    """A `prompt` string column in, a `completion` string column out, sampling params."""
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    return infer_signature(pd.DataFrame({"prompt": ["ROMEO:"]}),
+                           pd.DataFrame({"completion": ["..."]}), params=PARAM_DEFAULTS)
+
+
+def git_commit() -> str:
+    """HEAD's commit, with '-dirty' when tracked files have uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
+def register_checkpoint(params: Params, run_id: str, checkpoint: Path, model_name: str,
+                        tags: dict[str, str], example_prompt: str = "ROMEO:",
+                        mode: str = "text") -> dict[str, Any]:
+    """Log a checkpoint folder as the pyfunc in run_id, register it, tag the version."""
+    import mlflow
+    import pandas as pd
+
+    connect(params)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=str(PYFUNC_FILE),
+            artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)}, signature=signature(),
+            input_example=pd.DataFrame({"prompt": [example_prompt]}),
+            model_config={"mode": mode}, registered_model_name=model_name)
+    version = str(info.registered_model_version)
+    mlflow_client = client(params)
+    for key, value in {"git_commit": git_commit(), "run_id": run_id, **tags}.items():
+        mlflow_client.set_model_version_tag(model_name, version, key, value)
+    return {"name": model_name, "version": version, "model_uri": info.model_uri, "tags": tags}

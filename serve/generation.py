@@ -1,0 +1,139 @@
+"""Generation without HTTP: the request model, one generation's pieces and stats, the gate that
+bounds how many run at once, and the Prometheus metrics the service keeps."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal
+
+import torch
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from gpt.generate import SamplingParams, decode_stream, encode_prompt, iter_tokens
+from gpt.sft import prompt_ids
+from serve.model_holder import LoadedModel
+
+MAX_PROMPT_CHARS = 8000
+
+StopString = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class GenerateRequest(BaseModel):
+    """Every field bounded; unknown fields and wrong types are refused, never coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    max_new_tokens: int = Field(100, ge=1, le=1024)
+    temperature: float = Field(0.8, ge=0.0, le=5.0)
+    top_k: int | None = Field(50, ge=1, le=65535)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(1.0, ge=0.5, le=5.0)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    stop: list[StopString] = Field(default_factory=list, max_length=8)
+    # "completion": the prompt is wrapped as <|prompt|> ... <|completion|> for fine-tuned models
+    mode: Literal["text", "completion"] = "text"
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                              top_k=self.top_k, top_p=self.top_p,
+                              repetition_penalty=self.repetition_penalty, seed=self.seed,
+                              stop=tuple(self.stop))
+
+
+class Busy(Exception):
+    """Every generation slot is taken and the queue is full."""
+
+
+class Gate:
+    """At most max_active generations at once, at most max_waiting waiting for a slot."""
+
+    def __init__(self, max_active: int, max_waiting: int) -> None:
+        self._slots = asyncio.Semaphore(max_active)
+        self.max_waiting = max_waiting
+        self.waiting = 0
+
+    def full(self) -> bool:
+        return self._slots.locked() and self.waiting >= self.max_waiting
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self.full():
+            raise Busy
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+
+class Metrics:
+    """The service's Prometheus metrics, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("tinygpt_requests", "HTTP requests", ["route", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("tinygpt_request_seconds", "request latency", ["route"],
+                                 registry=self.registry,
+                                 buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
+        self.tokens = Counter("tinygpt_generated_tokens", "tokens generated",
+                              registry=self.registry)
+        self.version = Gauge("tinygpt_model_version", "registry version being served",
+                             ["model"], registry=self.registry)
+
+
+class Generation:
+    """One generation: text pieces as they are decided, plus counts and timings."""
+
+    def __init__(self, loaded: LoadedModel, request: GenerateRequest) -> None:
+        self.loaded = loaded
+        self.params = request.sampling()
+        self.prompt = request.prompt
+        if request.mode == "completion":
+            ids = prompt_ids(loaded.tokenizer, request.prompt)  # ValueError without controls
+            self.idx = torch.tensor([ids], dtype=torch.long)
+        else:
+            self.idx = encode_prompt(loaded.tokenizer, request.prompt)
+        self.cancelled = threading.Event()
+        self.completion_tokens = 0
+        self.started = time.perf_counter()
+        self.first_piece_at: float | None = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return int(self.idx.size(1))
+
+    def _token_ids(self) -> Iterator[int]:
+        eot = self.loaded.tokenizer.special_tokens.get("<|endoftext|>")
+        stop_ids = () if eot is None else (eot,)
+        for token in iter_tokens(self.loaded.model, self.idx, self.params, stop_ids):
+            token_id = int(token.item())
+            if self.cancelled.is_set() or token_id in stop_ids:
+                return
+            self.completion_tokens += 1
+            yield token_id
+
+    def pieces(self) -> Iterator[str]:
+        for piece in decode_stream(self._token_ids(), self.loaded.tokenizer, self.params.stop):
+            if self.first_piece_at is None:
+                self.first_piece_at = time.perf_counter()
+            yield piece
+
+    def stats(self) -> dict[str, Any]:
+        seconds = time.perf_counter() - self.started
+        first = (self.first_piece_at or time.perf_counter()) - self.started
+        return {"prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "model": self.loaded.name, "version": self.loaded.version,
+                "seconds": round(seconds, 4), "first_piece_seconds": round(first, 4),
+                "tokens_per_s": round(self.completion_tokens / max(seconds, 1e-9), 2)}

@@ -1,0 +1,1 @@
+"""The service's routers; `serve.app.create_app` includes them."""

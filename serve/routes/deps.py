@@ -1,0 +1,41 @@
+"""What the routers share: the objects `create_app` keeps on `app.state`, and the served model."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from serve.generation import Gate, Metrics
+from serve.model_holder import LoadedModel, ModelHolder
+
+
+def get_holder(request: Request) -> ModelHolder:
+    return request.app.state.holder
+
+
+def get_gate(request: Request) -> Gate:
+    return request.app.state.gate
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+HolderDep = Annotated[ModelHolder, Depends(get_holder)]
+GateDep = Annotated[Gate, Depends(get_gate)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+def served(holder: ModelHolder, metrics: Metrics) -> LoadedModel:
+    """The model being served, or a 503 saying whether it is loading or unavailable.
+
+    Handlers call this themselves rather than declaring it a dependency: dependencies run
+    before the body is validated, and a bad request must get its 422 even with no model.
+    """
+    loaded = holder.current
+    if loaded is None:
+        state = "loading" if holder.loading or holder.error is None else "unavailable"
+        raise HTTPException(503, detail={"status": state, "error": holder.error})
+    metrics.version.labels(loaded.name).set(float(loaded.version))
+    return loaded

@@ -1,0 +1,84 @@
+"""`POST /generate` answers with the whole text; `POST /generate/stream` sends it as
+Server-Sent Events: `piece` events, then `done` with the stats."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import StreamingResponse
+
+from serve.generation import Busy, Gate, GenerateRequest, Generation, Metrics
+from serve.model_holder import ModelHolder
+from serve.routes.deps import GateDep, HolderDep, MetricsDep, served
+
+router = APIRouter()
+BUSY = "too many requests; retry shortly"
+
+
+def start_generation(body: GenerateRequest, holder: ModelHolder, metrics: Metrics) -> Generation:
+    """A generation on the served model, or a 422 naming the field that makes it impossible."""
+    loaded = served(holder, metrics)
+    try:
+        generation = Generation(loaded, body)
+    except ValueError as err:
+        raise HTTPException(422, detail=[{"field": "mode", "message": str(err)}]) from None
+    block = loaded.model.config.block_size
+    if generation.prompt_tokens > block:
+        raise HTTPException(422, detail=[{
+            "field": "prompt", "message": f"prompt is {generation.prompt_tokens} tokens; "
+            f"the model reads at most {block}"}])
+    return generation
+
+
+@router.post("/generate")
+async def generate(body: GenerateRequest, holder: HolderDep, gate: GateDep,
+                   metrics: MetricsDep) -> dict[str, Any]:
+    generation = start_generation(body, holder, metrics)
+    try:
+        async with gate.slot():
+            text = await asyncio.to_thread(lambda: "".join(generation.pieces()))
+    except Busy:
+        raise HTTPException(429, detail=BUSY) from None
+    metrics.tokens.inc(generation.completion_tokens)
+    return {"text": text, **generation.stats()}
+
+
+@router.post("/generate/stream")
+async def generate_stream(body: GenerateRequest, request: Request, holder: HolderDep,
+                          gate: GateDep, metrics: MetricsDep) -> StreamingResponse:
+    generation = start_generation(body, holder, metrics)
+    # Checked before the response starts, while a 429 can still be sent; a queue that fills
+    # after this is reported inside the stream.
+    if gate.full():
+        raise HTTPException(429, detail=BUSY)
+    return StreamingResponse(events(generation, request, gate, metrics),
+                             media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def events(generation: Generation, request: Request, gate: Gate,
+                 metrics: Metrics) -> AsyncIterator[str]:
+    """The generation's SSE events; it stops (and frees its slot) when the client goes away."""
+    try:
+        async with gate.slot():
+            pieces = generation.pieces()
+            while True:
+                piece = await asyncio.to_thread(next, pieces, None)
+                if piece is None:
+                    break
+                if await request.is_disconnected():
+                    return
+                yield sse("piece", {"text": piece})
+            yield sse("done", generation.stats())
+    except Busy:
+        yield sse("error", {"detail": BUSY})
+    finally:
+        generation.cancelled.set()
+        metrics.tokens.inc(generation.completion_tokens)
+
+
+def sse(event: str, payload: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(payload)}\n\n"

@@ -1,0 +1,18 @@
+"""The service's settings: which model to serve and the limits it keeps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Settings:
+    model_uri: str = "models:/tinygpt@champion"
+    poll_seconds: float = 10.0          # how often the alias is checked
+    max_concurrency: int = 2            # generations running at once
+    max_queue: int = 8                  # requests allowed to wait for a slot; more get 429
+    max_body_bytes: int = 64 * 1024     # JSON requests
+    max_upload_bytes: int = 5 * 1024 * 1024
+    upload_dir: Path = Path("uploads")
+    retrain_deployment: str = "retrain/on-demand"
