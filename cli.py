@@ -7,11 +7,13 @@ import logging
 import os
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 
 from gpt.config import DATA_KINDS
 from gpt.tokenizer import TOKENIZER_KINDS
 
+ERROR_LOG = Path(".tinygpt") / "last-error.log"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 # Embedded defaults for the tools the pipeline drives; anything already set wins.
@@ -71,11 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--source", help="corpus path or URL (default: data.source)")
     retrain.add_argument("--force-promote", action="store_true",
                          help="move the champion alias even if the new model is worse")
+    retrain.add_argument("--fresh", action="store_true",
+                         help="start training over instead of resuming an interrupted run")
 
     finetune = commands.add_parser(
         "finetune", help="prompt -> completion fine-tuning as a Prefect flow (params: sft)")
     _add_params_options(finetune)
     finetune.add_argument("--force-promote", action="store_true")
+    finetune.add_argument("--fresh", action="store_true")
 
     validate = commands.add_parser("validate", help="ingest + validate a corpus, nothing else")
     validate.add_argument("path")
@@ -100,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queue", type=int, default=8,
                        help="requests waiting for a slot before 429")
     _add_params_options(serve)
+
+    gc = commands.add_parser(
+        "gc", help="list (--apply: remove) half-made model versions and runs left RUNNING")
+    gc.add_argument("--apply", action="store_true", help="delete and close, not just list")
+    _add_params_options(gc)
 
     reproduce = commands.add_parser(
         "reproduce", help="restore a model version's data and weights with dvc pull")
@@ -195,13 +205,26 @@ def print_summary(summary: dict) -> None:
 
 
 def cmd_retrain(args: argparse.Namespace) -> None:
+    """Check the parameters and take the project's run lock before Prefect starts, so a
+    second run stops at once; an interrupted run ends with one line and exit 1."""
     from gpt.config import load_params
+    from tasks.lock import run_lock
 
-    load_params(args.params, args.overrides)  # refuse bad parameters before Prefect starts
-    from flows.retrain import retrain
+    load_params(args.params, args.overrides)
+    with run_lock():
+        from prefect.exceptions import CancelledRun
 
-    print_summary(retrain(overrides=args.overrides, params_file=args.params and str(args.params),
-                          source=args.source, force_promote=args.force_promote))
+        from flows.retrain import retrain
+
+        try:
+            summary = retrain(overrides=args.overrides,
+                              params_file=args.params and str(args.params), source=args.source,
+                              force_promote=args.force_promote, fresh=args.fresh)
+        except CancelledRun as err:
+            raise RuntimeError(f"{err}; nothing was registered or promoted. Run the same "
+                               f"command again to resume training (--fresh starts over)"
+                               ) from None
+    print_summary(summary)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -228,21 +251,40 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_promote(args: argparse.Namespace) -> None:
     from gpt.config import load_params
+    from tasks.lock import run_lock
     from tasks.promote import promote
 
-    decision = promote(load_params(args.params, args.overrides), args.version, args.force)
+    with run_lock():
+        decision = promote(load_params(args.params, args.overrides), args.version, args.force)
     print(f"version {args.version}: {'promoted' if decision['promoted'] else 'not promoted'} "
           f"({decision['reason']}); champion is version {decision['champion']}")
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
     from gpt.config import load_params
+    from tasks.lock import run_lock
     from tasks.reproduce import reproduce
 
-    restored = reproduce(load_params(args.params, args.overrides), args.version)
+    with run_lock():
+        restored = reproduce(load_params(args.params, args.overrides), args.version)
     print(f"restored the data, tokenizer and weights of version {args.version} "
           f"(dvc.lock {restored['dvc_lock_digest'][:12]}); its code is git commit "
           f"{restored['git_commit']}")
+
+
+def cmd_gc(args: argparse.Namespace) -> None:
+    from gpt.config import load_params
+    from tasks.gc import gc
+    from tasks.lock import run_lock
+
+    with run_lock():
+        found = gc(load_params(args.params, args.overrides), apply=args.apply)
+    for what, lines in found.items():
+        print(f"{what}: {len(lines) or 'none'}")
+        for line in lines:
+            print(f"  {line}")
+    if not args.apply and any(found.values()):
+        print("dry run: nothing changed; `tinygpt gc --apply` removes and closes these")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -268,6 +310,7 @@ COMMANDS = {
     ("validate", None): cmd_validate,
     ("promote", None): cmd_promote,
     ("reproduce", None): cmd_reproduce,
+    ("gc", None): cmd_gc,
     ("tokenizer", "train"): cmd_tokenizer_train,
     ("train", None): cmd_train,
     ("generate", None): cmd_generate,
@@ -287,7 +330,14 @@ def main(argv: list[str] | None = None) -> int:
         return handler(args) or 0
     except (ValueError, OSError, RuntimeError) as err:  # one clear line, no traceback
         print(f"tinygpt: error: {err}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        print("tinygpt: interrupted", file=sys.stderr)
+    except Exception as err:  # unexpected: one line here, the traceback in the log file
+        ERROR_LOG.parent.mkdir(parents=True, exist_ok=True)
+        ERROR_LOG.write_text(traceback.format_exc(), encoding="utf-8")
+        print(f"tinygpt: error: {type(err).__name__}: {err} (traceback in {ERROR_LOG})",
+              file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -2,13 +2,21 @@
 train -> evaluate -> register -> version -> promote, as one Prefect flow run and one MLflow run.
 
 `data.kind` picks the kind (text: continue a corpus; sft: answer prompts); the steps are the
-same functions either way. Any failure leaves the registry's aliases, the DVC remote and the
-previous model as they were: the kind's outputs are put back as the last dvc.lock recorded
-them, nothing is pushed before a model is registered, and `champion` moves last.
+same functions either way.
+
+A run holds the project's run lock from start to end, so runs never mix their outputs. Any
+failure leaves the registry's aliases and the previous model as they were: dvc.lock, metrics/
+and the kind's outputs are put back as they were before the run, a version is registered only
+once its outputs are pushed (all its tags in one call), and `champion` moves last, after the
+candidate was loaded and generated from. Ctrl-C or SIGTERM stops the run at the next safe
+point: the MLflow run ends KILLED, the flow run Cancelled, and training can resume.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -16,19 +24,26 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import get_run_context
+from prefect.states import Cancelled
 
 from gpt.config import Params, load_params
 from gpt.files import sha256_tree
+from gpt.train import TrainingInterrupted
 from registry import client, connect, tracking_uri
 from tasks.encode import encode_task
 from tasks.evaluate import evaluate_task
+from tasks.gc import HOST_TAG, PID_TAG, close_stale_runs
 from tasks.ingest import ingest_task
+from tasks.interrupt import RunInterrupted, check_stop, stop_on_signals, stop_reason
+from tasks.lock import run_lock
 from tasks.promote import promote_task
 from tasks.register import register_task
 from tasks.tokenize import tokenize_task
 from tasks.train import train_task
 from tasks.validate import validate_task
-from tasks.version import LOCK_FILE, restore_outputs, version_task
+from tasks.version import LOCK_FILE, restore_outputs, snapshot, version_task
+
+log = logging.getLogger("tinygpt.flow")
 
 
 class StepTimer:
@@ -39,6 +54,8 @@ class StepTimer:
         self.from_cache: list[str] = []
 
     def __call__(self, name: str, step, *args: Any, **kwargs: Any) -> Any:
+        check_stop()  # a Ctrl-C between steps stops here, before the next one writes
+        log.info("step %s", name)
         started = time.perf_counter()
         state = step(*args, return_state=True, **kwargs)
         self.seconds[name] = round(time.perf_counter() - started, 2)
@@ -78,20 +95,30 @@ def _attach_reports(params: Params, run_id: str) -> None:
 
 @flow(name="retrain", log_prints=True)
 def retrain(overrides: list[str] | None = None, params_file: str | None = None,
-            source: str | None = None, force_promote: bool = False) -> dict[str, Any]:
+            source: str | None = None, force_promote: bool = False,
+            fresh: bool = False) -> dict[str, Any]:
     """Retrain on the configured data (or `source`) and register the result.
 
     Every parameter is checked while params load, so nonsense parameters cost nothing.
+    `fresh` starts training over instead of resuming an interrupted run.
     """
-    logger = get_run_logger()
     params = load_params(params_file, overrides or [])
+    with run_lock(), stop_on_signals():
+        return run_steps(params, overrides or [], source, force_promote, fresh)
+
+
+def run_steps(params: Params, overrides: list[str], source: str | None, force_promote: bool,
+              fresh: bool) -> Any:
+    logger = get_run_logger()
     experiment_id = connect(params)
+    close_stale_runs(params)
     flow_run = get_run_context().flow_run
     mlflow_client = client(params)
     run = mlflow_client.create_run(experiment_id, run_name=flow_run.name, tags={
-        "prefect.flow_run_id": str(flow_run.id), "overrides": " ".join(overrides or []),
-        "kind": params.kind})
+        "prefect.flow_run_id": str(flow_run.id), "overrides": " ".join(overrides),
+        "kind": params.kind, PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()})
     run_id = run.info.run_id
+    snapshot(params)
     step = StepTimer()
     try:
         ingested = step("ingest", ingest_task, params, source)
@@ -103,31 +130,50 @@ def retrain(overrides: list[str] | None = None, params_file: str | None = None,
             _attach_reports(params, run_id)
         tokenized = step.cached("tokenize", tokenize_task, params, params.path("tokenizer"))
         step.cached("encode", encode_task, params, params.path("tokens"))
-        trained = step("train", train_task, params, run_id)
+        trained = step("train", train_task, params, run_id, fresh)
         metrics = step("evaluate", evaluate_task, params, run_id)
-        registered = step("register", register_task, params, run_id, metrics,
-                          trained["base_version"])
         versioned = step("version", version_task, params)
-        mlflow_client.set_model_version_tag(registered["name"], registered["version"],
-                                            "dvc_lock_digest", versioned["dvc_lock_digest"])
         mlflow_client.log_artifact(run_id, LOCK_FILE)
+        registered = step("register", register_task, params, run_id, metrics,
+                          versioned["dvc_lock_digest"], trained["base_version"])
+        check_stop()
         decision = step("promote", promote_task, params, registered["version"], force_promote)
+    except (RunInterrupted, TrainingInterrupted) as err:
+        message = str(err) if isinstance(err, RunInterrupted) else (
+            f"run stopped by {stop_reason()}: {err}")
+        logger.warning("%s; %s", message, restore_outputs(params))
+        mlflow_client.set_terminated(run_id, "KILLED")
+        return Cancelled(message=message)
     except BaseException:
         logger.warning("run failed; %s", restore_outputs(params))
         mlflow_client.set_terminated(run_id, "FAILED")
         raise
-    mlflow_client.log_metric(run_id, "tokenizer_seconds", step.seconds["tokenize"])
-    mlflow_client.set_terminated(run_id, "FINISHED")
     summary = {
         "kind": params.kind, "model": registered["name"], "version": registered["version"],
         "champion": decision["champion"], "promoted": decision["promoted"],
         "promotion": decision["reason"], "metrics": metrics, "run_id": run_id,
         "tokenizer_vocab": tokenized["vocab_size"], "steps": trained["steps"],
+        "resumed_from_step": trained["resumed_from_step"],
         "train_seconds": trained["train_seconds"], "base_version": trained["base_version"],
         "sample": trained["sample"], "seconds": step.seconds, "cached": step.from_cache,
         "dvc_lock_digest": versioned["dvc_lock_digest"], "tracking_uri": tracking_uri(params),
         "project": str(Path.cwd()),
     }
-    create_markdown_artifact(summary_markdown(summary), key=f"retrain-{params.kind}-summary",
-                             description="metrics, model version, promotion decision, sample")
+    finish(params, run_id, summary)
     return summary
+
+
+def finish(params: Params, run_id: str, summary: dict[str, Any]) -> None:
+    """Bookkeeping after promotion: a failure here is logged, never turned into a failed run
+    (the alias has moved; the run must not then exit non-zero)."""
+    logger = get_run_logger()
+    try:
+        mlflow_client = client(params)
+        mlflow_client.log_metric(run_id, "tokenizer_seconds", summary["seconds"]["tokenize"])
+        mlflow_client.set_terminated(run_id, "FINISHED")
+        create_markdown_artifact(summary_markdown(summary),
+                                 key=f"retrain-{params.kind}-summary",
+                                 description="metrics, model version, promotion decision, "
+                                             "sample")
+    except Exception as err:
+        logger.warning("run done, but its bookkeeping failed: %s: %s", type(err).__name__, err)

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gpt.files import atomic_directory, write_json
@@ -31,6 +32,15 @@ class CheckpointError(ValueError):
     """A folder that should hold a checkpoint does not."""
 
 
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path,
+                 metadata: dict[str, str] | None = None) -> None:
+    """safetensors' save_file, its I/O failures (full disk, ...) raised as OSError."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as err:
+        raise OSError(f"cannot write {path}: {err}") from None
+
+
 def model_state(model: GPT) -> dict[str, torch.Tensor]:
     """Weights to store: contiguous CPU tensors, without the tied duplicate."""
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()
@@ -39,7 +49,7 @@ def model_state(model: GPT) -> dict[str, torch.Tensor]:
 
 def write_model_files(model: GPT, folder: Path, assets_dir: Path | None = None) -> None:
     """Write weights, config and (optionally) every file of assets_dir into folder."""
-    save_file(model_state(model), str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    save_tensors(model_state(model), folder / WEIGHTS_FILE, metadata={"format": "pt"})
     write_json(folder / CONFIG_FILE, model.config.to_dict())
     if assets_dir is not None:
         for file in Path(assets_dir).iterdir():

@@ -10,9 +10,8 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from gpt.checkpoint import load_model, resolve_checkpoint
+from gpt.checkpoint import load_model, resolve_checkpoint, save_tensors
 from gpt.model import GPT, GPTConfig
 from gpt.tokenizer import ENDOFTEXT, BPETokenizer, is_tokenizer_dir, load_tokenizer
 
@@ -57,7 +56,7 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config, indent=2))
-    save_file(hf_state_dict(model), str(out / "model.safetensors"), metadata={"format": "pt"})
+    save_tensors(hf_state_dict(model), out / "model.safetensors", metadata={"format": "pt"})
     if isinstance(tokenizer, BPETokenizer):
         tokenizer.save(out)
         special = ({"bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT, "unk_token": ENDOFTEXT}

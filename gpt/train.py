@@ -18,7 +18,6 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from gpt.checkpoint import (
     OPTIMIZER_FILE,
@@ -27,6 +26,7 @@ from gpt.checkpoint import (
     load_training_state,
     optimizer_tensors,
     restore_optimizer,
+    save_tensors,
     write_model_files,
 )
 from gpt.config import TrainConfig
@@ -128,17 +128,29 @@ def estimate_loss(model: GPT, batches: Iterable[Batch], device: torch.device,
     return total / max(count, 1)
 
 
+class TrainingInterrupted(Exception):
+    """Training stopped on request; latest/ holds the step it reached, ready to resume."""
+
+    def __init__(self, step: int, latest_dir: Path) -> None:
+        super().__init__(f"training stopped at step {step}; {latest_dir} can resume it")
+        self.step = step
+
+
 class Trainer:
     """Trains a GPT on a batch source and writes best/ and latest/ checkpoints to out_dir.
 
     val_batches returns the same validation batches on every call, so evals compare.
+    should_stop is asked after every step: when it says yes, latest/ is written and
+    TrainingInterrupted raised, so a stopped run resumes exactly where it stopped.
     """
 
     def __init__(self, model: GPT, train_batches: BatchSource,
                  val_batches: Callable[[], Iterable[Batch]], cfg: TrainConfig,
                  out_dir: str | Path, callback: Callback | None = None,
-                 assets_dir: str | Path | None = None) -> None:
+                 assets_dir: str | Path | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> None:
         self.cfg = cfg
+        self.should_stop = should_stop or (lambda: False)
         self.device = pick_device(cfg.device)
         self.dtype = pick_dtype(cfg.dtype, self.device)
         torch.manual_seed(cfg.seed)
@@ -170,7 +182,7 @@ class Trainer:
         tensors = optimizer_tensors(self.optimizer)
         tensors["rng.torch"] = torch.get_rng_state()
         tensors["rng.batches"] = self.train_batches.get_state()
-        save_file(tensors, str(folder / OPTIMIZER_FILE))
+        save_tensors(tensors, folder / OPTIMIZER_FILE)
         write_json(folder / STATE_FILE, {
             "step": self.step, "best_val_loss": self.best_val_loss,
             "last_val_loss": self.last_val_loss, "bad_evals": self.bad_evals,
@@ -269,6 +281,9 @@ class Trainer:
                     log.info("early stop: no val improvement in %d evals", cfg.patience)
             if stopped_early or out_of_time:
                 break
+            if self.should_stop():
+                self.save(improved=False)
+                raise TrainingInterrupted(self.step, self.latest_dir)
         seconds = time.perf_counter() - started
         return TrainResult(
             steps=self.step, best_val_loss=self.best_val_loss, last_val_loss=self.last_val_loss,

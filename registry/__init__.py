@@ -23,6 +23,10 @@ PARAM_DEFAULTS: dict[str, Any] = {
     "max_new_tokens": 100, "temperature": 0.8, "top_k": 50, "top_p": 1.0,
     "repetition_penalty": 1.0, "seed": -1,
 }
+# Every registered version carries these; one without them is half-made (a crashed run of an
+# older tinygpt) and promotion, reproduce and gc treat it so.
+LINEAGE_TAGS = ("kind", "git_commit", "run_id", "dvc_lock_digest", "data_digest",
+                "tokenizer_digest")
 _ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[\w-]+)$")
 _VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
 
@@ -162,10 +166,16 @@ def git_commit() -> str:
     return head + ("-dirty" if dirty else "")
 
 
+def missing_lineage(version) -> list[str]:
+    """The lineage tags a model version lacks (empty for a complete one)."""
+    return [tag for tag in LINEAGE_TAGS if not version.tags.get(tag)]
+
+
 def register_checkpoint(params: Params, run_id: str, checkpoint: Path, model_name: str,
                         tags: dict[str, str], example_prompt: str = "ROMEO:",
                         mode: str = "text") -> dict[str, Any]:
-    """Log a checkpoint folder as the pyfunc in run_id, register it, tag the version."""
+    """Log a checkpoint folder as the pyfunc in run_id, then create the model version with
+    all its tags in one call, so no version ever exists without its lineage."""
     import mlflow
     import pandas as pd
 
@@ -175,9 +185,25 @@ def register_checkpoint(params: Params, run_id: str, checkpoint: Path, model_nam
             name="model", python_model=str(PYFUNC_FILE),
             artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)}, signature=signature(),
             input_example=pd.DataFrame({"prompt": [example_prompt]}),
-            model_config={"mode": mode}, registered_model_name=model_name)
-    version = str(info.registered_model_version)
-    mlflow_client = client(params)
-    for key, value in {"git_commit": git_commit(), "run_id": run_id, **tags}.items():
-        mlflow_client.set_model_version_tag(model_name, version, key, value)
-    return {"name": model_name, "version": version, "model_uri": info.model_uri, "tags": tags}
+            model_config={"mode": mode})
+    all_tags = {"git_commit": git_commit(), "run_id": run_id, **tags}
+    registered = mlflow.register_model(info.model_uri, model_name, tags=all_tags)
+    return {"name": model_name, "version": str(registered.version),
+            "model_uri": info.model_uri, "tags": all_tags}
+
+
+def smoke_test(params: Params, name: str, version: str, tokens: int = 4) -> None:
+    """Load a registered version and generate a few tokens; raise ValueError if it cannot."""
+    import torch
+
+    from gpt.generate import iter_tokens
+
+    use_store(params)
+    try:
+        wrapper = load_version(name, version)
+        idx = torch.zeros((1, 1), dtype=torch.long)
+        list(iter_tokens(wrapper.model.eval(), idx, SamplingParams(max_new_tokens=tokens,
+                                                                   temperature=0)))
+    except Exception as err:  # any failure to load or run means: do not serve it
+        raise ValueError(f"{name} version {version} does not load and generate "
+                         f"({type(err).__name__}: {err})") from None

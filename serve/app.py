@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from serve.generation import Gate, Metrics
 from serve.model_holder import ModelHolder
 from serve.routes import corpus, generate, status
+from serve.routes.deps import too_large
 from serve.settings import Settings
 
 __all__ = ["Settings", "create_app"]
@@ -46,8 +47,8 @@ async def _follow_model(app: FastAPI) -> AsyncIterator[None]:
 
 async def _limit_and_observe(request: Request,
                              call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    """Refuse an oversized body from its Content-Length before reading it; count and time
-    every request by its route."""
+    """Refuse an oversized body from its Content-Length before reading it (a chunked upload is
+    counted as it is read, by `POST /corpus`); count and time every request by its route."""
     settings: Settings = request.app.state.settings
     metrics: Metrics = request.app.state.metrics
     started = time.perf_counter()
@@ -55,8 +56,7 @@ async def _limit_and_observe(request: Request,
     limit = (settings.max_upload_bytes if request.url.path == "/corpus"
              else settings.max_body_bytes)
     if length is not None and (not length.isdigit() or int(length) > limit):
-        response: Response = JSONResponse(
-            {"detail": f"request body over the {limit}-byte limit"}, status_code=413)
+        response: Response = too_large(limit)
     else:
         response = await call_next(request)
     route = request.scope.get("route")

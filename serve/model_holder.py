@@ -41,7 +41,7 @@ class ModelHolder:
         self.name, self.alias, self.pinned_version = parse_model_uri(model_uri)
         self.poll_seconds = poll_seconds
         self.current: LoadedModel | None = None
-        self.error: str | None = None
+        self.error: str | None = None  # why the last refresh failed; None after a good one
         self.loading = False
         self._task: asyncio.Task | None = None
 

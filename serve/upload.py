@@ -4,9 +4,24 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import AsyncIterable
 from pathlib import Path
 
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+NO_PREFECT = ("retraining needs a Prefect server: start `prefect server start` and a worker on "
+              "the tinygpt pool, and set PREFECT_API_URL")
+
+
+class UploadTooLarge(Exception):
+    """The body passed the upload limit; nothing of it was kept."""
+
+
+class PrefectNotConfigured(Exception):
+    """No Prefect API is configured: Prefect's client would start a temporary server of its
+    own, which outlives the service and which no worker serves."""
+
+    def __init__(self) -> None:
+        super().__init__(NO_PREFECT)
 
 
 def upload_path(upload_dir: Path, filename: str) -> Path:
@@ -21,9 +36,33 @@ def upload_path(upload_dir: Path, filename: str) -> Path:
     return path
 
 
-def validate_upload(path: Path) -> str | None:
+async def save_upload(chunks: AsyncIterable[bytes], path: Path, limit: int) -> None:
+    """Write the body to path as it arrives, counting its bytes, so that memory holds one chunk
+    whatever the client sends (a chunked body has no Content-Length to refuse up front).
+
+    Past `limit` bytes it stops reading and raises UploadTooLarge; on that or any other failure
+    (a client that goes away) the partial file is deleted.
+    """
+    size = 0
+    try:
+        with path.open("xb") as out:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    raise UploadTooLarge
+                out.write(chunk)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def validate_upload(path: Path, filename: str) -> str | None:
     """Ingest + validate an uploaded corpus in a scratch folder, with the suite of the
-    project's params.yaml; the problem, or None."""
+    project's params.yaml; the problem, or None.
+
+    The problem names the upload by the client's `filename`: the server's upload and scratch
+    folders mean nothing to the client and are not its business.
+    """
     import tempfile
 
     from gpt.config import load_params, with_paths
@@ -37,12 +76,23 @@ def validate_upload(path: Path) -> str | None:
             ingest(params, str(path))
             validate(params)
         except ValueError as err:
-            return str(err)
+            # The report lives in the scratch folder, deleted on return: drop its mention.
+            message = re.sub(rf"(; report: )?{re.escape(scratch)}\S*", "", str(err))
+            return message.replace(str(path), filename).replace(path.name, filename)
     return None
+
+
+def require_prefect_api() -> None:
+    """Raise PrefectNotConfigured unless a Prefect API is set (environment or profile)."""
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise PrefectNotConfigured
 
 
 async def start_retraining(deployment: str, source: Path) -> dict[str, str]:
     """Create a run of the retraining deployment for the uploaded corpus; do not wait."""
+    require_prefect_api()
     from prefect.deployments import run_deployment
 
     flow_run = await run_deployment(name=deployment, parameters={"source": str(source)},

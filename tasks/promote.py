@@ -17,7 +17,7 @@ from prefect import task
 
 from gpt.config import Params
 from gpt.evaluate import evaluate_tokens
-from registry import alias_version, client, load_registered
+from registry import alias_version, client, load_registered, missing_lineage, smoke_test
 from tasks.common import (
     Kind,
     documents,
@@ -56,18 +56,36 @@ RESCORERS = {"text": score_on_current_val, "sft": score_on_current_test}
 
 def champion_score(params: Params, kind: Kind, name: str, champion, candidate) -> float:
     """The champion's score on the candidate's data: its tag, or a re-score."""
-    if champion.tags.get(kind.data_tag) == candidate.tags.get(kind.data_tag):
+    same_data = champion.tags.get(kind.data_tag) == candidate.tags.get(kind.data_tag)
+    if same_data and kind.metric in champion.tags:
         return float(champion.tags[kind.metric])
     return RESCORERS[kind.name](params, f"models:/{name}/{champion.version}")
 
 
+class PromotionError(ValueError):
+    """The candidate cannot be promoted at all (half-made, or it does not load)."""
+
+
 def promote(params: Params, version: str, force: bool = False,
             model_name: str | None = None) -> dict[str, Any]:
-    """Promote by the rule of the candidate's kind (its `kind` tag)."""
+    """Promote by the rule of the candidate's kind (its `kind` tag).
+
+    Whatever the rule says, and even forced, a version without its lineage tags or one that
+    does not load and generate is refused before any alias moves."""
     name, champion_alias = model_name or params.model_name, params.registry.champion_alias
     mlflow_client = client(params)
     candidate = mlflow_client.get_model_version(name, version)
-    kind = kind_tagged(candidate.tags.get("kind", "pretrain"))
+    if missing := missing_lineage(candidate):
+        raise PromotionError(f"{name} version {version} lacks its lineage tags "
+                             f"({', '.join(missing)}): a half-made version; `tinygpt gc` "
+                             f"lists and removes such versions")
+    kind = kind_tagged(candidate.tags["kind"])
+    if kind.metric not in candidate.tags:
+        raise PromotionError(f"{name} version {version} has no {kind.metric} tag to compare")
+    try:
+        smoke_test(params, name, version)
+    except ValueError as err:
+        raise PromotionError(f"not promoted: {err}") from None
     candidate_score = float(candidate.tags[kind.metric])
     champion = alias_version(mlflow_client, name, champion_alias)
 

@@ -43,14 +43,16 @@ def pairs_tags(params: Params, metrics: dict[str, Any], manifest: dict[str, Any]
 TAGGERS = {"text": corpus_tags, "sft": pairs_tags}
 
 
-def register(params: Params, run_id: str, metrics: dict[str, Any],
+def register(params: Params, run_id: str, metrics: dict[str, Any], dvc_lock_digest: str,
              base_version: str | None = None) -> dict[str, Any]:
-    """Register the best checkpoint under the kind's model name, with its tags."""
+    """Register the best checkpoint under the kind's model name, with its tags (the DVC lock
+    of its outputs included: `version` runs first, so the version is reproducible from its
+    first instant)."""
     kind = kind_of(params)
     manifest = read_json(params.path("tokens") / MANIFEST)
     tags, example = TAGGERS[kind.name](params, metrics, manifest, base_version)
     return register_checkpoint(params, run_id, params.path("model") / BEST, params.model_name,
-                               {"kind": kind.tag, **tags},
+                               {"kind": kind.tag, "dvc_lock_digest": dvc_lock_digest, **tags},
                                example_prompt=example, mode=kind.mode)
 
 

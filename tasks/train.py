@@ -5,7 +5,10 @@ completion pairs train on length-bucketed batches with the loss on answers only,
 registered model (`sft.init`, its vocabulary grown by the control tokens) or from fresh.
 
 Training writes into a staging folder that replaces the model folder only when it finishes,
-so a failed run leaves the previous model untouched. Also written: metrics/train.json,
+so a failed run leaves the previous model untouched. A run that was stopped (Ctrl-C, kill -9)
+leaves its staging folder: rerun with the same data and parameters and training resumes from
+its latest/ checkpoint, ending with the weights an uninterrupted run would have; `fresh`
+starts over. Also written: metrics/train.json,
 metrics/loss.csv (for `dvc plots show`), reports/loss_curve.png and, for text,
 reports/samples.txt.
 """
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 from prefect import task
 
-from gpt.checkpoint import load_model
+from gpt.checkpoint import OPTIMIZER_FILE, STATE_FILE, load_model
 from gpt.config import Params, as_flat_dict
 from gpt.data import CorpusError, load_tokens
 from gpt.files import atomic_file, read_json, replace_directory, write_json
@@ -31,7 +34,8 @@ from gpt.generate import generate_text
 from gpt.model import GPT
 from gpt.tokenizer import Tokenizer, load_tokenizer
 from gpt.train import Trainer, pick_device, windows_trainer
-from tasks.common import BEST, LOSS_CSV, MANIFEST, TRAIN_METRICS
+from tasks.common import BEST, LATEST, LOSS_CSV, MANIFEST, TRAIN_METRICS
+from tasks.interrupt import stop_requested
 from tasks.tracking import log_params, metric_logger, run_artifacts
 
 log = logging.getLogger("tinygpt.tasks.train")
@@ -145,15 +149,51 @@ def write_samples(params: Params, checkpoint: Path, path: Path) -> str:
     return blocks[1]
 
 
-def train(params: Params, run_id: str | None = None) -> dict[str, Any]:
+RUN_FILE = "run.json"  # in the staging folder: what the interrupted run was training
+
+
+def fingerprint(params: Params) -> dict[str, Any]:
+    """What makes two runs train the same weights: data, tokenizer and every setting."""
+    manifest = read_json(params.path("tokens") / MANIFEST)
+    values = params.to_dict()
+    return {"kind": params.kind, "data": manifest["data_digest"],
+            "tokenizer": manifest["tokenizer_digest"], "model": values["model"],
+            "train": values["train"], "init": params.sft.init if params.kind == "sft" else None}
+
+
+def prepare_staging(params: Params, staging: Path, fresh: bool) -> bool:
+    """Keep an interrupted run's staging folder when it can resume; True if it can."""
+    wanted = fingerprint(params)
+    latest = staging / LATEST
+    resumable = ((latest / OPTIMIZER_FILE).is_file() and (latest / STATE_FILE).is_file()
+                 and (staging / RUN_FILE).is_file() and read_json(staging / RUN_FILE) == wanted)
+    if resumable and not fresh:
+        return True
+    if latest.exists():
+        log.info("an interrupted run's checkpoint is in %s; starting over (%s)", staging,
+                 "--fresh" if fresh else "its data or parameters differ")
+    shutil.rmtree(staging, ignore_errors=True)
+    write_json(staging / RUN_FILE, wanted)
+    return False
+
+
+def train(params: Params, run_id: str | None = None, fresh: bool = False) -> dict[str, Any]:
     """Train the run's kind of model into the model folder; summary metrics back."""
     tokenizer = load_tokenizer(params.path("tokenizer"))
     model_dir = params.path("model")
     staging = model_dir.with_name(f".{model_dir.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
+    resume = prepare_staging(params, staging, fresh)
     trainer, base_version = TRAINERS[params.kind](params, tokenizer, staging,
                                                   metric_logger(params, run_id))
+    trainer.should_stop = stop_requested
+    resumed_from = None
+    if resume:
+        trainer.resume()
+        resumed_from = trainer.step
+        log.info("resuming an interrupted run from step %d (same data and parameters; "
+                 "--fresh starts over)", resumed_from)
     result = trainer.fit()
+    (staging / RUN_FILE).unlink()
     replace_directory(staging, model_dir)
 
     metrics_dir, reports = params.path("metrics"), params.path("reports")
@@ -161,7 +201,7 @@ def train(params: Params, run_id: str | None = None) -> dict[str, Any]:
                "train_seconds": round(result.seconds, 2),
                "tokens_per_s": round(result.tokens_per_s, 1),
                "stopped_early": result.stopped_early, "parameters": trainer.model.num_params(),
-               "base_version": base_version}
+               "base_version": base_version, "resumed_from_step": resumed_from}
     write_json(metrics_dir / TRAIN_METRICS, summary)
     write_loss_curve(result.history, metrics_dir / LOSS_CSV, reports / "loss_curve.png")
     artifacts = [reports / "loss_curve.png"]

@@ -17,10 +17,11 @@ from typing import Any
 from prefect import task
 
 from gpt.config import Params
-from gpt.files import sha256_file
+from gpt.files import atomic_directory, atomic_file, replace_directory, sha256_file
 from tasks.common import kind_of, retry_transient
 
 LOCK_FILE = "dvc.lock"
+SNAPSHOT_DIR = Path(".tinygpt") / "snapshot"  # what a failed run puts back
 
 
 class VersioningError(RuntimeError):
@@ -33,9 +34,14 @@ def dvc_executable() -> str:
 
 
 def dvc(*args: str) -> str:
+    """Run a dvc command; its own error lines in the exception when it fails."""
     result = subprocess.run([dvc_executable(), *args], capture_output=True, text=True)
     if result.returncode != 0:
         output = " ".join((result.stderr + result.stdout).split())
+        if not output:  # --quiet hides the reason: ask once more, verbosely
+            shown = [a for a in args if a != "--quiet"]
+            again = subprocess.run([dvc_executable(), *shown], capture_output=True, text=True)
+            output = " ".join((again.stderr + again.stdout).split()) or "no output"
         raise VersioningError(f"dvc {' '.join(args)} failed: {output}")
     return result.stdout
 
@@ -54,16 +60,38 @@ def locked_stages(params: Params | None = None) -> list[str]:
     return [stage for stage in wanted if stage in (locked or {})]
 
 
+def snapshot(params: Params) -> Path:
+    """Keep dvc.lock and the metrics folder as they are before a run writes anything."""
+
+    def fill(folder: Path) -> None:
+        if Path(LOCK_FILE).is_file():
+            shutil.copy2(LOCK_FILE, folder / LOCK_FILE)
+        if params.path("metrics").is_dir():
+            shutil.copytree(params.path("metrics"), folder / "metrics")
+
+    return atomic_directory(SNAPSHOT_DIR, fill)
+
+
 def restore_outputs(params: Params) -> str:
-    """Put the run kind's stage outputs back as the last dvc.lock recorded them."""
+    """After a failed run: dvc.lock and metrics as the snapshot kept them, then the kind's
+    stage outputs as that dvc.lock records them."""
+    if (SNAPSHOT_DIR / LOCK_FILE).is_file():
+        with atomic_file(LOCK_FILE) as tmp:
+            shutil.copy2(SNAPSHOT_DIR / LOCK_FILE, tmp)
+    metrics = params.path("metrics")
+    if (SNAPSHOT_DIR / "metrics").is_dir():
+        copy = metrics.with_name(f".{metrics.name}.restore")
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(SNAPSHOT_DIR / "metrics", copy)
+        replace_directory(copy, metrics)
     stages = locked_stages(params) if Path(".dvc").is_dir() else []
     if not stages:
-        return f"nothing to restore: dvc.lock records no {params.kind} stage yet"
+        return f"metrics restored; dvc.lock records no {params.kind} stage yet"
     try:
         dvc("checkout", "--force", "--quiet", *stages)
     except VersioningError as err:
         return f"could not restore every output: {err}"
-    return "data outputs restored from dvc.lock"
+    return "dvc.lock, metrics and data outputs restored"
 
 
 def version(params: Params) -> dict[str, Any]:

@@ -10,41 +10,66 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 
+from serve.routes.deps import too_large
 from serve.settings import Settings
-from serve.upload import start_retraining, upload_path, validate_upload
+from serve.upload import (
+    PrefectNotConfigured,
+    UploadTooLarge,
+    require_prefect_api,
+    save_upload,
+    start_retraining,
+    upload_path,
+    validate_upload,
+)
 
 router = APIRouter()
 
 
 @router.post("/corpus")
 async def upload_corpus(request: Request, filename: str = "corpus.txt") -> JSONResponse:
+    """Keep the upload only when a run was started on it: that run reads the file later."""
     settings: Settings = request.app.state.settings
-    data = await request.body()
-    if len(data) > settings.max_upload_bytes:
-        raise HTTPException(413, detail="upload over the size limit")
     settings.upload_dir.mkdir(parents=True, exist_ok=True)
     path = upload_path(settings.upload_dir, filename)
-    path.write_bytes(data)
-    problem = await asyncio.to_thread(validate_upload, path)
-    if problem is not None:
-        return JSONResponse({"valid": False, "errors": problem}, status_code=422)
     try:
-        run = await start_retraining(settings.retrain_deployment, path)
-    except Exception as err:
-        return JSONResponse({"valid": True, "error": f"retraining unavailable: {err}"},
-                            status_code=503)
+        await save_upload(request.stream(), path, settings.max_upload_bytes)
+    except UploadTooLarge:
+        return too_large(settings.max_upload_bytes)
+    run = None
+    try:
+        problem = await asyncio.to_thread(validate_upload, path, filename)
+        if problem is not None:
+            return JSONResponse({"valid": False, "errors": problem}, status_code=422)
+        try:
+            run = await start_retraining(settings.retrain_deployment, path)
+        except PrefectNotConfigured as err:
+            return JSONResponse({"valid": True, "error": str(err)}, status_code=503)
+        except Exception as err:
+            return JSONResponse({"valid": True, "error": f"retraining unavailable: "
+                                 f"{type(err).__name__}: {err}"}, status_code=503)
+    finally:
+        if run is None:
+            path.unlink()
     return JSONResponse({"valid": True, "run_id": run["id"], "state": run["state"]},
                         status_code=202)
 
 
 @router.get("/runs/{run_id}")
 async def run_state(run_id: uuid.UUID) -> dict[str, Any]:
+    """404 only when Prefect says the run does not exist; 503 when Prefect cannot be asked."""
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
 
     try:
+        require_prefect_api()
         async with get_client() as prefect:
             flow_run = await prefect.read_flow_run(run_id)
+    except PrefectNotConfigured as err:
+        raise HTTPException(503, detail=str(err)) from None
+    except ObjectNotFound:
+        raise HTTPException(404, detail="no such run") from None
     except Exception as err:
-        raise HTTPException(404, detail=f"no such run ({type(err).__name__})") from None
+        raise HTTPException(503, detail=f"Prefect API unreachable: {type(err).__name__}: {err}"
+                            ) from None
     return {"run_id": str(run_id), "state": flow_run.state.name if flow_run.state else None,
             "final": bool(flow_run.state and flow_run.state.is_final())}

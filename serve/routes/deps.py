@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.responses import JSONResponse
 
 from serve.generation import Gate, Metrics
 from serve.model_holder import LoadedModel, ModelHolder
@@ -39,3 +40,8 @@ def served(holder: ModelHolder, metrics: Metrics) -> LoadedModel:
         raise HTTPException(503, detail={"status": state, "error": holder.error})
     metrics.version.labels(loaded.name).set(float(loaded.version))
     return loaded
+
+
+def too_large(limit: int) -> JSONResponse:
+    """The 413 for a body over `limit`, whether refused from its Content-Length or counted."""
+    return JSONResponse({"detail": f"request body over the {limit}-byte limit"}, status_code=413)

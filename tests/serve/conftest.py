@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import httpx
 import pytest
 import torch
 
-from gpt.checkpoint import save_model
+from gpt.checkpoint import WEIGHTS_FILE, save_model
 from gpt.model import GPT, GPTConfig
 from gpt.sft import CONTROL_TOKENS
 from gpt.tokenizer import BPETokenizer
@@ -39,11 +39,13 @@ class Registry:
     tokenizer: BPETokenizer
 
     def register(self, seed: int, alias: str | None = "champion", name: str = "tinygpt",
-                 fine_tuned: bool = False) -> str:
+                 fine_tuned: bool = False, loadable: bool = True) -> str:
         """Register a small random-weight model; point alias at it. Returns the version.
 
         fine_tuned: its tokenizer has the control tokens, and it always answers
         <|endoftext|> at once (so completion mode has a known result).
+        loadable=False: the registered checkpoint loses its weights file before the alias
+        moves, so loading the version fails.
         """
         import mlflow
         import pandas as pd
@@ -73,6 +75,12 @@ class Registry:
                 signature=signature(), input_example=pd.DataFrame({"prompt": ["hi"]}),
                 registered_model_name=name)
         version = str(info.registered_model_version)
+        if not loadable:
+            stored = mlflow.MlflowClient().get_model_version_download_uri(name, version)
+            weights = list(Path(stored.removeprefix("file://")).rglob(WEIGHTS_FILE))
+            assert weights, f"no {WEIGHTS_FILE} under {stored}"
+            for file in weights:
+                file.unlink()
         if alias:
             mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
         return version
@@ -120,11 +128,14 @@ class Process:
         self.log.close()
 
 
-def start_service(tracking_uri: str, cwd: Path, *extra: str) -> tuple[Process, str]:
+def start_service(tracking_uri: str, cwd: Path, *extra: str,
+                  env: Mapping[str, str | None] | None = None) -> tuple[Process, str]:
+    """`tinygpt serve` on a free port; env adds to our environment (None removes a name)."""
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    merged = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, **(env or {})}
     proc = Process([str(BIN / "tinygpt"), "serve", "--port", str(port), "--poll-seconds", "0.5",
-                    *extra], env, cwd, cwd / f"serve-{port}.log")
+                    *extra], {k: v for k, v in merged.items() if v is not None}, cwd,
+                   cwd / f"serve-{port}.log")
     return proc, f"http://127.0.0.1:{port}"
 
 

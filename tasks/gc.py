@@ -1,0 +1,113 @@
+"""gc: what crashed runs leave behind, listed (and with apply, cleaned up).
+
+- model versions without their lineage tags (a run of an older tinygpt killed between creating
+  a version and tagging it); a version an alias points at is reported, never deleted;
+- MLflow runs still RUNNING whose process is gone (killed), closed as KILLED, and their
+  Prefect flow runs set to Crashed.
+
+A new run closes stale runs itself before it starts (it holds the project lock, so no other
+run of this project can be alive).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+from gpt.config import Params
+from registry import client, missing_lineage
+
+log = logging.getLogger("tinygpt.gc")
+PID_TAG, HOST_TAG = "tinygpt.pid", "tinygpt.host"
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_runs(params: Params) -> list:
+    """RUNNING MLflow runs of this experiment started on this host by a process now gone."""
+    mlflow_client = client(params)
+    experiment = mlflow_client.get_experiment_by_name(params.registry.experiment)
+    if experiment is None:
+        return []
+    running = mlflow_client.search_runs([experiment.experiment_id],
+                                        filter_string="attributes.status = 'RUNNING'")
+    host = socket.gethostname()
+    return [run for run in running
+            if run.data.tags.get(HOST_TAG) == host and PID_TAG in run.data.tags
+            and not process_alive(int(run.data.tags[PID_TAG]))]
+
+
+def mark_flow_run_crashed(flow_run_id: str, message: str) -> str:
+    """Set a Prefect flow run to Crashed; what happened, in words."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    try:
+        with get_client(sync_client=True) as prefect:
+            flow_run = prefect.read_flow_run(flow_run_id)
+            if flow_run.state is not None and flow_run.state.is_final():
+                return f"flow run {flow_run_id} already {flow_run.state.name}"
+            prefect.set_flow_run_state(flow_run_id, Crashed(message=message), force=True)
+    except Exception as err:  # the orchestrator may be another one, or down: say so, go on
+        return f"flow run {flow_run_id} not reachable ({type(err).__name__})"
+    return f"flow run {flow_run_id} marked Crashed"
+
+
+def close_stale_runs(params: Params) -> list[str]:
+    """Close every stale run: MLflow KILLED, its Prefect flow run Crashed. What was done."""
+    done = []
+    mlflow_client = client(params)
+    for run in stale_runs(params):
+        message = f"process {run.data.tags[PID_TAG]} died while the run was going"
+        mlflow_client.set_terminated(run.info.run_id, "KILLED")
+        line = f"MLflow run {run.info.run_id} ({run.info.run_name}) marked KILLED"
+        if flow_run_id := run.data.tags.get("prefect.flow_run_id"):
+            line += f"; {mark_flow_run_crashed(flow_run_id, message)}"
+        log.warning("closed a stale run: %s", line)
+        done.append(line)
+    return done
+
+
+def half_made_versions(params: Params) -> list[tuple[str, Any, list[str]]]:
+    """(model name, version, missing tags) of every registered version lacking lineage."""
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = client(params)
+    found = []
+    for name in dict.fromkeys([params.registry.model_name, params.sft.model_name]):
+        try:
+            versions = mlflow_client.search_model_versions(f"name='{name}'")
+        except MlflowException:
+            continue
+        found += [(name, v, missing) for v in versions if (missing := missing_lineage(v))]
+    return found
+
+
+def gc(params: Params, apply: bool = False) -> dict[str, list[str]]:
+    """List (and with apply, remove or close) half-made versions and stale runs."""
+    mlflow_client = client(params)
+    versions = []
+    for name, version, missing in half_made_versions(params):
+        line = f"{name} version {version.version} lacks {', '.join(missing)}"
+        if version.aliases:
+            line += f"; kept: alias {', '.join(version.aliases)} points at it"
+        elif apply:
+            mlflow_client.delete_model_version(name, version.version)
+            line += "; deleted"
+        versions.append(line)
+    if apply:
+        runs = close_stale_runs(params)
+    else:
+        runs = [f"MLflow run {run.info.run_id} ({run.info.run_name}) is RUNNING but process "
+                f"{run.data.tags[PID_TAG]} is gone" for run in stale_runs(params)]
+    return {"versions": versions, "runs": runs}
