@@ -39,6 +39,7 @@ run: setup
 bench: setup
 	$(BIN)/python bench/tokenizer.py
 	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/ddp.py
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/retrain_overhead.py
 	$(BIN)/python bench/quality.py

@@ -137,10 +137,11 @@ class TrainConfig:
     device: str = "auto"           # "auto", "cpu", "cuda", "cuda:1", ...
     dtype: str = "auto"            # autocast dtype: "auto", "float32", "bfloat16"
     max_seconds: float = 0.0       # wall-clock budget for the loop; 0 = none
+    nproc: int = 1                 # training processes under torchrun (DDP); 1 = in-process
 
     def __post_init__(self) -> None:
         _positive_ints("train", self, ["max_steps", "batch_size", "grad_accum",
-                                       "eval_interval", "eval_iters", "log_interval"])
+                                       "eval_interval", "eval_iters", "log_interval", "nproc"])
         if not self.learning_rate > 0:
             raise ValueError(f"train.learning_rate must be > 0, got {self.learning_rate!r}")
         if not 0 <= self.min_lr <= self.learning_rate:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
@@ -18,6 +19,8 @@ from typing import Protocol
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from gpt.checkpoint import (
     OPTIMIZER_FILE,
@@ -60,9 +63,41 @@ class TrainResult:
 
 
 def pick_device(name: str) -> torch.device:
+    """The device to train on; under torchrun on GPUs, each rank its own (LOCAL_RANK)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
     return torch.device(name)
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) unless torch.distributed is running."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class RankShare:
+    """One rank's share of a batch source: of every `world` consecutive batches, the rank-th.
+
+    Every rank draws the same seeded sequence and keeps its own batch, so N ranks see exactly
+    the batches one process would see as N micro-batches (grad_accum = N), and the state (the
+    shared source's) saves and resumes the same on every rank.
+    """
+
+    def __init__(self, source: BatchSource, rank: int, world_size: int) -> None:
+        self.source, self.rank, self.world_size = source, rank, world_size
+
+    def next(self) -> Batch:
+        batches = [self.source.next() for _ in range(self.world_size)]
+        return batches[self.rank]
+
+    def get_state(self) -> torch.Tensor:
+        return self.source.get_state()
+
+    def set_state(self, state: torch.Tensor) -> None:
+        self.source.set_state(state)
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -142,6 +177,11 @@ class Trainer:
     val_batches returns the same validation batches on every call, so evals compare.
     should_stop is asked after every step: when it says yes, latest/ is written and
     TrainingInterrupted raised, so a stopped run resumes exactly where it stopped.
+
+    Under torch.distributed (torchrun), each rank trains on its share of every batch through
+    DistributedDataParallel, which averages the gradients; every rank evaluates (the same
+    batches, the same weights: the same answer, so all stop together), and only rank 0 logs,
+    reports and writes checkpoints.
     """
 
     def __init__(self, model: GPT, train_batches: BatchSource,
@@ -155,8 +195,14 @@ class Trainer:
         self.dtype = pick_dtype(cfg.dtype, self.device)
         torch.manual_seed(cfg.seed)
         self.model = model.to(self.device)
+        self.rank, self.world_size = world()
+        self.lead = self.rank == 0
+        self.train_model = self.model
+        if self.world_size > 1:
+            train_batches = RankShare(train_batches, self.rank, self.world_size)
+            self.train_model = DistributedDataParallel(self.model)
         self.out_dir = Path(out_dir)
-        self.callback = callback or (lambda event: None)
+        self.callback = (callback if self.lead and callback else (lambda event: None))
         self.assets_dir = Path(assets_dir) if assets_dir is not None else None
         self.train_batches = train_batches
         self.val_batches = val_batches
@@ -190,6 +236,8 @@ class Trainer:
         })
 
     def save(self, improved: bool) -> None:
+        if not self.lead:
+            return
         atomic_directory(self.latest_dir, self._write_latest)
         if improved:
             atomic_directory(self.best_dir,
@@ -218,18 +266,30 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total, tokens = 0.0, 0
-        for _ in range(self.cfg.grad_accum):
+        for micro in range(self.cfg.grad_accum):
             x, y = self.train_batches.next()
-            with autocast(self.device, self.dtype):
-                _, loss = self.model(x, y)
-            (loss / self.cfg.grad_accum).backward()
+            last = micro == self.cfg.grad_accum - 1
+            # DDP averages gradients across ranks once, on the last micro-batch's backward.
+            sync = nullcontext() if last or self.world_size == 1 else self.train_model.no_sync()
+            with sync:
+                with autocast(self.device, self.dtype):
+                    _, loss = self.train_model(x, y)
+                (loss / self.cfg.grad_accum).backward()
             total += loss.item()
-            tokens += x.numel()
+            tokens += x.numel() * self.world_size  # every rank fed a batch this size
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return total / self.cfg.grad_accum, tokens
+
+    def _agree(self, flag: bool) -> bool:
+        """Rank 0's answer on every rank (clocks differ; ranks must stop on the same step)."""
+        if self.world_size == 1 or self.cfg.max_seconds <= 0:
+            return flag
+        tensor = torch.tensor([int(flag)], device=self.device)
+        dist.broadcast(tensor, src=0)
+        return bool(tensor.item())
 
     def _evaluate(self, train_loss: float) -> bool:
         """Estimate val loss on fixed batches, checkpoint, and say whether to stop early."""
@@ -273,7 +333,7 @@ class Trainer:
                                "lr": lr, "tokens_per_s": tokens_per_s})
                 log.info("step %d/%d | loss %.4f | lr %.2e | %.0f tok/s", self.step,
                          cfg.max_steps, loss, lr, tokens_per_s)
-            out_of_time = 0 < cfg.max_seconds <= time.perf_counter() - started
+            out_of_time = self._agree(0 < cfg.max_seconds <= time.perf_counter() - started)
             last = self.step == last_step or out_of_time
             if self.step % cfg.eval_interval == 0 or last:
                 stopped_early = self._evaluate(loss)

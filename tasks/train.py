@@ -17,7 +17,12 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,7 +40,7 @@ from gpt.model import GPT
 from gpt.tokenizer import Tokenizer, load_tokenizer
 from gpt.train import Trainer, pick_device, windows_trainer
 from tasks.common import BEST, LATEST, LOSS_CSV, MANIFEST, TRAIN_METRICS
-from tasks.interrupt import stop_requested
+from tasks.interrupt import check_stop, stop_requested
 from tasks.tracking import log_params, metric_logger, run_artifacts
 
 log = logging.getLogger("tinygpt.tasks.train")
@@ -149,7 +154,9 @@ def write_samples(params: Params, checkpoint: Path, path: Path) -> str:
     return blocks[1]
 
 
-RUN_FILE = "run.json"  # in the staging folder: what the interrupted run was training
+# In the staging folder: what the run is training (to resume it), and, under torchrun, the
+# params the ranks read and the summary rank 0 writes back.
+RUN_FILE, PARAMS_FILE, RESULT_FILE = "run.json", "params.json", "result.json"
 
 
 def fingerprint(params: Params) -> dict[str, Any]:
@@ -177,12 +184,10 @@ def prepare_staging(params: Params, staging: Path, fresh: bool) -> bool:
     return False
 
 
-def train(params: Params, run_id: str | None = None, fresh: bool = False) -> dict[str, Any]:
-    """Train the run's kind of model into the model folder; summary metrics back."""
+def fit(params: Params, staging: Path, run_id: str | None, resume: bool) -> dict[str, Any]:
+    """Build the kind's trainer here (this process, or one torchrun rank) and train it into
+    staging; a plain summary back."""
     tokenizer = load_tokenizer(params.path("tokenizer"))
-    model_dir = params.path("model")
-    staging = model_dir.with_name(f".{model_dir.name}.staging")
-    resume = prepare_staging(params, staging, fresh)
     trainer, base_version = TRAINERS[params.kind](params, tokenizer, staging,
                                                   metric_logger(params, run_id))
     trainer.should_stop = stop_requested
@@ -193,27 +198,64 @@ def train(params: Params, run_id: str | None = None, fresh: bool = False) -> dic
         log.info("resuming an interrupted run from step %d (same data and parameters; "
                  "--fresh starts over)", resumed_from)
     result = trainer.fit()
-    (staging / RUN_FILE).unlink()
+    return {"steps": result.steps, "best_val_loss": result.best_val_loss,
+            "train_seconds": round(result.seconds, 2),
+            "tokens_per_s": round(result.tokens_per_s, 1),
+            "stopped_early": result.stopped_early, "parameters": trainer.model.num_params(),
+            "base_version": base_version, "resumed_from_step": resumed_from,
+            "nproc": trainer.world_size, "history": result.history,
+            "model": trainer.model.config.to_dict()}
+
+
+def fit_distributed(params: Params, staging: Path, run_id: str | None,
+                    resume: bool) -> dict[str, Any]:
+    """`fit` in train.nproc processes under torchrun (tasks/distributed.py is one rank)."""
+    values = params.to_dict()
+    values["model"].pop("vocab_size")
+    write_json(staging / PARAMS_FILE, values)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--standalone", f"--nproc_per_node={params.train.nproc}",
+               "-m", "tasks.distributed", str(staging), run_id or "", str(int(resume))]
+    log.info("training in %d processes: %s", params.train.nproc, " ".join(command))
+    threads = max(1, (os.cpu_count() or 1) // params.train.nproc)  # each rank its share
+    ranks = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    while (code := ranks.poll()) is None:
+        if stop_requested():  # SIGTERM to this process only: pass it on, torchrun stops them
+            ranks.send_signal(signal.SIGTERM)
+            code = ranks.wait()
+            break
+        time.sleep(0.5)
+    check_stop()  # a stopped run says so (resumable from the last eval's latest/)
+    if code != 0 or not (staging / RESULT_FILE).is_file():
+        raise RuntimeError(f"distributed training failed (torchrun exit {code}); its ranks' "
+                           f"errors are in the log above")
+    return read_json(staging / RESULT_FILE)
+
+
+def train(params: Params, run_id: str | None = None, fresh: bool = False) -> dict[str, Any]:
+    """Train the run's kind of model into the model folder; summary metrics back."""
+    model_dir = params.path("model")
+    staging = model_dir.with_name(f".{model_dir.name}.staging")
+    resume = prepare_staging(params, staging, fresh)
+    launch = fit_distributed if params.train.nproc > 1 else fit
+    result = launch(params, staging, run_id, resume)
+    for scratch in (RUN_FILE, PARAMS_FILE, RESULT_FILE):
+        (staging / scratch).unlink(missing_ok=True)
     replace_directory(staging, model_dir)
 
     metrics_dir, reports = params.path("metrics"), params.path("reports")
-    summary = {"steps": result.steps, "best_val_loss": result.best_val_loss,
-               "train_seconds": round(result.seconds, 2),
-               "tokens_per_s": round(result.tokens_per_s, 1),
-               "stopped_early": result.stopped_early, "parameters": trainer.model.num_params(),
-               "base_version": base_version, "resumed_from_step": resumed_from}
+    summary = {k: v for k, v in result.items() if k not in ("history", "model")}
     write_json(metrics_dir / TRAIN_METRICS, summary)
-    write_loss_curve(result.history, metrics_dir / LOSS_CSV, reports / "loss_curve.png")
+    write_loss_curve(result["history"], metrics_dir / LOSS_CSV, reports / "loss_curve.png")
     artifacts = [reports / "loss_curve.png"]
     sample = None
     if params.kind == "text":
         sample = write_samples(params, model_dir / BEST, reports / "samples.txt")
         artifacts.append(reports / "samples.txt")
     if run_id is not None:
-        flat = as_flat_dict({"model": trainer.model.config.to_dict(),
-                             "train": params.to_dict()["train"],
-                             "tokenizer": params.to_dict()["tokenizer"],
-                             "data": params.to_dict()["data"]})
+        values = params.to_dict()
+        flat = as_flat_dict({"model": result["model"], "train": values["train"],
+                             "tokenizer": values["tokenizer"], "data": values["data"]})
         log_params(params, run_id, flat)
         run_artifacts(params, run_id, artifacts)
     return {**summary, "checkpoint": str(model_dir / BEST), "sample": sample}
