@@ -22,7 +22,7 @@ export GX_ANALYTICS_ENABLED ?= false
 export DVC_NO_ANALYTICS ?= 1
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION ?= false
 
-.PHONY: setup run test lint clean mlflow-ui bench
+.PHONY: setup run test lint clean mlflow-ui bench stack-up stack-down stack-status
 
 setup: $(STAMP)
 
@@ -54,10 +54,24 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
+# The team stack (`tinygpt stack up`) runs Debian's PostgreSQL 15; install it when missing.
+INITDB := /usr/lib/postgresql/15/bin/initdb
+$(INITDB):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
+
+stack-up: setup $(INITDB)
+	$(BIN)/tinygpt stack up
+
+stack-down: setup
+	$(BIN)/tinygpt stack down
+
+stack-status: setup
+	$(BIN)/tinygpt stack status
+
 lint: setup
 	$(BIN)/ruff check .
 
-test: lint $(CHROMIUM)
+test: lint $(CHROMIUM) $(INITDB)
 	$(BIN)/python -m pytest
 
 clean:

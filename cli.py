@@ -12,6 +12,7 @@ from pathlib import Path
 
 from gpt.config import DATA_KINDS
 from gpt.tokenizer import TOKENIZER_KINDS
+from stack import apply_env
 
 ERROR_LOG = Path(".tinygpt") / "last-error.log"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -25,6 +26,9 @@ ENVIRONMENT = {
     "DVC_NO_ANALYTICS": "1",
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
 }
+# Commands that talk to MLflow, Prefect or the DVC remote: with a team stack up
+# (.stack/stack.env, `tinygpt stack up`) they talk to its servers; without one, nothing changes.
+STACK_CLIENTS = {"retrain", "finetune", "promote", "serve", "gc", "reproduce"}
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
@@ -115,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
         "reproduce", help="restore a model version's data and weights with dvc pull")
     reproduce.add_argument("--version", required=True)
     _add_params_options(reproduce)
+
+    stack = commands.add_parser(
+        "stack", help="the team stack on 127.0.0.1: PostgreSQL, S3, MLflow, Prefect + worker")
+    stack_commands = stack.add_subparsers(dest="stack_command", required=True)
+    stack_commands.add_parser("up", help="start every service (state in .stack/)")
+    stack_commands.add_parser("down", help="stop every service; tinygpt runs embedded again")
+    stack_commands.add_parser("status", help="one line per service; exit 1 unless all are up")
+    stack_commands.add_parser("env", help="print the stack's variables as `export` lines")
     return parser
 
 
@@ -198,6 +210,10 @@ def print_summary(summary: dict) -> None:
     print(f"steps: {steps}")
     if summary["sample"]:
         print(f"sample:\n{summary['sample']}")
+    if summary["tracking_uri"].startswith(("http://", "https://")):  # a server (team stack)
+        prefect_ui = os.environ.get("PREFECT_API_URL", "").removesuffix("/api")
+        print(f"open the UIs:\n  MLflow  {summary['tracking_uri']}\n  Prefect {prefect_ui}")
+        return
     print("open the UIs:\n"
           f"  mlflow ui --backend-store-uri {summary['tracking_uri']} --host 127.0.0.1 "
           "--port 5000    # http://127.0.0.1:5000\n"
@@ -303,6 +319,20 @@ def cmd_serve(args: argparse.Namespace) -> None:
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
 
+def cmd_stack(args: argparse.Namespace) -> int | None:
+    from stack import services
+
+    if args.stack_command == "up":
+        services.up()
+    elif args.stack_command == "down":
+        return services.down()
+    elif args.stack_command == "status":
+        return services.status()
+    else:
+        print("\n".join(services.env_lines()))
+    return None
+
+
 COMMANDS = {
     ("serve", None): cmd_serve,
     ("retrain", None): cmd_retrain,
@@ -315,6 +345,10 @@ COMMANDS = {
     ("train", None): cmd_train,
     ("generate", None): cmd_generate,
     ("export-hf", None): cmd_export_hf,
+    ("stack", "up"): cmd_stack,
+    ("stack", "down"): cmd_stack,
+    ("stack", "status"): cmd_stack,
+    ("stack", "env"): cmd_stack,
 }
 
 
@@ -322,10 +356,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for key, value in ENVIRONMENT.items():
         os.environ.setdefault(key, value)
+    if args.command in STACK_CLIENTS:
+        apply_env()  # the team stack's variables, when one is up; those already set win
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     for noisy in ("great_expectations", "httpx", "alembic", "mlflow.store"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    handler = COMMANDS[(args.command, getattr(args, "tokenizer_command", None))]
+    handler = COMMANDS[(args.command, getattr(args, "tokenizer_command", None)
+                        or getattr(args, "stack_command", None))]
     try:
         return handler(args) or 0
     except (ValueError, OSError, RuntimeError) as err:  # one clear line, no traceback
