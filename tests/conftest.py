@@ -18,6 +18,7 @@ os.environ.update({
     "DVC_NO_ANALYTICS": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
 })
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("MLFLOW_REGISTRY_URI", None)
 os.environ["TINYGPT_STACK"] = "off"  # a stack up in this checkout must not reach the tests
 
 from gpt.model import GPT, GPTConfig

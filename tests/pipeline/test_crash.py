@@ -10,14 +10,13 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 from gpt.files import sha256_file, sha256_tree
-from tests.pipeline.conftest import BIN, dvc, make_project
+from tests.pipeline.conftest import BIN, dvc
 
 # Long enough to be caught mid-training (a few thousand steps/s would finish too soon).
 LONG = ["--set", "train.max_steps=2000", "--set", "train.eval_interval=100"]
@@ -31,7 +30,7 @@ class Run:
     def __init__(self, project: Path, *args: str) -> None:
         self.log_path = project / f".run-{time.time_ns()}.log"
         env = {k: v for k, v in os.environ.items()
-               if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")}
+               if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PREFECT_API_URL")}
         env["PREFECT_HOME"] = str(project / ".prefect")
         with open(self.log_path, "w") as out:
             self.proc = subprocess.Popen([str(BIN / "tinygpt"), *args], cwd=project, env=env,
@@ -88,24 +87,11 @@ def flow_run_state(project: Path, flow_run_id: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def crash_project(tmp_path_factory, shakespeare) -> Iterator[Path]:
-    folder = tmp_path_factory.mktemp("crash") / "project"
-    folder.mkdir()
-    project = make_project(folder, shakespeare[:40_000])
-    previous = Path.cwd()
-    os.chdir(project)
-    try:
-        yield project
-    finally:
-        os.chdir(previous)
-
-
-@pytest.fixture(scope="module")
-def interrupted(crash_project):
+def interrupted(project):
     """A run stopped by SIGINT mid-training, while a second run tried to start beside it."""
-    first = Run(crash_project, "retrain", *LONG)
+    first = Run(project, "retrain", *LONG)
     first.wait_for("step 100/2000")
-    second = Run(crash_project, "retrain", *LONG)
+    second = Run(project, "retrain", *LONG)
     started = time.monotonic()
     second_code = second.finish(120)
     second_seconds = time.monotonic() - started
@@ -125,93 +111,93 @@ def test_a_second_run_stops_at_once_naming_the_running_one(interrupted):
     assert "step ingest" not in second.output
 
 
-def test_ctrl_c_stops_the_run_within_seconds_and_registers_nothing(interrupted, crash_project):
+def test_ctrl_c_stops_the_run_within_seconds_and_registers_nothing(interrupted, project):
     first = interrupted["first"]
     assert interrupted["code"] == 1 and interrupted["stop_seconds"] < 30, first.output[-2000:]
     line = first.error_line()
     assert "run stopped by SIGINT" in line and "Run the same command again to resume" in line
-    assert versions(crash_project) == []
-    run = mlflow_runs(crash_project)[-1]
+    assert versions(project) == []
+    run = mlflow_runs(project)[-1]
     assert run.info.status == "KILLED"
-    assert flow_run_state(crash_project, run.data.tags["prefect.flow_run_id"]) == "Cancelled"
+    assert flow_run_state(project, run.data.tags["prefect.flow_run_id"]) == "Cancelled"
     assert (STAGING / "latest" / "optimizer.safetensors").is_file()
 
 
 @pytest.fixture(scope="module")
-def killed_then_resumed(interrupted, crash_project):
+def killed_then_resumed(interrupted, project):
     """After the Ctrl-C: a rerun killed with SIGKILL (its whole process group) mid-training,
     then the same command once more, which resumes."""
-    killed = Run(crash_project, "retrain", *LONG)
+    killed = Run(project, "retrain", *LONG)
     killed.wait_for("resuming an interrupted run from step")
     interrupted_at = int(RESUMED.search(killed.output)[1])
     past_an_eval = (interrupted_at // 100 + 2) * 100  # latest/ was rewritten at an eval since
     killed.wait_for(f"step {past_an_eval}/2000")
     os.killpg(killed.proc.pid, signal.SIGKILL)
     killed.finish()
-    resumed = Run(crash_project, "retrain", *LONG)
+    resumed = Run(project, "retrain", *LONG)
     code = resumed.finish()
     return {"killed": killed, "resumed": resumed, "code": code, "interrupted_at": interrupted_at,
             "weights": sha256_file("data/model/latest/model.safetensors")}
 
 
-def test_kill_9_then_rerun_resumes_and_closes_the_dead_run(killed_then_resumed, crash_project):
+def test_kill_9_then_rerun_resumes_and_closes_the_dead_run(killed_then_resumed, project):
     resumed = killed_then_resumed["resumed"]
     assert killed_then_resumed["code"] == 0, resumed.output[-3000:]
     assert "took over the run lock left by a run that is gone" in resumed.output
     assert int(RESUMED.search(resumed.output)[1]) > killed_then_resumed["interrupted_at"]
-    runs = mlflow_runs(crash_project)
+    runs = mlflow_runs(project)
     killed_run = runs[-2]
     assert killed_run.info.status == "KILLED"
-    assert flow_run_state(crash_project, killed_run.data.tags["prefect.flow_run_id"]) == \
+    assert flow_run_state(project, killed_run.data.tags["prefect.flow_run_id"]) == \
         "Crashed"
     assert runs[-1].info.status == "FINISHED"
-    assert [str(v.version) for v in versions(crash_project)] == ["1"]
+    assert [str(v.version) for v in versions(project)] == ["1"]
 
 
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(killed_then_resumed,
-                                                                     crash_project):
-    fresh = Run(crash_project, "retrain", *LONG, "--fresh")
+                                                                     project):
+    fresh = Run(project, "retrain", *LONG, "--fresh")
     assert fresh.finish() == 0, fresh.output[-3000:]
     assert "resuming" not in fresh.output and "starting over (--fresh)" not in fresh.output
     assert sha256_file("data/model/latest/model.safetensors") == killed_then_resumed["weights"]
 
 
-def test_kill_9_mid_register_leaves_no_half_made_version(killed_then_resumed, crash_project):
-    champion = registry(crash_project).get_model_version_by_alias("tinygpt", "champion").version
-    before = len(versions(crash_project))
-    run = Run(crash_project, "retrain", "--set", "train.max_steps=20")
+def test_kill_9_mid_register_leaves_no_half_made_version(killed_then_resumed, project):
+    champion = registry(project).get_model_version_by_alias("tinygpt", "champion").version
+    before = len(versions(project))
+    run = Run(project, "retrain", "--set", "train.max_steps=20")
     run.wait_for("step register")
     os.killpg(run.proc.pid, signal.SIGKILL)
     run.finish()
-    after = versions(crash_project)
+    after = versions(project)
     assert all(v.tags.get("dvc_lock_digest") and v.tags.get("git_commit") for v in after)
     assert len(after) in (before, before + 1)
-    assert registry(crash_project).get_model_version_by_alias("tinygpt", "champion").version \
+    assert registry(project).get_model_version_by_alias("tinygpt", "champion").version \
         == champion
-    gc = Run(crash_project, "gc")
+    gc = Run(project, "gc")
     assert gc.finish() == 0
     assert "versions: none" in gc.output and "is RUNNING but process" in gc.output
-    closed = Run(crash_project, "gc", "--apply")
+    closed = Run(project, "gc", "--apply")
     assert closed.finish() == 0 and "marked KILLED" in closed.output
-    assert mlflow_runs(crash_project)[-1].info.status == "KILLED"
+    assert mlflow_runs(project)[-1].info.status == "KILLED"
 
 
 def test_a_failed_push_restores_lock_metrics_and_model_and_registers_nothing(
-        killed_then_resumed, crash_project):
+        killed_then_resumed, project):
     state = {"lock": sha256_file("dvc.lock"), "metrics": sha256_tree("metrics"),
-             "model": sha256_tree("data/model"), "versions": len(versions(crash_project))}
-    remote = crash_project.parent / f"{crash_project.name}-remote"
-    blocked = crash_project.parent / "not-a-folder"
+             "model": sha256_tree("data/model"), "versions": len(versions(project))}
+    remote = project.parent / f"{project.name}-remote"
+    blocked = project.parent / "not-a-folder"
     blocked.write_text("a file where the remote should be")
-    dvc("remote", "modify", "local", "url", str(blocked), cwd=crash_project)
+    dvc("remote", "modify", "local", "url", str(blocked), cwd=project)
     try:
-        run = Run(crash_project, "retrain", "--set", "train.max_steps=20")
+        run = Run(project, "retrain", "--set", "train.max_steps=20")
         assert run.finish() == 1
     finally:
-        dvc("remote", "modify", "local", "url", str(remote), cwd=crash_project)
+        dvc("remote", "modify", "local", "url", str(remote), cwd=project)
     line = run.error_line()
     assert line.startswith("tinygpt: error: dvc push") and not line.endswith("failed: ")
     assert sha256_file("dvc.lock") == state["lock"]
     assert sha256_tree("metrics") == state["metrics"]
     assert sha256_tree("data/model") == state["model"]
-    assert len(versions(crash_project)) == state["versions"]
+    assert len(versions(project)) == state["versions"]

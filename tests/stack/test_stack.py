@@ -142,6 +142,41 @@ def test_a_deployment_run_is_executed_by_the_worker_into_postgres_and_s3(stack: 
     assert any(key.endswith("model.safetensors") for key in keys("mlflow/"))
 
 
+def test_the_service_serves_the_stack_champion_and_swaps_mid_stream(stack: StackUp):
+    """`tinygpt serve` against the MLflow server (artifacts through it, from S3): it serves the
+    champion, and a newly promoted version replaces it without failing a stream in flight."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from tests.serve.conftest import start_service, wait_for
+
+    uri = stack.env["MLFLOW_TRACKING_URI"]
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    champion = client.get_model_version_by_alias("tinygpt", "champion")
+    proc, url = start_service(uri, stack.root)
+    try:
+        wait_for(f"{url}/health", timeout=120)
+        assert httpx.get(f"{url}/health").json()["version"] == str(champion.version)
+        body = {"prompt": "ROMEO:", "max_new_tokens": 1000, "temperature": 0.8, "seed": 1}
+        with httpx.stream("POST", f"{url}/generate/stream", json=body, timeout=120) as stream:
+            lines = stream.iter_lines()
+            assert next(line for line in lines if line.startswith("event: piece"))
+            newer = client.create_model_version(  # a promotion: same model, same lineage
+                "tinygpt", champion.source, run_id=champion.run_id, tags=champion.tags,
+                model_id=champion.source.removeprefix("models:/"))
+            client.set_registered_model_alias("tinygpt", "champion", newer.version)
+            rest = list(lines)
+        done = json.loads(rest[rest.index("event: done") + 1].removeprefix("data: "))
+        assert done["version"] == str(champion.version)  # finished on the version it began on
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{url}/health").json()["version"] != str(newer.version):
+            assert time.monotonic() < deadline, "the service never swapped to the new champion"
+            time.sleep(0.5)
+    finally:
+        proc.stop()
+
+
 def test_down_leaves_no_process_behind(stack: StackUp):
     # A long run in progress on the worker: `down` stops it too (it gets SIGTERM first).
     api = stack.env["PREFECT_API_URL"]
