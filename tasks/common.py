@@ -63,7 +63,11 @@ def kind_of(params: Params) -> Kind:
 
 def kind_tagged(tag: str) -> Kind:
     """The kind whose registered versions carry this `kind` tag."""
-    return next(kind for kind in KINDS.values() if kind.tag == tag)
+    for kind in KINDS.values():
+        if kind.tag == tag:
+            return kind
+    raise ValueError(f"unknown model kind tag {tag!r}; known: "
+                     f"{', '.join(k.tag for k in KINDS.values())}")
 
 
 def retry_transient(_task: Any, _task_run: Any, state: Any) -> bool:
