@@ -109,6 +109,8 @@ def retrain(overrides: list[str] | None = None, params_file: str | None = None,
 
 def run_steps(params: Params, overrides: list[str], source: str | None, force_promote: bool,
               fresh: bool) -> Any:
+    """One run's steps, inside the run lock: its summary, or a Cancelled state when it was
+    asked to stop."""
     logger = get_run_logger()
     experiment_id = connect(params)
     close_stale_runs(params)
