@@ -147,18 +147,6 @@ def tree(record: Mapping[str, Any]) -> list[psutil.Process]:
     return list(found.values())
 
 
-def _signal_all(processes: list[psutil.Process], pgid: int, sig: signal.Signals) -> None:
-    """sig to the process group, and once to each process outside it."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-    for process in processes:
-        try:
-            if os.getpgid(process.pid) != pgid:
-                process.send_signal(sig)
-        except (OSError, psutil.Error):
-            continue
-
-
 def _outside_group(processes: list[psutil.Process], pgid: int) -> list[psutil.Process]:
     outside = []
     for process in processes:
@@ -168,6 +156,15 @@ def _outside_group(processes: list[psutil.Process], pgid: int) -> list[psutil.Pr
         except (OSError, psutil.Error):
             continue
     return outside
+
+
+def _signal_all(processes: list[psutil.Process], pgid: int, sig: signal.Signals) -> None:
+    """sig to the process group, and once to each process outside it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+    for process in _outside_group(processes, pgid):
+        with contextlib.suppress(psutil.Error):
+            process.send_signal(sig)
 
 
 def wait_gone(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
