@@ -13,6 +13,7 @@ from pathlib import Path
 from gpt.config import DATA_KINDS
 from gpt.tokenizer import TOKENIZER_KINDS
 from stack import apply_env
+from stack.remote import ensure_remote
 
 ERROR_LOG = Path(".tinygpt") / "last-error.log"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -226,11 +227,13 @@ def cmd_retrain(args: argparse.Namespace) -> None:
     from gpt.config import load_params
     from tasks.lock import run_lock
 
-    load_params(args.params, args.overrides)
+    params = load_params(args.params, args.overrides)
     with run_lock():
         from prefect.exceptions import CancelledRun
 
-        from flows.retrain import retrain
+        from flows.retrain import preflight, retrain
+
+        preflight(params)
 
         try:
             summary = retrain(overrides=args.overrides,
@@ -358,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     if args.command in STACK_CLIENTS:
         apply_env()  # the team stack's variables, when one is up; those already set win
+        ensure_remote()  # and its DVC remote, in a checkout that has only the env file
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     for noisy in ("great_expectations", "httpx", "alembic", "mlflow.store"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -29,7 +29,7 @@ from prefect.states import Cancelled
 from gpt.config import Params, load_params
 from gpt.files import sha256_tree
 from gpt.train import TrainingInterrupted
-from registry import client, connect, tracking_uri
+from registry import check_reachable, client, connect, tracking_uri
 from tasks.encode import encode_task
 from tasks.evaluate import evaluate_task
 from tasks.gc import HOST_TAG, PID_TAG, close_stale_runs
@@ -93,6 +93,37 @@ def _attach_reports(params: Params, run_id: str) -> None:
         client(params).log_artifacts(run_id, str(docs), "data_docs")
 
 
+class PrefectUnavailable(RuntimeError):
+    """The configured Prefect server does not answer, or answers without its database."""
+
+
+def check_prefect_api(timeout: float = 10.0) -> None:
+    """With a Prefect server configured, raise PrefectUnavailable in one line unless it is
+    ready (its database included): Prefect's client would retry for a minute first."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    if not api:
+        return  # embedded: Prefect starts its own temporary server
+    hint = "`tinygpt stack status` shows what is down"
+    try:
+        answer = httpx.get(f"{api.rstrip('/')}/ready", timeout=timeout)
+    except httpx.HTTPError as err:
+        raise PrefectUnavailable(f"the Prefect server {api} does not answer "
+                                 f"({type(err).__name__}: {err}); {hint}") from None
+    if answer.status_code != 200:
+        raise PrefectUnavailable(f"the Prefect server {api} is not ready (HTTP "
+                                 f"{answer.status_code}: {answer.text.strip()[:200]}); {hint}")
+
+
+def preflight(params: Params) -> None:
+    """The servers a run talks to answer, or one line says which does not, before anything
+    runs: the Prefect API (when one is set) and the MLflow server (when the store is one)."""
+    check_prefect_api()
+    check_reachable(params)
+
+
 @flow(name="retrain", log_prints=True)
 def retrain(overrides: list[str] | None = None, params_file: str | None = None,
             source: str | None = None, force_promote: bool = False,
@@ -112,6 +143,7 @@ def run_steps(params: Params, overrides: list[str], source: str | None, force_pr
     """One run's steps, inside the run lock: its summary, or a Cancelled state when it was
     asked to stop."""
     logger = get_run_logger()
+    check_reachable(params)  # a worker's run: the CLI's preflight did not run
     experiment_id = connect(params)
     close_stale_runs(params)
     flow_run = get_run_context().flow_run
@@ -148,7 +180,11 @@ def run_steps(params: Params, overrides: list[str], source: str | None, force_pr
         return Cancelled(message=message)
     except BaseException:
         logger.warning("run failed; %s", restore_outputs(params))
-        mlflow_client.set_terminated(run_id, "FAILED")
+        try:
+            mlflow_client.set_terminated(run_id, "FAILED")
+        except Exception as err:  # the server may be what failed: keep the first error
+            logger.warning("could not mark MLflow run %s FAILED (%s); the next run closes it",
+                           run_id, type(err).__name__)
         raise
     summary = {
         "kind": params.kind, "model": registered["name"], "version": registered["version"],

@@ -58,6 +58,41 @@ def use_store(params: Params) -> str:
     return uri
 
 
+class RegistryUnavailable(RuntimeError):
+    """The MLflow server does not answer, or answers without its database."""
+
+
+def check_reachable(params: Params, timeout: float = 10.0) -> None:
+    """Raise RegistryUnavailable, in one line and at once, when the store is a server that
+    cannot serve a run (MLflow's own client retries for minutes first). A local store is
+    always there."""
+    uri = tracking_uri(params)
+    if not uri.startswith(("http://", "https://")):
+        return
+    import httpx
+
+    hint = "`tinygpt stack status` shows what is down"
+    try:
+        answer = httpx.get(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name",
+                           params={"experiment_name": params.registry.experiment},
+                           timeout=timeout)
+    except httpx.HTTPError as err:
+        raise RegistryUnavailable(f"the MLflow server {uri} does not answer "
+                                  f"({type(err).__name__}: {err}); {hint}") from None
+    if answer.status_code == 200 or (answer.status_code == 404
+                                     and "RESOURCE_DOES_NOT_EXIST" in answer.text):
+        return
+    try:
+        detail = str(answer.json().get("message", ""))
+    except ValueError:
+        detail = answer.text
+    detail = (detail.strip().splitlines() or [""])[0][:200]
+    where = ("cannot use its database" if answer.status_code >= 500
+             else "refuses the request")
+    raise RegistryUnavailable(f"the MLflow server {uri} {where} (HTTP {answer.status_code}: "
+                              f"{detail}); {hint}")
+
+
 def connect(params: Params) -> str:
     """Point mlflow at the store and make sure the experiment exists; return its id."""
     import mlflow
@@ -114,6 +149,26 @@ def resolve_version(uri: str) -> tuple[str, str]:
 
 
 # -- loading --------------------------------------------------------------------------------------
+
+
+def registered_by(name: str, flow_run_id: str, alias: str = "champion",
+                  uri: str | None = None) -> dict[str, Any]:
+    """What a retraining flow run left in the registry (at uri, or MLflow's default): its
+    version of `name` (None if it registered none) and whether `alias` points at it."""
+    from mlflow import MlflowClient
+
+    mlflow_client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiments = [e.experiment_id for e in mlflow_client.search_experiments()]
+    runs = mlflow_client.search_runs(
+        experiments, filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'")
+    versions = [v for run in runs for v in mlflow_client.search_model_versions(
+        f"name = '{name}' and run_id = '{run.info.run_id}'")]
+    current = alias_version(mlflow_client, name, alias)
+    version = max((v.version for v in versions), key=int, default=None)
+    return {"version": str(version) if version else None, "alias": alias,
+            "alias_version": str(current.version) if current else None,
+            "promoted": current is not None and version is not None
+            and str(current.version) == str(version)}
 
 
 def load_version(name: str, version: str):

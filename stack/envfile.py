@@ -15,9 +15,11 @@ from pathlib import Path
 STACK_DIR = Path(".stack")
 ENV_FILE = STACK_DIR / "stack.env"
 # The variables the file holds, in the order it lists them. Each is the tool's own: the same
-# names point a client at managed PostgreSQL, S3 or a Prefect server instead.
+# names point a client at managed PostgreSQL, S3 or a Prefect server instead. DVC has none for
+# its remote, so the last one is ours (stack/remote.py).
 VARIABLES = ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
-             "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "PGHOST", "PGPORT", "PGUSER")
+             "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "PGHOST", "PGPORT", "PGUSER",
+             "TINYGPT_DVC_REMOTE")
 # Set to 0/off/false to ignore a stack's env file (everything stays embedded).
 OPT_OUT = "TINYGPT_STACK"
 

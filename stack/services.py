@@ -25,10 +25,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from stack import remote
 from stack.envfile import ENV_FILE, STACK_DIR, VARIABLES, env_file, read_env, write_env
 from stack.processes import (
     HOST,
@@ -53,7 +54,6 @@ WANTED_PORTS = {"postgres": 5433, "s3": 9000, "mlflow": 5000, "prefect": 4200}
 DATABASES = ("mlflow", "prefect")
 BUCKET = "tinygpt"
 POOL = "tinygpt"
-DVC_REMOTE = "stack"
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "tinygpt", "AWS_SECRET_ACCESS_KEY": "tinygpt-stack",
                   "AWS_DEFAULT_REGION": "us-east-1"}
 PIDS_FILE = "pids.json"
@@ -116,6 +116,7 @@ class Stack:
             "PGHOST": HOST,
             "PGPORT": str(self.ports["postgres"]),
             "PGUSER": "postgres",
+            remote.VARIABLE: f"s3://{BUCKET}/dvc",
         }
 
     # -- status -----------------------------------------------------------------------------------
@@ -172,13 +173,13 @@ class Stack:
             raise StackError(f"{self.root} is not a tinygpt project (prefect.yaml and .dvc/ "
                              "expected): run `tinygpt stack up` in the project's root")
         if self.services:
-            if all(self.service_up(name) for name in SERVICES):
+            down = [name for name in SERVICES if not self.service_up(name)]
+            if not down:
                 self.out("the stack is already up:")
                 for line in self.status_lines():
                     self.out(f"  {line}")
                 return read_env(self.root)
-            self.out("part of the stack is down; stopping the rest, then starting it again")
-            self.down()
+            return self._restart(down)
         if not (PG_BIN / "initdb").is_file():
             raise StackError(f"PostgreSQL 15 is not installed ({PG_BIN / 'initdb'} is missing): "
                              "`make stack-up` installs Debian's package (apt-get install "
@@ -193,12 +194,7 @@ class Stack:
         self._save(PIDS_FILE, self.state)
         started = time.perf_counter()
         try:
-            self._step("starting postgres", self._start_postgres)
-            self._step("starting s3", self._start_s3)
-            self._step("starting mlflow", self._start_mlflow)
-            self._step("starting prefect", self._start_prefect)
-            self._step("applying prefect.yaml", self._deploy, done="done")
-            self._step("starting worker", self._start_worker)
+            self._start(SERVICES)
             self._configure_dvc()
             write_env(self.variables(), self.root)
         except BaseException:
@@ -208,14 +204,40 @@ class Stack:
         self.state["up_seconds"] = round(time.perf_counter() - started, 1)
         self._save(PIDS_FILE, self.state)
         self.out(f"stack up in {self.state['up_seconds']:.1f} s")
+        self._print_places()
+        return self.variables()
+
+    def _start(self, names: Iterable[str]) -> None:
+        """Start the named services, in the stack's order."""
+        starters = {"postgres": self._start_postgres, "s3": self._start_s3,
+                    "mlflow": self._start_mlflow, "prefect": self._start_prefect,
+                    "worker": self._start_worker}
+        for name in SERVICES:
+            if name in names:
+                self._step(f"starting {name}", starters[name])
+                if name == "prefect":
+                    self._step("applying prefect.yaml", self._deploy, done="done")
+
+    def _restart(self, down: list[str]) -> dict[str, str]:
+        """Start again the services that stopped (a crash, a reboot, a `kill`); the others keep
+        running, and the clients' variables stay the same."""
+        self.out(f"{', '.join(down)} down; starting {'it' if len(down) == 1 else 'them'} again")
+        for name in down:
+            record = self.services.pop(name)
+            stop(record, timeout=5)  # what is left of it: a worker's orphaned flow run
+        self._start(down)
+        write_env(self.variables(), self.root)
+        self.out("stack up")
+        return self.variables()
+
+    def _print_places(self) -> None:
         self.out(f"  MLflow UI    {self.url('mlflow')}")
         self.out(f"  Prefect UI   {self.url('prefect')}")
         self.out(f"  S3           {self.url('s3')} (bucket {BUCKET})")
         self.out(f"  PostgreSQL   postgresql://postgres@{HOST}:{self.ports['postgres']}")
-        self.out(f"  DVC remote   {DVC_REMOTE} = s3://{BUCKET}/dvc (default, .dvc/config.local)")
+        self.out(f"  DVC remote   {remote.NAME} = s3://{BUCKET}/dvc (default, .dvc/config.local)")
         self.out(f"  env file     {ENV_FILE} (tinygpt reads it; a shell: "
                  "eval \"$(tinygpt stack env)\")")
-        return self.variables()
 
     def _step(self, what: str, start: Callable[[], str], done: str = "up") -> None:
         self.out(f"{what} ... ", end="")
@@ -426,17 +448,49 @@ class Stack:
         api = f"{self.url('prefect')}/api"
         if httpx.get(f"{api}/work_pools/{POOL}", timeout=30).status_code != 200:
             self._prefect("work-pool", "create", POOL, "--type", "process")
+        # Runs share the project folder and its run lock: one at a time, the others queue
+        # (a scheduled run arriving during an on-demand one waits instead of failing).
+        httpx.patch(f"{api}/work_pools/{POOL}", json={"concurrency_limit": 1},
+                    timeout=30).raise_for_status()
         self._prefect("--no-prompt", "deploy", "--all")
         deployments = httpx.post(f"{api}/deployments/filter", json={}, timeout=30).json()
         names = sorted(f"{d['name']}" for d in deployments)
-        return f"work pool {POOL}, deployments {', '.join(names)}"
+        return f"work pool {POOL} (one run at a time), deployments {', '.join(names)}"
+
+    def _reconcile_orphans(self) -> list[str]:
+        """Mark Crashed the pool's runs that Prefect thinks active but whose process is gone.
+
+        A worker killed with its flow runs (kill -9, a lost machine) reports nothing: Prefect
+        keeps such a run Running forever, and it holds the pool's one slot. Only a starting
+        worker asks, when no other worker of this stack runs; a run whose process still lives
+        finishes and reports by itself."""
+        import httpx
+
+        api = f"{self.url('prefect')}/api"
+        active = httpx.post(f"{api}/flow_runs/filter", timeout=30, json={
+            "flow_runs": {"state": {"type": {"any_": ["PENDING", "RUNNING", "CANCELLING"]}}},
+            "work_pools": {"name": {"any_": [POOL]}}}).json()
+        crashed = []
+        for flow_run in active:
+            if _flow_run_process_alive(flow_run):
+                continue
+            state = {"type": "CRASHED", "name": "Crashed", "message":
+                     "its worker stopped and took the run's process with it; found by "
+                     "`tinygpt stack up` when it started a new worker"}
+            httpx.post(f"{api}/flow_runs/{flow_run['id']}/set_state",
+                       json={"state": state, "force": True}, timeout=30).raise_for_status()
+            crashed.append(flow_run["name"])
+        return crashed
 
     def _start_worker(self) -> str:
         import httpx
 
+        crashed = self._reconcile_orphans()
         name = f"tinygpt-{socket.gethostname()}-{secrets.token_hex(3)}"
+        # It asks for runs every 3 s, not Prefect's 10: on one machine a run starts at once.
+        env = {"PREFECT_WORKER_QUERY_SECONDS": "3", **self._client_env()}
         record = spawn([str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--name", name],
-                       self._client_env(), self._log("worker"), self.root)
+                       env, self._log("worker"), self.root)
         self._record("worker", {**record, "name": name})
         api = f"{self.url('prefect')}/api/work_pools/{POOL}/workers/filter"
 
@@ -445,39 +499,17 @@ class Stack:
             return any(w["name"] == name and w["status"] == "ONLINE" for w in workers)
 
         wait_until("worker", online, record, START_TIMEOUT)
-        return f"pool {POOL}, {name}"
+        return f"pool {POOL}, {name}" + (
+            f"; marked Crashed, their worker gone: {', '.join(crashed)}" if crashed else "")
 
     # DVC ----------------------------------------------------------------------------------------
 
     def _configure_dvc(self) -> None:
         """The `stack` S3 remote as the default, and DVC's site cache, in .dvc/config.local
         (git-ignored); what was there before is put back by `down`."""
-        from dvc.config import Config
-
-        config = Config(dvc_dir=str(self.root / ".dvc"))
-        with config.edit("local") as conf:
-            self.state["dvc_before"] = {"remote": conf["core"].get("remote"),
-                                        "site_cache_dir": conf["core"].get("site_cache_dir")}
-            conf["remote"][DVC_REMOTE] = {"url": f"s3://{BUCKET}/dvc",
-                                          "endpointurl": self.url("s3")}
-            conf["core"]["remote"] = DVC_REMOTE
-            conf["core"]["site_cache_dir"] = str(self.folder / "dvc-site-cache")
+        self.state["dvc_before"] = remote.use_remote(
+            self.root, f"s3://{BUCKET}/dvc", self.url("s3"), str(self.folder / "dvc-site-cache"))
         self._save(PIDS_FILE, self.state)
-
-    def _unconfigure_dvc(self) -> None:
-        if not (self.root / ".dvc" / "config.local").is_file():
-            return
-        from dvc.config import Config
-
-        before = self.state.get("dvc_before") or {}
-        config = Config(dvc_dir=str(self.root / ".dvc"))
-        with config.edit("local") as conf:
-            conf["remote"].pop(DVC_REMOTE, None)
-            for key in ("remote", "site_cache_dir"):
-                if before.get(key):
-                    conf["core"][key] = before[key]
-                else:
-                    conf["core"].pop(key, None)
 
     # -- down -------------------------------------------------------------------------------------
 
@@ -518,7 +550,7 @@ class Stack:
                     tempfile.gettempdir()):
                 shutil.rmtree(record["socket_dir"], ignore_errors=True)
         try:
-            self._unconfigure_dvc()
+            remote.drop_remote(self.root, self.state.get("dvc_before") or {})
         except Exception as err:
             left.append(f"dvc config.local not restored: {err}")
         if left:
@@ -528,6 +560,20 @@ class Stack:
         if not quiet:
             self.out("stack down; tinygpt runs embedded again")
         return 0
+
+
+def _flow_run_process_alive(flow_run: dict[str, Any]) -> bool:
+    """Whether the process a process worker started for flow_run still runs it (its PID, and
+    the flow run id in its environment, in case the PID was reused)."""
+    import psutil
+
+    pid = flow_run.get("infrastructure_pid")
+    if not pid:  # never started: its worker went down while submitting it
+        return False
+    try:
+        return psutil.Process(int(pid)).environ().get("PREFECT__FLOW_RUN_ID") == flow_run["id"]
+    except (psutil.Error, ValueError):
+        return False
 
 
 def up(root: Path | None = None) -> dict[str, str]:

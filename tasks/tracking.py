@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt.config import Params
-from registry import client
+from registry import RegistryUnavailable, client, tracking_uri
 
 
 def metric_logger(params: Params, run_id: str | None):
@@ -20,6 +20,7 @@ def metric_logger(params: Params, run_id: str | None):
     if run_id is None:
         return None
     from mlflow.entities import Metric
+    from mlflow.exceptions import MlflowException
 
     mlflow_client = client(params)
 
@@ -28,7 +29,14 @@ def metric_logger(params: Params, run_id: str | None):
         prefix = "" if event["kind"] == "train" else "eval_"
         metrics = [Metric(f"{prefix}{k}", float(v), now, event["step"])
                    for k, v in event.items() if k not in ("kind", "step")]
-        mlflow_client.log_batch(run_id, metrics=metrics)
+        try:
+            mlflow_client.log_batch(run_id, metrics=metrics)
+        except MlflowException as err:  # after MLflow's own retries: the server is gone
+            reason = ("connection refused" if "Connection refused" in str(err)
+                      else str(err).splitlines()[0][:160])
+            raise RegistryUnavailable(
+                f"lost the MLflow server {tracking_uri(params)} at step {event['step']} "
+                f"({reason}); the run stops, nothing is registered") from err
 
     return log
 

@@ -55,7 +55,7 @@ async def upload_corpus(request: Request, filename: str = "corpus.txt") -> JSONR
 
 
 @router.get("/runs/{run_id}")
-async def run_state(run_id: uuid.UUID) -> dict[str, Any]:
+async def run_state(request: Request, run_id: uuid.UUID) -> dict[str, Any]:
     """404 only when Prefect says the run does not exist; 503 when Prefect cannot be asked."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
@@ -71,5 +71,20 @@ async def run_state(run_id: uuid.UUID) -> dict[str, Any]:
     except Exception as err:
         raise HTTPException(503, detail=f"Prefect API unreachable: {type(err).__name__}: {err}"
                             ) from None
-    return {"run_id": str(run_id), "state": flow_run.state.name if flow_run.state else None,
-            "final": bool(flow_run.state and flow_run.state.is_final())}
+    answer = {"run_id": str(run_id), "state": flow_run.state.name if flow_run.state else None,
+              "final": bool(flow_run.state and flow_run.state.is_final())}
+    if flow_run.state and flow_run.state.is_completed():
+        answer["outcome"] = await outcome(request.app.state.settings, str(run_id))
+    return answer
+
+
+async def outcome(settings: Settings, run_id: str) -> dict[str, Any]:
+    """The version a completed run registered and whether it became the served alias's."""
+    from registry import parse_model_uri, registered_by
+
+    name, alias, _ = parse_model_uri(settings.model_uri)
+    try:
+        return {"model": name, **await asyncio.to_thread(registered_by, name, run_id,
+                                                         alias or "champion")}
+    except Exception as err:  # the registry may be down; the run's state still stands
+        return {"model": name, "error": f"{type(err).__name__}: {err}"}

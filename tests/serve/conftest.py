@@ -21,7 +21,6 @@ from gpt.model import GPT, GPTConfig
 from gpt.sft import CONTROL_TOKENS
 from gpt.tokenizer import BPETokenizer
 from registry import PYFUNC_FILE, signature
-from tests.conftest import ROOT
 
 BIN = Path(sys.executable).parent
 
@@ -148,11 +147,3 @@ def service(registry, tmp_path_factory) -> Iterator[str]:
         yield url
     finally:
         proc.stop()
-
-
-@pytest.fixture(scope="session")
-def artifacts_dir() -> Path:
-    """Where tests keep what a person may want to look at afterwards (screenshots)."""
-    path = ROOT / "test-artifacts"
-    path.mkdir(exist_ok=True)
-    return path

@@ -1,5 +1,6 @@
-"""`tinygpt stack up` in a throwaway copy of the project (git + DVC), for the whole module, and
-`tinygpt stack down` after it whatever happened."""
+"""`tinygpt stack up` in a throwaway copy of the project (git + DVC), shared by every test in
+this folder (test_stack.py, then test_stack_faults.py, whose last test takes it down), and
+`tinygpt stack down` after them whatever happened; helpers to run deployments on it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from stack.envfile import OPT_OUT, VARIABLES, read_env
@@ -81,11 +83,79 @@ class StackUp:
     def ports(self) -> dict[str, int]:
         return self.state["ports"]
 
+    @property
+    def api(self) -> str:
+        return self.env["PREFECT_API_URL"]
 
-@pytest.fixture(scope="module")
+    def services(self) -> dict[str, dict[str, Any]]:
+        """The services' records now (a restarted service has a new process)."""
+        return json.loads((self.root / ".stack" / "pids.json").read_text())["services"]
+
+    def mlflow(self):
+        from mlflow import MlflowClient
+
+        uri = self.env["MLFLOW_TRACKING_URI"]
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+    def champion(self) -> str | None:
+        from registry import alias_version
+
+        version = alias_version(self.mlflow(), "tinygpt", "champion")
+        return version and version.version
+
+    def versions(self) -> set[str]:
+        return {v.version for v in self.mlflow().search_model_versions("name = 'tinygpt'")}
+
+
+# A small model on a 40 kB corpus (tests/pipeline/conftest.py TINY), as run parameters.
+OVERRIDES = [
+    "train.max_steps=20", "model.n_layer=1", "model.n_embd=32", "model.n_head=2",
+    "model.block_size=32", "tokenizer.vocab_size=300", "train.eval_interval=10",
+    "train.eval_iters=2", "train.batch_size=8", "train.log_interval=10", "train.warmup_steps=5",
+    "train.dtype=float32", "validate.max_chars=5000", "data.val_fraction=0.1",
+    "data.tokens_per_shard=4096", "data.source=corpus.txt", "data.sha256=null",
+    "sample.max_new_tokens=8",
+]
+LONG = [*OVERRIDES, "train.max_steps=100000"]  # a run still training when a test stops it
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def sets(overrides: list[str]) -> list[str]:
+    """The overrides as `tinygpt retrain` options."""
+    return [arg for override in overrides for arg in ("--set", override)]
+
+
+def deployment(api: str, name: str) -> dict[str, Any]:
+    return httpx.get(f"{api}/deployments/name/{name}", timeout=10).json()
+
+
+def start_run(api: str, overrides: list[str], name: str = "retrain/on-demand") -> str:
+    """A run of a deployment through the Prefect API (what the page's upload does)."""
+    created = httpx.post(f"{api}/deployments/{deployment(api, name)['id']}/create_flow_run",
+                         json={"parameters": {"overrides": overrides}}, timeout=10)
+    return created.json()["id"]
+
+
+def flow_run(api: str, run_id: str) -> dict[str, Any]:
+    return httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()
+
+
+def wait_for_run(api: str, run_id: str, timeout: float, until: set[str] = TERMINAL) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = flow_run(api, run_id)
+        if found["state"]["type"] in until:
+            return found
+        time.sleep(1)
+    pytest.fail(f"flow run {run_id} did not reach {until} in {timeout:.0f} s")
+
+
+@pytest.fixture(scope="package")
 def stack(shakespeare: str) -> Iterator[StackUp]:
     # PostgreSQL runs as the `postgres` user, which must reach the project: pytest's own
     # temporary folders are private to root, so this one is made searchable.
+    # Servers are stopped on purpose here: this process's MLflow client gives up in seconds.
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "1"
     parent = Path(tempfile.mkdtemp(prefix="tinygpt-stack-"))
     parent.chmod(0o755)
     root = make_stack_project(parent, shakespeare[:40_000])
@@ -106,3 +176,4 @@ def stack(shakespeare: str) -> Iterator[StackUp]:
             if alive(record):
                 stop(record, timeout=5)
         shutil.rmtree(parent, ignore_errors=True)
+        del os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]

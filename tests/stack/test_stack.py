@@ -1,37 +1,43 @@
 """The team stack for real, no mocks: PostgreSQL, moto's S3 server, an MLflow server and a
 Prefect server + worker on 127.0.0.1, brought up by `tinygpt stack up` in a throwaway project.
 
-A run of the `retrain/on-demand` deployment, triggered through the Prefect API, is executed by
-the stack's worker; its model lands in the PostgreSQL-backed registry with its lineage and the
-champion alias, its artifacts and DVC objects in the S3 bucket. `stack down` leaves nothing
-running. The tests run in order: the last one takes the stack down.
+The stack's worker runs the `retrain/on-demand` deployment (triggered through the Prefect API)
+and the `retrain/nightly` one (fired by Prefect's scheduler) one after the other; the model
+lands in the PostgreSQL-backed registry with its lineage and the champion alias, artifacts and
+DVC objects in the S3 bucket, from which a second clone reproduces it. The service serves the
+stack's champion, and the page's upload starts a run the worker completes. The tests run in
+order and share the stack with test_stack_faults.py.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
+import shutil
 import time
+from pathlib import Path
 
 import httpx
-import psutil
-import pytest
 import yaml
 
-from stack.envfile import VARIABLES, read_env
-from stack.processes import alive, port_open
+from gpt.files import sha256_file, sha256_tree
+from stack.envfile import ENV_FILE, VARIABLES
+from stack.processes import alive
+from stack.remote import VARIABLE as DVC_REMOTE_VARIABLE
 from stack.services import BUCKET, POOL, S3_CREDENTIALS, SERVICES
-from tests.stack.conftest import BIN, StackUp, ok, run, tinygpt
-
-# A small model on a 40 kB corpus (tests/pipeline/conftest.py TINY), as run parameters.
-OVERRIDES = [
-    "train.max_steps=20", "model.n_layer=1", "model.n_embd=32", "model.n_head=2",
-    "model.block_size=32", "tokenizer.vocab_size=300", "train.eval_interval=10",
-    "train.eval_iters=2", "train.batch_size=8", "train.log_interval=10", "train.warmup_steps=5",
-    "train.dtype=float32", "validate.max_chars=5000", "data.val_fraction=0.1",
-    "data.tokens_per_shard=4096", "data.source=corpus.txt", "data.sha256=null",
-    "sample.max_new_tokens=8",
-]
-TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+from tests.stack.conftest import (
+    BIN,
+    OVERRIDES,
+    StackUp,
+    deployment,
+    flow_run,
+    ok,
+    run,
+    start_run,
+    tinygpt,
+    wait_for_run,
+)
 
 
 def test_status_lists_every_service_up_and_the_env_file_holds_the_variables(stack: StackUp):
@@ -50,6 +56,7 @@ def test_status_lists_every_service_up_and_the_env_file_holds_the_variables(stac
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{ports['s3']}",
         **S3_CREDENTIALS,
         "PGHOST": "127.0.0.1", "PGPORT": str(ports["postgres"]), "PGUSER": "postgres",
+        DVC_REMOTE_VARIABLE: f"s3://{BUCKET}/dvc",
     }
     exports = ok(tinygpt("stack", "env", cwd=stack.root)).splitlines()
     assert [line.split("=")[0] for line in exports] == [f"export {k}" for k in VARIABLES]
@@ -63,51 +70,82 @@ def test_status_lists_every_service_up_and_the_env_file_holds_the_variables(stac
     assert ok(run("git", "status", "--porcelain", cwd=stack.root)) == ""
 
 
-def start_run(api: str, overrides: list[str]) -> str:
-    """A run of retrain/on-demand through the Prefect API (what the page's upload does)."""
-    deployment = httpx.get(f"{api}/deployments/name/retrain/on-demand", timeout=10).json()
-    created = httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run",
-                         json={"parameters": {"overrides": overrides}}, timeout=10)
-    return created.json()["id"]
+def add_interval_schedule(api: str, deployment_id: str, seconds: int, first_in: float,
+                          parameters: dict) -> str:
+    """A schedule beside the deployment's own (nightly's cron stays), with run parameters."""
+    anchor = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=first_in)
+    created = httpx.post(f"{api}/deployments/{deployment_id}/schedules", timeout=10, json=[{
+        "schedule": {"interval": seconds, "anchor_date": anchor.isoformat()}, "active": True,
+        "max_scheduled_runs": 1, "parameters": parameters}])
+    created.raise_for_status()
+    # An updated deployment is scheduled within seconds (Prefect's recent-deployments loop),
+    # not at the scheduler's next minute.
+    httpx.patch(f"{api}/deployments/{deployment_id}", json={"paused": False},
+                timeout=10).raise_for_status()
+    return created.json()[0]["id"]
 
 
-def wait_for_run(api: str, run_id: str, timeout: float, until: set[str] = TERMINAL) -> dict:
+def scheduler_run(api: str, deployment_id: str, timeout: float) -> dict:
+    """The first run the scheduler made for the deployment (it plans an hour ahead)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        flow_run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()
-        if flow_run["state"]["type"] in until:
-            return flow_run
+        runs = httpx.post(f"{api}/flow_runs/filter", timeout=10, json={
+            "deployments": {"id": {"any_": [deployment_id]}},
+            "sort": "EXPECTED_START_TIME_ASC"}).json()
+        if made := [r for r in runs if r["auto_scheduled"] and r["parameters"]]:
+            return made[0]
         time.sleep(1)
-    pytest.fail(f"flow run {run_id} did not reach {until} in {timeout:.0f} s")
+    raise AssertionError(f"the scheduler made no run of {deployment_id} in {timeout:.0f} s")
 
 
-def test_a_deployment_run_is_executed_by_the_worker_into_postgres_and_s3(stack: StackUp):
+def test_scheduled_and_on_demand_runs_complete_on_the_worker_into_postgres_and_s3(
+        stack: StackUp):
     import boto3
     import psycopg2
-    from mlflow import MlflowClient
 
-    from registry import LINEAGE_TAGS
+    from registry import LINEAGE_TAGS, registered_by
 
-    api = stack.env["PREFECT_API_URL"]
+    api = stack.api
     began = time.perf_counter()
-    created = {"id": start_run(api, OVERRIDES)}
-    flow_run = wait_for_run(api, created["id"], timeout=300)
-    print(f"\nworker-run deployment: {flow_run['state']['name']} in "
-          f"{time.perf_counter() - began:.1f} s")
+    nightly = deployment(api, "retrain/nightly")
+    schedule = add_interval_schedule(api, nightly["id"], seconds=60, first_in=15,
+                                     parameters={"overrides": OVERRIDES})
+    on_demand = start_run(api, OVERRIDES)
+    scheduled = scheduler_run(api, nightly["id"], timeout=90)["id"]
+    # Once its first run has started, the schedule goes, and with it the later runs it
+    # planned: it fires once.
+    wait_for_run(api, scheduled, timeout=300, until={"RUNNING", "COMPLETED", "FAILED",
+                                                     "CRASHED"})
+    httpx.delete(f"{api}/deployments/{nightly['id']}/schedules/{schedule}",
+                 timeout=10).raise_for_status()
+    runs = {"on-demand": wait_for_run(api, on_demand, timeout=300),
+            "scheduled": wait_for_run(api, scheduled, timeout=300)}
+    print(f"\non-demand + scheduled runs on the worker: {time.perf_counter() - began:.1f} s")
     worker_log = (stack.root / ".stack" / "logs" / "worker.log").read_text()
-    assert flow_run["state"]["name"] == "Completed", worker_log[-4000:]
-    # The stack's worker ran it (not this process, not another worker).
-    assert flow_run["work_pool_name"] == POOL
     worker = stack.state["services"]["worker"]["name"]
-    assert f"Worker '{worker}' submitting flow run '{created['id']}'" in worker_log
+    for kind, found in runs.items():
+        assert found["state"]["name"] == "Completed", f"{kind}: {worker_log[-4000:]}"
+        assert found["work_pool_name"] == POOL
+        # The stack's worker ran it (not this process, not another worker).
+        assert f"Worker '{worker}' submitting flow run '{found['id']}'" in worker_log
+    assert runs["scheduled"]["auto_scheduled"] and not runs["on-demand"]["auto_scheduled"]
+    assert runs["scheduled"]["deployment_id"] == nightly["id"]
+    # One at a time (the pool's limit): the second started after the first ended.
+    first, second = sorted(runs.values(), key=lambda r: r["start_time"])
+    assert second["start_time"] >= first["end_time"]
 
-    # The registry: the champion is this run's model, with its lineage, in PostgreSQL.
+    # The registry: each run registered a version with its lineage, in PostgreSQL; the
+    # champion is one of them (an identical second run is no better, so not promoted).
+    client = stack.mlflow()
     uri = stack.env["MLFLOW_TRACKING_URI"]
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    outcomes = {kind: registered_by("tinygpt", found["id"], uri=uri)
+                for kind, found in runs.items()}
+    assert all(o["version"] for o in outcomes.values()), outcomes
     champion = client.get_model_version_by_alias("tinygpt", "champion")
+    assert champion.version in {o["version"] for o in outcomes.values()}
     assert all(champion.tags.get(tag) for tag in LINEAGE_TAGS), champion.tags
     mlflow_run = client.get_run(champion.tags["run_id"])
-    assert mlflow_run.data.tags["prefect.flow_run_id"] == created["id"]
+    assert mlflow_run.data.tags["prefect.flow_run_id"] in {on_demand, scheduled}
     assert mlflow_run.data.params["model.n_layer"] == "1"
     assert mlflow_run.data.params["train.max_steps"] == "20"
     connection = psycopg2.connect(host="127.0.0.1", port=stack.ports["postgres"],
@@ -142,10 +180,47 @@ def test_a_deployment_run_is_executed_by_the_worker_into_postgres_and_s3(stack: 
     assert any(key.endswith("model.safetensors") for key in keys("mlflow/"))
 
 
+def test_a_second_clone_with_only_the_env_file_reproduces_the_champion_from_s3(
+        stack: StackUp):
+    """Another folder (a colleague's machine): git clone, the env file, `tinygpt reproduce`.
+    Data, tokenizer and weights come from the bucket and equal what the registry holds."""
+    import mlflow
+
+    clone = stack.root.parent / "second-clone"
+    ok(run("git", "clone", "-q", str(stack.root), str(clone), cwd=stack.root.parent))
+    (clone / ENV_FILE).parent.mkdir()
+    shutil.copy(stack.root / ENV_FILE, clone / ENV_FILE)
+    version = stack.champion()
+    began = time.perf_counter()
+    reproduced = tinygpt("reproduce", "--version", version, cwd=clone)
+    print(f"\nreproduce in a second clone: {time.perf_counter() - began:.1f} s\n"
+          f"{reproduced.stdout}")
+    ok(reproduced)
+    config = (clone / ".dvc" / "config.local").read_text()
+    assert f"s3://{BUCKET}/dvc" in config  # written from the env file
+
+    registered = mlflow.artifacts.download_artifacts(
+        artifact_uri=stack.mlflow().get_model_version_download_uri("tinygpt", version),
+        dst_path=str(clone.parent / "registered"), tracking_uri=stack.env["MLFLOW_TRACKING_URI"])
+    checkpoint = next(path for path in Path(registered).rglob("model.safetensors")).parent
+    files = sorted(p for p in checkpoint.iterdir() if p.is_file())
+    for name in ("model.safetensors", "config.json", "vocab.json", "merges.txt"):
+        assert checkpoint / name in files, files
+    hashes = {}
+    for registered_file in files:  # weights, config and tokenizer, as registered
+        restored = clone / "data" / "model" / "best" / registered_file.name
+        hashes[registered_file.name] = sha256_file(restored)
+        assert hashes[registered_file.name] == sha256_file(registered_file), registered_file.name
+    for name in ("vocab.json", "merges.txt"):  # the tokenizer step's own output
+        assert sha256_file(clone / "data" / "tokenizer" / name) == sha256_file(checkpoint / name)
+    for folder in ("validated", "tokens"):  # the data, as the run that made it left it
+        assert sha256_tree(clone / "data" / folder) == sha256_tree(stack.root / "data" / folder)
+    print("\n".join(f"  {name}  {digest}" for name, digest in hashes.items()))
+
+
 def test_the_service_serves_the_stack_champion_and_swaps_mid_stream(stack: StackUp):
     """`tinygpt serve` against the MLflow server (artifacts through it, from S3): it serves the
     champion, and a newly promoted version replaces it without failing a stream in flight."""
-    import json
 
     from mlflow import MlflowClient
 
@@ -177,33 +252,52 @@ def test_the_service_serves_the_stack_champion_and_swaps_mid_stream(stack: Stack
         proc.stop()
 
 
-def test_down_leaves_no_process_behind(stack: StackUp):
-    # A long run in progress on the worker: `down` stops it too (it gets SIGTERM first).
-    api = stack.env["PREFECT_API_URL"]
-    long_run = start_run(api, [*OVERRIDES, "train.max_steps=100000"])
-    wait_for_run(api, long_run, timeout=120, until={"RUNNING", *TERMINAL})
-    time.sleep(3)
-    ok(tinygpt("stack", "down", cwd=stack.root))
-    for name, record in stack.state["services"].items():
-        assert not alive(record), f"{name} (pid {record['pid']}) still runs"
-    for name, port in stack.ports.items():
-        assert not port_open(port), f"{name}'s port {port} still answers"
-    inside = []
-    for process in psutil.process_iter():
-        try:
-            if process.cwd().startswith(str(stack.root)):
-                inside.append(f"{process.pid} {' '.join(process.cmdline())}")
-        except psutil.Error:
-            continue
-    assert not inside, inside  # flow runs, servers, PostgreSQL: none works in the project now
+def test_the_page_upload_runs_on_the_worker_and_shows_the_new_version(stack: StackUp,
+                                                                      shakespeare: str,
+                                                                      artifacts_dir):
+    """In Chromium: the page's corpus upload starts retrain/on-demand, the stack's worker
+    runs it, and the page ends showing Completed and the version it registered."""
+    from playwright.sync_api import expect, sync_playwright
 
-    # Back to embedded: no env file, DVC's default remote is the project's own again.
-    assert read_env(stack.root) == {}
-    assert ok(run(str(BIN / "dvc"), "remote", "default", cwd=stack.root)).strip() == "local"
-    status = tinygpt("stack", "status", cwd=stack.root)
-    assert status.returncode == 1
-    assert [line.split()[:2] for line in status.stdout.splitlines()[1:]] == [
-        [name, "down"] for name in SERVICES]
+    from registry import registered_by
+    from tests.serve.conftest import start_service, wait_for
+    from tests.serve.test_page import CHROMIUM, FLAGS
+
+    api = stack.api
+    on_demand = deployment(api, "retrain/on-demand")
+    small = [o for o in OVERRIDES if not o.startswith("data.")]  # the upload is the data
+    httpx.patch(f"{api}/deployments/{on_demand['id']}", json={"parameters": {
+        "overrides": small}}, timeout=10).raise_for_status()  # as edited in the Prefect UI
+    proc, url = start_service(stack.env["MLFLOW_TRACKING_URI"], stack.root,
+                              env={"PREFECT_API_URL": api})
+    try:
+        wait_for(f"{url}/health", timeout=120)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.goto(f"{url}/")
+            page.set_input_files("#corpus", files=[{
+                "name": "sonnets.txt", "mimeType": "text/plain",
+                "buffer": shakespeare[40_000:70_000].encode()}])
+            page.click("#upload")
+            status = page.locator("#corpus-status")
+            expect(status).to_contain_text("retraining run", timeout=60_000)
+            expect(status).to_contain_text("Completed", timeout=300_000)
+            expect(status).to_contain_text("tinygpt version", timeout=30_000)
+            page.screenshot(path=str(artifacts_dir / "stack-upload.png"), full_page=True)
+            shown = status.inner_text()
+            browser.close()
+    finally:
+        proc.stop()
+        httpx.patch(f"{api}/deployments/{on_demand['id']}", json={"parameters": {}},
+                    timeout=10).raise_for_status()
+    run_id = shown.split("retraining run ")[1].split(":")[0]
+    found = flow_run(api, run_id)
+    assert found["state"]["name"] == "Completed" and found["work_pool_name"] == POOL
+    assert found["parameters"]["source"].startswith(str(stack.root / "uploads"))
+    outcome = registered_by("tinygpt", run_id, uri=stack.env["MLFLOW_TRACKING_URI"])
+    assert f"tinygpt version {outcome['version']}," in shown, shown
+    assert ("now champion" in shown) == outcome["promoted"], shown
 
 
 def test_the_env_file_fills_in_only_what_is_not_set(tmp_path, monkeypatch):

@@ -1,0 +1,168 @@
+"""The team stack when parts of it fail: a server or the database stopped before or during a
+run, the worker killed mid-run, the stack taken down with a run in flight. Each run fails
+plainly or is marked so, nothing is half-registered, `champion` stays, and `tinygpt stack up`
+brings back what stopped. Runs after test_stack.py, on its stack; the last test takes it down.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+
+from stack.envfile import read_env
+from stack.processes import alive, port_open, stop, tree
+from stack.services import SERVICES
+from tests.conftest import ROOT
+from tests.stack.conftest import (
+    BIN,
+    LONG,
+    OVERRIDES,
+    TERMINAL,
+    StackUp,
+    clean_env,
+    flow_run,
+    ok,
+    run,
+    sets,
+    start_run,
+    tinygpt,
+    wait_for_run,
+)
+
+
+def restart(stack: StackUp, expected: str) -> str:
+    """`tinygpt stack up` after a fault: it starts only what stopped."""
+    out = ok(tinygpt("stack", "up", cwd=stack.root))
+    assert f"{expected} down; starting it again" in out, out
+    started = [line.split(" ... ")[0] for line in out.splitlines()
+               if line.startswith("starting ")]
+    assert started == [f"starting {expected}"], out
+    return out
+
+
+def error_line(result: subprocess.CompletedProcess) -> str:
+    """A failed command's one line: exit 1, no traceback, the error last."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("tinygpt: error")]
+    assert len(errors) == 1 and result.stderr.strip().endswith(errors[0]), result.stderr
+    print(f"\n{errors[0]}")
+    return errors[0]
+
+
+def test_mlflow_stopped_before_a_run_fails_it_at_once_in_one_line(stack: StackUp):
+    champion, versions = stack.champion(), stack.versions()
+    stop(stack.services()["mlflow"])
+    began = time.perf_counter()
+    line = error_line(tinygpt("retrain", *sets(OVERRIDES), cwd=stack.root))
+    assert time.perf_counter() - began < 30
+    assert f"the MLflow server {stack.env['MLFLOW_TRACKING_URI']} does not answer" in line
+    assert "tinygpt stack status" in line
+    restart(stack, "mlflow")
+    assert (stack.champion(), stack.versions()) == (champion, versions)
+
+
+def test_the_database_stopped_before_a_run_fails_it_at_once_in_one_line(stack: StackUp):
+    champion, versions = stack.champion(), stack.versions()
+    os.kill(stack.services()["postgres"]["pid"], signal.SIGINT)  # PostgreSQL's fast shutdown
+    deadline = time.monotonic() + 30
+    while port_open(stack.ports["postgres"]):
+        assert time.monotonic() < deadline, "PostgreSQL did not stop"
+        time.sleep(0.2)
+    began = time.perf_counter()
+    line = error_line(tinygpt("retrain", *sets(OVERRIDES), cwd=stack.root))
+    assert time.perf_counter() - began < 30
+    assert "the Prefect server" in line and "Database is not available" in line, line
+    restart(stack, "postgres")
+    assert (stack.champion(), stack.versions()) == (champion, versions)
+
+
+def test_mlflow_stopped_during_a_run_fails_it_and_registers_nothing(stack: StackUp):
+    champion, versions = stack.champion(), stack.versions()
+    lock_before = (stack.root / "dvc.lock").read_bytes()
+    log = stack.root.parent / "during.log"
+    # MLflow's client retries a lost server for minutes by default; here it gives up at once.
+    env = {**clean_env(), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "retrain", *sets(LONG)],
+                                cwd=stack.root, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while not re.search(r"training [\d.]+M parameters", log.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        time.sleep(2)
+        stop(stack.services()["mlflow"])
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        restart(stack, "mlflow")
+    output = log.read_text()
+    assert proc.returncode == 1, output
+    last = output.strip().splitlines()[-1]
+    print(f"\n{last}")
+    assert last.startswith("tinygpt: error: lost the MLflow server"), output[-2000:]
+    assert (stack.champion(), stack.versions()) == (champion, versions)
+    assert (stack.root / "dvc.lock").read_bytes() == lock_before  # the workspace put back
+
+
+def test_a_killed_worker_run_is_marked_crashed_and_a_rerun_completes(stack: StackUp):
+    api = stack.api
+    champion, versions = stack.champion(), stack.versions()
+    lost = start_run(api, LONG)
+    wait_for_run(api, lost, timeout=120, until={"RUNNING"})
+    time.sleep(3)
+    processes = tree(stack.services()["worker"])  # the worker and the flow run it started
+    assert any(p.pid == int(flow_run(api, lost)["infrastructure_pid"]) for p in processes)
+    for process in processes:  # the machine is lost: nothing gets to report
+        process.kill()
+    psutil.wait_procs(processes, timeout=10)
+    time.sleep(2)
+    assert flow_run(api, lost)["state"]["type"] == "RUNNING"  # what Prefect alone believes
+
+    out = restart(stack, "worker")
+    assert "marked Crashed, their worker gone" in out, out
+    assert flow_run(api, lost)["state"]["type"] == "CRASHED"
+    assert (stack.champion(), stack.versions()) == (champion, versions)
+    rerun = wait_for_run(api, start_run(api, OVERRIDES), timeout=300)
+    assert rerun["state"]["name"] == "Completed", (
+        stack.root / ".stack" / "logs" / "worker.log").read_text()[-4000:]
+
+
+def test_down_leaves_no_process_behind(stack: StackUp):
+    # A long run in progress on the worker: `down` stops it too (it gets SIGTERM first).
+    api = stack.api
+    services = stack.services()
+    long_run = start_run(api, LONG)
+    wait_for_run(api, long_run, timeout=120, until={"RUNNING", *TERMINAL})
+    time.sleep(3)
+    ok(tinygpt("stack", "down", cwd=stack.root))
+    for name, record in services.items():
+        assert not alive(record), f"{name} (pid {record['pid']}) still runs"
+    for name, port in stack.ports.items():
+        assert not port_open(port), f"{name}'s port {port} still answers"
+    inside = []
+    for process in psutil.process_iter():
+        try:
+            if process.cwd().startswith(str(stack.root)):
+                inside.append(f"{process.pid} {' '.join(process.cmdline())}")
+        except psutil.Error:
+            continue
+    assert not inside, inside  # flow runs, servers, PostgreSQL: none works in the project now
+
+    # Back to embedded: no env file, DVC's default remote is the project's own again.
+    assert read_env(stack.root) == {}
+    assert ok(run(str(BIN / "dvc"), "remote", "default", cwd=stack.root)).strip() == "local"
+    status = tinygpt("stack", "status", cwd=stack.root)
+    assert status.returncode == 1
+    assert [line.split()[:2] for line in status.stdout.splitlines()[1:]] == [
+        [name, "down"] for name in SERVICES]
+
+
