@@ -29,7 +29,7 @@ ENVIRONMENT = {
 }
 # Commands that talk to MLflow, Prefect or the DVC remote: with a team stack up
 # (.stack/stack.env, `tinygpt stack up`) they talk to its servers; without one, nothing changes.
-STACK_CLIENTS = {"retrain", "finetune", "promote", "serve", "gc", "reproduce"}
+STACK_CLIENTS = {"retrain", "finetune", "promote", "history", "serve", "gc", "reproduce"}
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
@@ -93,10 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
                           help="text corpus (default) or prompt/completion JSONL")
     _add_params_options(validate)
 
-    promote = commands.add_parser("promote", help="promote a registered version to champion")
-    promote.add_argument("--version", required=True)
-    promote.add_argument("--force", action="store_true")
+    promote = commands.add_parser(
+        "promote", help="promote a registered version to champion, or roll champion back")
+    which = promote.add_mutually_exclusive_group(required=True)
+    which.add_argument("--version", help="a version number or an alias")
+    which.add_argument("--rollback", action="store_true",
+                       help="move champion back to the version it replaced")
+    promote.add_argument("--force", action="store_true",
+                         help="promote even if it does not beat the champion")
     _add_params_options(promote)
+
+    history = commands.add_parser("history", help="every recorded alias move of a model")
+    history.add_argument("--model", help="registered model name (default: the kind's)")
+    history.add_argument("--alias", help="only this alias (e.g. champion)")
+    _add_params_options(history)
 
     serve = commands.add_parser("serve", help="serve the registry's champion over HTTP")
     serve.add_argument("--host", default="127.0.0.1")
@@ -118,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     reproduce = commands.add_parser(
         "reproduce", help="restore a model version's data and weights with dvc pull")
-    reproduce.add_argument("--version", required=True)
+    reproduce.add_argument("--version", required=True, help="a version number or an alias")
+    reproduce.add_argument("--retrain", action="store_true",
+                           help="then train again on the restored data and compare weights")
     _add_params_options(reproduce)
 
     stack = commands.add_parser(
@@ -206,6 +218,12 @@ def print_summary(summary: dict) -> None:
     else:
         print(f"val loss {metrics['val_loss']:.4f} | perplexity {metrics['val_perplexity']:.2f}"
               f" | bits/byte {metrics['val_bits_per_byte']:.4f} | {summary['steps']} steps")
+    if drift := summary["drift"]:
+        print(f"data drift from champion v{drift['drift_champion_version']:.0f}: byte "
+              f"divergence {drift['drift_js_divergence']:.4f} bits, "
+              f"{drift['drift_unseen_chars']:.2%} unseen characters, "
+              f"{drift.get('drift_tokens_per_byte_ratio', float('nan')):.2f}x its tokens "
+              f"per byte")
     steps = ", ".join(f"{k} {v:.1f}s{' (cached)' if k in summary['cached'] else ''}"
                       for k, v in summary["seconds"].items())
     print(f"steps: {steps}")
@@ -271,24 +289,63 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_promote(args: argparse.Namespace) -> None:
     from gpt.config import load_params
     from tasks.lock import run_lock
-    from tasks.promote import promote
+    from tasks.promote import promote, rollback
 
+    params = load_params(args.params, args.overrides)
     with run_lock():
-        decision = promote(load_params(args.params, args.overrides), args.version, args.force)
-    print(f"version {args.version}: {'promoted' if decision['promoted'] else 'not promoted'} "
+        if args.rollback:
+            done = rollback(params)
+            print(f"champion rolled back from version {done['previous_champion']} to "
+                  f"version {done['champion']}")
+            return
+        decision = promote(params, args.version, args.force)
+    print(f"version {decision['version']}: "
+          f"{'promoted' if decision['promoted'] else 'not promoted'} "
           f"({decision['reason']}); champion is version {decision['champion']}")
+
+
+def cmd_history(args: argparse.Namespace) -> None:
+    from gpt.config import load_params
+    from registry import alias_history
+
+    params = load_params(args.params, args.overrides)
+    moves = alias_history(params, args.model or params.model_name, args.alias)
+    if not moves:
+        print(f"no recorded alias moves for {args.model or params.model_name}")
+        return
+    print(f"{'when (UTC)':<19}  {'model':<12} {'alias':<10} {'from':>4} -> {'to':<4} "
+          f"{'by':<38} why")
+    for move in moves:
+        print(f"{move['when']:<19}  {move['model']:<12} {move['alias']:<10} "
+              f"{move['from_version'].replace('none', '-'):>4} -> {move['to_version']:<4} "
+              f"{move['by'][:38]:<38} {move['reason']}")
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
     from gpt.config import load_params
     from tasks.lock import run_lock
-    from tasks.reproduce import reproduce
+    from tasks.reproduce import reproduce, retrain_and_compare
 
+    params = load_params(args.params, args.overrides)
     with run_lock():
-        restored = reproduce(load_params(args.params, args.overrides), args.version)
-    print(f"restored the data, tokenizer and weights of version {args.version} "
-          f"(dvc.lock {restored['dvc_lock_digest'][:12]}); its code is git commit "
-          f"{restored['git_commit']}")
+        restored = reproduce(params, args.version)
+        for path, digest in restored["files"]:
+            print(f"{digest}  {path}")
+        print(f"restored the data, tokenizer and weights of version {restored['version']} "
+              f"(dvc.lock {restored['dvc_lock_digest'][:12]}); every file above equals the "
+              f"registered artifact. Its code is git commit {restored['git_commit']}")
+        if args.retrain:
+            print("training again on the restored data with the version's parameters ...",
+                  flush=True)
+            done = retrain_and_compare(params, restored["version"],
+                                       args.params and str(args.params))
+    if args.retrain:
+        same = ("bit-identical weights" if done["identical"] else
+                f"weights differ by at most {done['max_abs_difference']:.3g}")
+        metric = done["metric"]
+        print(f"retrained: {same} ({done['threads']} threads); {metric} "
+              f"{done[f'registered_{metric}']:.6f} registered, "
+              f"{done[f'retrained_{metric}']:.6f} retrained")
 
 
 def cmd_gc(args: argparse.Namespace) -> None:
@@ -342,6 +399,7 @@ COMMANDS = {
     ("finetune", None): cmd_finetune,
     ("validate", None): cmd_validate,
     ("promote", None): cmd_promote,
+    ("history", None): cmd_history,
     ("reproduce", None): cmd_reproduce,
     ("gc", None): cmd_gc,
     ("tokenizer", "train"): cmd_tokenizer_train,

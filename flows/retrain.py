@@ -1,5 +1,6 @@
-"""The retraining flow, one for every kind of data: ingest -> validate -> tokenize -> encode ->
-train -> evaluate -> register -> version -> promote, as one Prefect flow run and one MLflow run.
+"""The retraining flow, one for every kind of data: ingest -> validate -> drift -> tokenize ->
+encode -> train -> evaluate -> version -> register -> promote, as one Prefect flow run and one
+MLflow run.
 
 `data.kind` picks the kind (text: continue a corpus; sft: answer prompts); the steps are the
 same functions either way.
@@ -30,6 +31,7 @@ from gpt.config import Params, load_params
 from gpt.files import sha256_tree
 from gpt.train import TrainingInterrupted
 from registry import check_reachable, client, connect, tracking_uri
+from tasks.drift import drift_task, record_profile
 from tasks.encode import encode_task
 from tasks.evaluate import evaluate_task
 from tasks.gc import HOST_TAG, PID_TAG, close_stale_runs
@@ -80,10 +82,13 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     steps = "\n".join(f"| {k} | {v:.1f} s{' (cached)' if k in summary['cached'] else ''} |"
                       for k, v in summary["seconds"].items())
     sample = f"**Sample**\n\n```\n{summary['sample']}\n```\n" if summary["sample"] else ""
+    drift = "\n".join(f"| {k} | {v:.4f} |" for k, v in summary["drift"].items())
     return (f"# tinygpt retrain ({summary['kind']})\n\n**Model** `{summary['model']}` version "
             f"**{summary['version']}**; champion is now version **{summary['champion']}**.\n\n"
             f"**Promotion:** {summary['promotion']}\n\n| metric | value |\n|---|---|\n{rows}\n\n"
             + (f"| task | accuracy |\n|---|---|\n{tasks}\n\n" if tasks else "")
+            + (f"| data drift from the champion's | value |\n|---|---|\n{drift}\n\n"
+               if drift else "")
             + f"| step | time |\n|---|---|\n{steps}\n\n{sample}")
 
 
@@ -135,11 +140,11 @@ def retrain(overrides: list[str] | None = None, params_file: str | None = None,
     """
     params = load_params(params_file, overrides or [])
     with run_lock(), stop_on_signals():
-        return run_steps(params, overrides or [], source, force_promote, fresh)
+        return run_steps(params, overrides or [], source, force_promote, fresh, params_file)
 
 
 def run_steps(params: Params, overrides: list[str], source: str | None, force_promote: bool,
-              fresh: bool) -> Any:
+              fresh: bool, params_file: str | None = None) -> Any:
     """One run's steps, inside the run lock: its summary, or a Cancelled state when it was
     asked to stop."""
     logger = get_run_logger()
@@ -162,16 +167,20 @@ def run_steps(params: Params, overrides: list[str], source: str | None, force_pr
             step("validate", validate_task, params)
         finally:
             _attach_reports(params, run_id)
+        drifted = step("drift", drift_task, params, run_id)
         tokenized = step.cached("tokenize", tokenize_task, params, params.path("tokenizer"))
+        record_profile(params, run_id, drifted["profile"])
         step.cached("encode", encode_task, params, params.path("tokens"))
         trained = step("train", train_task, params, run_id, fresh)
         metrics = step("evaluate", evaluate_task, params, run_id)
-        versioned = step("version", version_task, params)
+        versioned = step("version", version_task, params, overrides, params_file)
         mlflow_client.log_artifact(run_id, LOCK_FILE)
         registered = step("register", register_task, params, run_id, metrics,
-                          versioned["dvc_lock_digest"], trained["base_version"])
+                          versioned["dvc_lock_digest"], trained["base_version"], overrides,
+                          trained["sample"])
         check_stop()
-        decision = step("promote", promote_task, params, registered["version"], force_promote)
+        decision = step("promote", promote_task, params, registered["version"], force_promote,
+                        by=f"run {run_id}")
     except (RunInterrupted, TrainingInterrupted) as err:
         message = str(err) if isinstance(err, RunInterrupted) else (
             f"run stopped by {stop_reason()}: {err}")
@@ -194,7 +203,8 @@ def run_steps(params: Params, overrides: list[str], source: str | None, force_pr
         "resumed_from_step": trained["resumed_from_step"],
         "train_seconds": trained["train_seconds"], "base_version": trained["base_version"],
         "sample": trained["sample"], "seconds": step.seconds, "cached": step.from_cache,
-        "dvc_lock_digest": versioned["dvc_lock_digest"], "tracking_uri": tracking_uri(params),
+        "dvc_lock_digest": versioned["dvc_lock_digest"], "drift": drifted["figures"],
+        "tracking_uri": tracking_uri(params),
         "project": str(Path.cwd()),
     }
     finish(params, run_id, summary)

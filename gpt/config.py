@@ -56,12 +56,18 @@ class DataConfig:
     text_field: str = "text"       # the JSONL field holding a record's text
     val_fraction: float = 0.1      # the last share of the corpus (by bytes, whole documents)
     tokens_per_shard: int = 1 << 20
+    # Stop a run whose data's byte distribution moved further than this from the champion's
+    # (Jensen-Shannon divergence in bits, 0 to 1); None: measure and report only.
+    max_drift: float | None = None
 
     def __post_init__(self) -> None:
         _one_of("data", "kind", self.kind, DATA_KINDS)
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction!r}")
         _positive_ints("data", self, ["tokens_per_shard"])
+        if self.max_drift is not None and not 0 <= self.max_drift <= 1:
+            raise ValueError(f"data.max_drift must be in [0, 1] (bits) or null, got "
+                             f"{self.max_drift!r}")
 
 
 @dataclass

@@ -138,6 +138,75 @@ def alias_version(mlflow_client, name: str, alias: str):
         return None
 
 
+def version_number(mlflow_client, name: str, ref: str) -> str:
+    """The version a reference names: a number as it is, an alias (`champion`) looked up."""
+    if str(ref).isdigit():
+        return str(ref)
+    found = alias_version(mlflow_client, name, ref)
+    if found is None:
+        raise ValueError(f"{name} has no version or alias {ref!r}")
+    return str(found.version)
+
+
+# -- alias moves, kept in MLflow ------------------------------------------------------------------
+
+ALIAS_MOVES_EXPERIMENT = "alias-moves"
+
+
+def _moves_experiment(params: Params) -> str:
+    """The experiment whose runs record alias moves, one run per move (on a shared server it
+    is shared too: the history outlives every checkout)."""
+    import mlflow
+
+    connect(params)
+    found = mlflow.get_experiment_by_name(ALIAS_MOVES_EXPERIMENT)
+    if found is not None:
+        return found.experiment_id
+    uri = tracking_uri(params)
+    location = None
+    if not uri.startswith(("http://", "https://")):
+        folder = Path(params.registry.artifact_root).resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        location = folder.as_uri()
+    return mlflow.create_experiment(ALIAS_MOVES_EXPERIMENT, artifact_location=location)
+
+
+def move_alias(params: Params, name: str, alias: str, version: str, reason: str,
+               by: str | None = None) -> str | None:
+    """Point alias at version and record the move (when, from, to, why, by which run);
+    the version it pointed at before, or None."""
+    import getpass
+    import socket
+
+    mlflow_client = client(params)
+    before = alias_version(mlflow_client, name, alias)
+    mlflow_client.set_registered_model_alias(name, alias, version)
+    previous = str(before.version) if before else None
+    run = mlflow_client.create_run(
+        _moves_experiment(params),
+        run_name=f"{name}@{alias}: v{previous or '-'} -> v{version}",
+        tags={"model": name, "alias": alias, "from_version": previous or "none",
+              "to_version": str(version), "reason": reason[:4000],
+              "by": by or f"manual ({getpass.getuser()}@{socket.gethostname()})"})
+    mlflow_client.set_terminated(run.info.run_id, "FINISHED")
+    return previous
+
+
+def alias_history(params: Params, name: str, alias: str | None = None) -> list[dict[str, str]]:
+    """Every recorded move of name's aliases (or of one alias), oldest first."""
+    import datetime
+
+    mlflow_client = client(params)
+    query = f"tags.model = '{name}'" + (f" and tags.alias = '{alias}'" if alias else "")
+    runs = mlflow_client.search_runs([_moves_experiment(params)], filter_string=query,
+                                     order_by=["attributes.start_time ASC"], max_results=5000)
+    return [{"when": datetime.datetime.fromtimestamp(run.info.start_time / 1000,
+                                                     datetime.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+             **{key: run.data.tags.get(key, "") for key in
+                ("model", "alias", "from_version", "to_version", "reason", "by")}}
+            for run in runs]
+
+
 def resolve_version(uri: str) -> tuple[str, str]:
     """(name, version) a model URI names now (an alias is looked up in the registry)."""
     from mlflow import MlflowClient
@@ -169,6 +238,17 @@ def registered_by(name: str, flow_run_id: str, alias: str = "champion",
             "alias_version": str(current.version) if current else None,
             "promoted": current is not None and version is not None
             and str(current.version) == str(version)}
+
+
+def download_checkpoint(params: Params, name: str, version: str, into: Path) -> Path:
+    """Download a version's registered checkpoint folder (weights, config, tokenizer files)
+    into `into`; its path."""
+    import mlflow
+
+    uri = client(params).get_model_version_download_uri(name, version)
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(into)))
+    return next(path for path in folder.rglob("config.json")
+                if path.parent.parent.name == "artifacts").parent
 
 
 def load_version(name: str, version: str):
@@ -209,12 +289,15 @@ def signature():
                            pd.DataFrame({"completion": ["..."]}), params=PARAM_DEFAULTS)
 
 
-def git_commit() -> str:
-    """HEAD's commit, with '-dirty' when tracked files have uncommitted changes."""
+def git_commit(run_owned: tuple[str, ...] = ()) -> str:
+    """HEAD's commit, with '-dirty' when tracked files other than run_owned (the files every
+    run rewrites) have uncommitted changes: '-dirty' then means a person's edit."""
+    excluded = [f":(exclude){path}" for path in run_owned]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", *excluded],
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -241,7 +324,7 @@ def register_checkpoint(params: Params, run_id: str, checkpoint: Path, model_nam
             artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)}, signature=signature(),
             input_example=pd.DataFrame({"prompt": [example_prompt]}),
             model_config={"mode": mode})
-    all_tags = {"git_commit": git_commit(), "run_id": run_id, **tags}
+    all_tags = {"git_commit": git_commit(), "run_id": run_id, **tags}  # tags may say better
     registered = mlflow.register_model(info.model_uri, model_name, tags=all_tags)
     return {"name": model_name, "version": str(registered.version),
             "model_uri": info.model_uri, "tags": all_tags}

@@ -17,7 +17,16 @@ from prefect import task
 
 from gpt.config import Params
 from gpt.evaluate import evaluate_tokens
-from registry import alias_version, client, load_registered, missing_lineage, smoke_test
+from registry import (
+    alias_history,
+    alias_version,
+    client,
+    load_registered,
+    missing_lineage,
+    move_alias,
+    smoke_test,
+    version_number,
+)
 from tasks.common import (
     Kind,
     documents,
@@ -67,13 +76,15 @@ class PromotionError(ValueError):
 
 
 def promote(params: Params, version: str, force: bool = False,
-            model_name: str | None = None) -> dict[str, Any]:
-    """Promote by the rule of the candidate's kind (its `kind` tag).
+            model_name: str | None = None, by: str | None = None) -> dict[str, Any]:
+    """Promote by the rule of the candidate's kind (its `kind` tag); `version` may be an
+    alias. Each alias move is recorded, `by` naming the run that asked (else: manual).
 
     Whatever the rule says, and even forced, a version without its lineage tags or one that
     does not load and generate is refused before any alias moves."""
     name, champion_alias = model_name or params.model_name, params.registry.champion_alias
     mlflow_client = client(params)
+    version = version_number(mlflow_client, name, version)
     candidate = mlflow_client.get_model_version(name, version)
     if missing := missing_lineage(candidate):
         raise PromotionError(f"{name} version {version} lacks its lineage tags "
@@ -103,20 +114,57 @@ def promote(params: Params, version: str, force: bool = False,
     if force and not promote_it:
         promote_it, reason = True, f"forced ({reason})"
 
-    mlflow_client.set_registered_model_alias(name, params.registry.candidate_alias, version)
-    if promote_it:
-        mlflow_client.set_registered_model_alias(name, champion_alias, version)
     decision = "promoted" if promote_it else "not promoted"
+    move_alias(params, name, params.registry.candidate_alias, version,
+               f"candidate, {decision}: {reason}", by)
+    if promote_it:
+        move_alias(params, name, champion_alias, version, f"{decision}: {reason}", by)
     tags = {"promotion_decision": f"{decision}: {reason}",
             "previous_champion": str(champion.version) if champion else "none"}
     if score is not None:
         tags[f"champion_{kind.metric}"] = f"{score:.6f}"
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(name, version, key, value)
+    if candidate.description and " promoted: " not in candidate.description:
+        mlflow_client.update_model_version(
+            name, version, f"{candidate.description}; {tags['promotion_decision']}")
     log.info("model %s v%s %s: %s", name, version, decision, reason)
     champion_now = version if promote_it else str(champion.version)
     return {"version": version, "promoted": promote_it, "reason": reason,
             "champion": champion_now, "previous_champion": tags["previous_champion"]}
+
+
+def rollback(params: Params, model_name: str | None = None) -> dict[str, Any]:
+    """Move `champion` back to the version it replaced, once that version still loads and
+    generates. The recorded moves are a stack: promotions push, rollbacks pop, so rolling
+    back twice goes two promotions back, never forth again."""
+    name, champion_alias = model_name or params.model_name, params.registry.champion_alias
+    current = alias_version(client(params), name, champion_alias)
+    if current is None:
+        raise PromotionError(f"{name} has no {champion_alias}: nothing to roll back")
+    stack: list[str] = []
+    for move in alias_history(params, name, champion_alias):
+        if move["reason"].startswith("rollback"):
+            stack = stack[:-1]
+        elif not stack or stack[-1] != move["to_version"]:
+            stack.append(move["to_version"])
+    if stack and stack[-1] != str(current.version):
+        raise PromotionError(f"{champion_alias} points at v{current.version}, but the recorded "
+                             f"moves end at v{stack[-1]}: it was moved outside tinygpt; "
+                             f"promote a version by number instead")
+    if len(stack) < 2:
+        raise PromotionError(f"{name} version {current.version} replaced no recorded "
+                             f"{champion_alias}: nothing to roll back to")
+    target = stack[-2]
+    try:
+        smoke_test(params, name, target)
+    except ValueError as err:
+        raise PromotionError(f"not rolled back: {err}") from None
+    move_alias(params, name, champion_alias, target,
+               f"rollback: v{current.version} -> v{target}")
+    log.info("model %s %s rolled back from v%s to v%s", name, champion_alias, current.version,
+             target)
+    return {"champion": target, "previous_champion": str(current.version)}
 
 
 promote_task = task(promote, name="promote", retries=2, retry_delay_seconds=5,

@@ -3,15 +3,21 @@ tagged with where it came from and how it scored (the tags promotion compares)."
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any
 
 import pandas as pd
 from prefect import task
 
 from gpt.config import Params
-from gpt.files import read_json
-from registry import register_checkpoint
+from gpt.files import read_json, sha256_json
+from registry import client, git_commit, register_checkpoint
+from tasks.card import CARD_FILE, description, model_card
 from tasks.common import BEST, MANIFEST, kind_of, retry_transient
+from tasks.version import RUN_OWNED
+
+log = logging.getLogger("tinygpt.register")
 
 
 def corpus_tags(params: Params, metrics: dict[str, Any], manifest: dict[str, Any],
@@ -44,16 +50,32 @@ TAGGERS = {"text": corpus_tags, "sft": pairs_tags}
 
 
 def register(params: Params, run_id: str, metrics: dict[str, Any], dvc_lock_digest: str,
-             base_version: str | None = None) -> dict[str, Any]:
+             base_version: str | None = None, overrides: list[str] | None = None,
+             sample: str = "") -> dict[str, Any]:
     """Register the best checkpoint under the kind's model name, with its tags (the DVC lock
     of its outputs included: `version` runs first, so the version is reproducible from its
-    first instant)."""
+    first instant), then give it a description and a model card."""
     kind = kind_of(params)
     manifest = read_json(params.path("tokens") / MANIFEST)
     tags, example = TAGGERS[kind.name](params, metrics, manifest, base_version)
-    return register_checkpoint(params, run_id, params.path("model") / BEST, params.model_name,
-                               {"kind": kind.tag, "dvc_lock_digest": dvc_lock_digest, **tags},
-                               example_prompt=example, mode=kind.mode)
+    provenance = {"git_commit": git_commit(RUN_OWNED),
+                  "params_digest": sha256_json(params.to_dict()),
+                  "overrides": json.dumps(overrides or [])}
+    registered = register_checkpoint(
+        params, run_id, params.path("model") / BEST, params.model_name,
+        {"kind": kind.tag, "dvc_lock_digest": dvc_lock_digest, **provenance, **tags},
+        example_prompt=example, mode=kind.mode)
+    name, version, all_tags = registered["name"], registered["version"], registered["tags"]
+    try:  # the version stands with its tags: a retry here would register a second one
+        mlflow_client = client(params)
+        mlflow_client.update_model_version(name, version,
+                                           description(params, all_tags, manifest))
+        mlflow_client.log_text(run_id, model_card(params, name, version, all_tags, manifest,
+                                                  metrics, sample), CARD_FILE)
+    except Exception as err:
+        log.warning("%s version %s registered without its description or model card: %s",
+                    name, version, err)
+    return registered
 
 
 register_task = task(register, name="register", retries=2, retry_delay_seconds=5,

@@ -1,26 +1,56 @@
 """reproduce: bring back the exact data, tokenizer and weights of a registered version.
 
 Each flow run stores its dvc.lock as an artifact of its MLflow run and tags the model version
-with the lock's digest. Writing that lock back and running `dvc pull` restores every output.
+with the lock's digest. Writing that lock back and running `dvc pull` restores every output;
+each restored file of the model and tokenizer is then checked against the version's registered
+artifacts, hash for hash.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from pathlib import Path
 from typing import Any
 
-from gpt.config import Params
-from gpt.files import sha256_file
-from registry import client
+from gpt.config import Params, load_params, with_paths
+from gpt.files import sha256_file, sha256_json
+from registry import client, download_checkpoint, version_number
+from tasks.common import BEST
 from tasks.version import LOCK_FILE, VersioningError, dvc, locked_stages
+
+WEIGHTS = "model.safetensors"
+
+
+def check_restored(params: Params, checkpoint: Path) -> list[tuple[str, str]]:
+    """(path, sha256) of each restored model and tokenizer file, each equal to its registered
+    copy; VersioningError names the first that is not."""
+    restored = []
+    targets = [(params.path("model") / BEST, sorted(checkpoint.iterdir()))]
+    tokenizer = params.path("tokenizer")
+    targets.append((tokenizer, [checkpoint / p.name for p in sorted(tokenizer.iterdir())
+                                if (checkpoint / p.name).is_file()] if tokenizer.is_dir() else []))
+    for folder, registered in targets:
+        for source in registered:
+            path = folder / source.name
+            if not path.is_file():
+                raise VersioningError(f"{path} was not restored")
+            digest, expected = sha256_file(path), sha256_file(source)
+            if digest != expected:
+                raise VersioningError(f"{path} does not match the registered artifact "
+                                      f"(sha256 {digest[:12]}, registered {expected[:12]})")
+            restored.append((str(path), digest))
+    return restored
 
 
 def reproduce(params: Params, version: str) -> dict[str, Any]:
+    """Restore the outputs of `version` (a number or an alias) and check them."""
     import mlflow
 
     name = params.model_name
-    model_version = client(params).get_model_version(name, version)
+    mlflow_client = client(params)
+    version = version_number(mlflow_client, name, version)
+    model_version = mlflow_client.get_model_version(name, version)
     expected = model_version.tags.get("dvc_lock_digest")
     if not expected:
         raise VersioningError(f"{name} version {version} has no dvc_lock_digest tag")
@@ -30,6 +60,60 @@ def reproduce(params: Params, version: str) -> dict[str, Any]:
         if sha256_file(lock) != expected:
             raise VersioningError(f"the stored {LOCK_FILE} does not match the version's digest")
         shutil.copyfile(lock, LOCK_FILE)
-    dvc("pull", "--force", "--quiet", *locked_stages())
-    return {"version": version, "dvc_lock_digest": expected,
+        dvc("pull", "--force", "--quiet", *locked_stages())
+        files = check_restored(params, download_checkpoint(params, name, version,
+                                                           Path(scratch) / "registered"))
+    return {"version": version, "dvc_lock_digest": expected, "files": files,
             "git_commit": model_version.tags.get("git_commit", "unknown")}
+
+
+def version_params(version, params_file: str | None = None) -> Params:
+    """The parameters a version trained with: params.yaml plus its recorded overrides, refused
+    unless their digest is the version's (another params.yaml: check out its commit)."""
+    import json
+
+    overrides = json.loads(version.tags.get("overrides", "[]"))
+    params = load_params(params_file, overrides)
+    if sha256_json(params.to_dict()) != version.tags.get("params_digest"):
+        raise VersioningError(
+            f"version {version.version} trained with other parameters than params.yaml "
+            f"plus {overrides or 'no overrides'} gives (params_digest differs): `git checkout "
+            f"{version.tags.get('git_commit', '?').removesuffix('-dirty')}` first")
+    return params
+
+
+def compare_weights(a: Path, b: Path) -> float:
+    """The largest absolute difference between two safetensors files' tensors (0.0: equal)."""
+    from safetensors.torch import load_file
+
+    first, second = load_file(a), load_file(b)
+    if first.keys() != second.keys():
+        raise VersioningError(f"{a} and {b} hold different tensors")
+    return max(float((first[k].float() - second[k].float()).abs().max()) for k in first)
+
+
+def retrain_and_compare(params: Params, version: str,
+                        params_file: str | None = None) -> dict[str, Any]:
+    """Train again on the restored data with the version's parameters, in a scratch folder,
+    and compare the weights and the scores with the restored (registered) ones."""
+    import torch
+
+    from tasks.evaluate import SCORERS
+    from tasks.train import fit, prepare_staging
+
+    mlflow_client = client(params)
+    model_version = mlflow_client.get_model_version(params.model_name, version)
+    run_params = version_params(model_version, params_file)
+    Path(".tinygpt").mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=".tinygpt", prefix="retrain-") as scratch:
+        again = with_paths(run_params, model=f"{scratch}/model")
+        prepare_staging(again, again.path("model"), fresh=True)
+        fit(again, again.path("model"), None, False)
+        difference = compare_weights(params.path("model") / BEST / WEIGHTS,
+                                     again.path("model") / BEST / WEIGHTS)
+        scores = {"registered": SCORERS[run_params.kind](run_params),
+                  "retrained": SCORERS[run_params.kind](again)}
+    metric = "val_bits_per_byte" if run_params.kind == "text" else "exact_match"
+    return {"max_abs_difference": difference, "identical": difference == 0.0,
+            "threads": torch.get_num_threads(), "metric": metric,
+            **{f"{which}_{metric}": scores[which][metric] for which in scores}}

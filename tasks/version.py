@@ -21,6 +21,9 @@ from gpt.files import atomic_directory, atomic_file, replace_directory, sha256_f
 from tasks.common import kind_of, retry_transient
 
 LOCK_FILE = "dvc.lock"
+# Tracked by git and rewritten by every run: a version's commit tag ignores them, and each
+# version keeps its own dvc.lock in its MLflow run.
+RUN_OWNED = (LOCK_FILE, "metrics")
 SNAPSHOT_DIR = Path(".tinygpt") / "snapshot"  # what a failed run puts back
 
 
@@ -94,14 +97,41 @@ def restore_outputs(params: Params) -> str:
     return "dvc.lock, metrics and data outputs restored"
 
 
-def version(params: Params) -> dict[str, Any]:
-    """dvc commit + dvc push of the run kind's stages; the digest of the resulting dvc.lock."""
+def version(params: Params, overrides: list[str] | None = None,
+            params_file: str | None = None) -> dict[str, Any]:
+    """dvc commit + dvc push of the run kind's stages, the lock holding the parameters the
+    run used; the digest of the resulting dvc.lock."""
     if not Path(".dvc").is_dir():
         raise VersioningError("not a DVC project (no .dvc folder here); run `dvc init`")
     stages = kind_of(params).stages
     dvc("commit", "--force", "--quiet", *stages)
+    record_run_params(stages, overrides or [], params_file)
     dvc("push", "--quiet", *stages)
     return {"dvc_lock": LOCK_FILE, "dvc_lock_digest": sha256_file(LOCK_FILE)}
+
+
+def record_run_params(stages: list[str], overrides: list[str],
+                      params_file: str | None = None) -> None:
+    """`dvc commit` writes params.yaml's values into dvc.lock; write the values the run used
+    (params.yaml with its --set overrides) instead. `dvc status` then says `modified` when
+    params.yaml would not produce what the workspace holds, and `dvc repro` rebuilds it."""
+    import yaml
+
+    from gpt.config import apply_overrides, read_params_file
+
+    if not overrides:
+        return
+    used = apply_overrides(read_params_file(params_file), overrides)
+    lock = yaml.safe_load(Path(LOCK_FILE).read_text(encoding="utf-8"))
+    for stage in stages:
+        for values in lock["stages"].get(stage, {}).get("params", {}).values():
+            for key in values:
+                node: Any = used
+                for part in key.split("."):
+                    node = node.get(part) if isinstance(node, dict) else None
+                values[key] = node
+    with atomic_file(LOCK_FILE) as tmp:
+        tmp.write_text(yaml.safe_dump(lock, sort_keys=False), encoding="utf-8")
 
 
 version_task = task(version, name="version", retries=2, retry_delay_seconds=5,

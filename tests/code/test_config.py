@@ -123,3 +123,11 @@ def test_nonsense_parameters_fail_before_any_work(tmp_path, capsys, shakespeare_
     assert "train.max_step: unknown key; did you mean train.max_steps?" in \
         capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_dvc_stage_entry_point_names_the_same_steps_and_kinds():
+    import tasks.__main__ as entry
+    from gpt.config import DATA_KINDS
+    from tasks.common import DVC_STEPS
+
+    assert (DVC_STEPS, tuple(DATA_KINDS)) == (entry.STEPS, entry.KINDS)

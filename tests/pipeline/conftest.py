@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -34,6 +35,24 @@ def sh(*args: str, cwd: Path) -> str:
 
 def dvc(*args: str, cwd: Path) -> str:
     return sh(str(BIN / "dvc"), *args, cwd=cwd)
+
+
+def dvc_changes(*stages: str, cwd: Path) -> dict[str, set[str]]:
+    """What `dvc status` finds changed: output and file paths ('outs', 'deps') and params.yaml
+    keys ('params'). After a run, outs and deps are empty and params names exactly what the
+    run's --set overrides changed (dvc.lock records the values the run used)."""
+    found: dict[str, set[str]] = {"outs": set(), "deps": set(), "params": set()}
+    for entries in json.loads(dvc("status", "--json", *stages, cwd=cwd) or "{}").values():
+        for entry in entries:
+            if not isinstance(entry, dict):
+                continue
+            found["outs"] |= set(entry.get("changed outs", {}))
+            for path, change in entry.get("changed deps", {}).items():
+                if isinstance(change, dict):
+                    found["params"] |= set(change)  # {key: "modified", ...}
+                else:
+                    found["deps"].add(path)
+    return found
 
 
 def make_project(root: Path, corpus_text: str) -> Path:

@@ -20,7 +20,7 @@ from gpt.files import sha256_tree
 from registry import client
 from tasks.common import KINDS
 from tasks.reproduce import reproduce
-from tests.pipeline.conftest import dvc
+from tests.pipeline.conftest import dvc, dvc_changes
 
 OUTPUTS = ("data/raw", "data/validated", "data/tokenizer", "data/tokens", "data/model")
 STAGES = KINDS["text"].stages  # dvc.yaml also holds the fine-tuning stages, not run here
@@ -111,8 +111,10 @@ def test_worse_rerun_registers_but_keeps_the_champion_and_skips_cached_steps(sec
 
 
 def test_dvc_is_clean_after_a_run_and_pull_restores_identical_files(second_run, project):
-    assert "up to date" in dvc("status", *STAGES, cwd=project)
-    assert "didn't change" in dvc("repro", *STAGES, cwd=project)
+    # Outputs committed; the lock records the run's train.* overrides, so only `train`
+    # differs from params.yaml (`dvc repro` would retrain with params.yaml's values).
+    assert dvc_changes(*STAGES, cwd=project) == {"outs": set(), "deps": set(),
+                                                  "params": {"train"}}
     before = output_digests()
     for folder in OUTPUTS:
         shutil.rmtree(folder)
@@ -159,7 +161,7 @@ def state_before_bad_runs(second_run, project):
     return {"outputs": output_digests(), "remote": remote_files(project),
             "versions": len(registry().search_model_versions("name='tinygpt'")),
             "champion": str(registry().get_model_version_by_alias("tinygpt", "champion").version),
-            }
+            "dvc": dvc_changes(*STAGES, cwd=project)}
 
 
 BAD_SOURCES = ["empty.txt", "binary.txt", "latin1.txt", "not-json.jsonl", "no-text.jsonl",
@@ -174,7 +176,7 @@ def assert_nothing_changed(state, project):
     assert len(registry().search_model_versions("name='tinygpt'")) == state["versions"]
     champion = registry().get_model_version_by_alias("tinygpt", "champion")
     assert str(champion.version) == state["champion"]
-    assert "up to date" in dvc("status", *STAGES, cwd=project)
+    assert dvc_changes(*STAGES, cwd=project) == state["dvc"]
 
 
 @pytest.mark.parametrize("name", BAD_SOURCES)
