@@ -29,6 +29,8 @@ ENVIRONMENT = {
 }
 # Commands that talk to MLflow, Prefect or the DVC remote: with a team stack up
 # (.stack/stack.env, `tinygpt stack up`) they talk to its servers; without one, nothing changes.
+RECIPE_HELP = ("lay recipes/NAME.yaml over params.yaml, under --set (`tinygpt recipes` "
+               "lists them)")
 STACK_CLIENTS = {"retrain", "finetune", "promote", "history", "serve", "gc", "reproduce"}
 
 
@@ -80,12 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
                          help="move the champion alias even if the new model is worse")
     retrain.add_argument("--fresh", action="store_true",
                          help="start training over instead of resuming an interrupted run")
+    retrain.add_argument("--recipe", help=RECIPE_HELP)
 
     finetune = commands.add_parser(
         "finetune", help="prompt -> completion fine-tuning as a Prefect flow (params: sft)")
     _add_params_options(finetune)
     finetune.add_argument("--force-promote", action="store_true")
     finetune.add_argument("--fresh", action="store_true")
+    finetune.add_argument("--recipe", help=RECIPE_HELP)
+
+    commands.add_parser("recipes", help="list the recipes (recipes/NAME.yaml), one line each")
 
     validate = commands.add_parser("validate", help="ingest + validate a corpus, nothing else")
     validate.add_argument("path")
@@ -242,10 +248,11 @@ def print_summary(summary: dict) -> None:
 def cmd_retrain(args: argparse.Namespace) -> None:
     """Check the parameters and take the project's run lock before Prefect starts, so a
     second run stops at once; an interrupted run ends with one line and exit 1."""
-    from gpt.config import load_params
+    from gpt.config import load_params, recipe_overrides
     from tasks.lock import run_lock
 
-    params = load_params(args.params, args.overrides)
+    recipe = recipe_overrides(args.recipe) if args.recipe else []
+    params = load_params(args.params, [*recipe, *args.overrides])
     with run_lock():
         from prefect.exceptions import CancelledRun
 
@@ -256,7 +263,8 @@ def cmd_retrain(args: argparse.Namespace) -> None:
         try:
             summary = retrain(overrides=args.overrides,
                               params_file=args.params and str(args.params), source=args.source,
-                              force_promote=args.force_promote, fresh=args.fresh)
+                              force_promote=args.force_promote, fresh=args.fresh,
+                              recipe=args.recipe)
         except CancelledRun as err:
             raise RuntimeError(f"{err}; nothing was registered or promoted. Run the same "
                                f"command again to resume training (--fresh starts over)"
@@ -302,6 +310,14 @@ def cmd_promote(args: argparse.Namespace) -> None:
     print(f"version {decision['version']}: "
           f"{'promoted' if decision['promoted'] else 'not promoted'} "
           f"({decision['reason']}); champion is version {decision['champion']}")
+
+
+def cmd_recipes(_args: argparse.Namespace) -> None:
+    from gpt.config import list_recipes
+
+    for name, summary in list_recipes().items():
+        print(f"{name:<18} {summary}")
+    print("run one: tinygpt retrain --recipe NAME [--set key=value ...] (finetune for sft ones)")
 
 
 def cmd_history(args: argparse.Namespace) -> None:
@@ -400,6 +416,7 @@ COMMANDS = {
     ("validate", None): cmd_validate,
     ("promote", None): cmd_promote,
     ("history", None): cmd_history,
+    ("recipes", None): cmd_recipes,
     ("reproduce", None): cmd_reproduce,
     ("gc", None): cmd_gc,
     ("tokenizer", "train"): cmd_tokenizer_train,

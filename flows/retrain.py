@@ -27,7 +27,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.context import get_run_context
 from prefect.states import Cancelled
 
-from gpt.config import Params, load_params
+from gpt.config import Params, load_params, recipe_overrides
 from gpt.files import sha256_tree
 from gpt.train import TrainingInterrupted
 from registry import check_reachable, client, connect, tracking_uri
@@ -132,15 +132,17 @@ def preflight(params: Params) -> None:
 @flow(name="retrain", log_prints=True)
 def retrain(overrides: list[str] | None = None, params_file: str | None = None,
             source: str | None = None, force_promote: bool = False,
-            fresh: bool = False) -> dict[str, Any]:
+            fresh: bool = False, recipe: str | None = None) -> dict[str, Any]:
     """Retrain on the configured data (or `source`) and register the result.
 
     Every parameter is checked while params load, so nonsense parameters cost nothing.
-    `fresh` starts training over instead of resuming an interrupted run.
+    `fresh` starts training over instead of resuming an interrupted run. `recipe` lays
+    recipes/RECIPE.yaml over params.yaml, under the overrides.
     """
-    params = load_params(params_file, overrides or [])
+    overrides = [*(recipe_overrides(recipe) if recipe else []), *(overrides or [])]
+    params = load_params(params_file, overrides)
     with run_lock(), stop_on_signals():
-        return run_steps(params, overrides or [], source, force_promote, fresh, params_file)
+        return run_steps(params, overrides, source, force_promote, fresh, params_file)
 
 
 def run_steps(params: Params, overrides: list[str], source: str | None, force_promote: bool,

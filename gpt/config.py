@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 import re
 import types
 from collections.abc import Iterable, Mapping, Sequence
@@ -405,6 +406,45 @@ def read_params_file(path: str | Path | None = None) -> dict[str, Any]:
     if not isinstance(raw, dict | type(None)):
         raise ValueError(f"{source} must hold a mapping of sections")
     return raw or {}
+
+
+# -- recipes: named overlays on params.yaml (recipes/NAME.yaml) ----------------------------------
+
+RECIPES_DIR = Path("recipes")
+
+
+def list_recipes(folder: Path = RECIPES_DIR) -> dict[str, str]:
+    """{name: its one-line summary (the file's first comment line)} of every recipe."""
+    recipes = {}
+    for path in sorted(folder.glob("*.yaml")):
+        first = path.read_text(encoding="utf-8").splitlines()[0] if path.stat().st_size else ""
+        recipes[path.stem] = first.removeprefix("#").strip()
+    return recipes
+
+
+def _leaves(values: Mapping[str, Any], prefix: str) -> list[str]:
+    out = []
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            out += _leaves(value, f"{prefix}{key}.")
+        else:  # JSON is YAML: the override parser reads the value back exactly
+            out.append(f"{prefix}{key}={json.dumps(value)}")
+    return out
+
+
+def recipe_overrides(name: str, folder: Path = RECIPES_DIR) -> list[str]:
+    """A recipe as `section.key=value` overrides, laid over params.yaml before any --set:
+    a recipe run is a run with these overrides, recorded and reproduced like any other."""
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        known = list(list_recipes(folder))
+        close = difflib.get_close_matches(name, known, n=1)
+        raise ValueError(f"no recipe {name!r}" + (f"; did you mean {close[0]}?" if close else
+                                                   f"; recipes: {', '.join(known) or 'none'}"))
+    raw = parse_yaml(path.read_text(encoding="utf-8"))
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{path} must hold a mapping of sections")
+    return _leaves(raw, "")
 
 
 def load_params(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Params:

@@ -25,7 +25,7 @@ from gpt.model import GPT, GPTConfig
 from gpt.tokenizer import BPETokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE_FOLDERS = ("gpt", "registry", "tasks", "flows", "serve")
+CODE_FOLDERS = ("gpt", "registry", "tasks", "flows", "serve", "recipes")
 
 
 def copy_code(root: Path) -> None:

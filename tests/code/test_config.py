@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from dataclasses import fields
@@ -131,3 +132,42 @@ def test_the_dvc_stage_entry_point_names_the_same_steps_and_kinds():
     from tasks.common import DVC_STEPS
 
     assert (DVC_STEPS, tuple(DATA_KINDS)) == (entry.STEPS, entry.KINDS)
+
+
+# What each write-up states, which its recipe must say too (../shared/seeds/).
+WRITE_UPS = {
+    "bpe-mlops": {"tokenizer.kind": "bpe"},
+    "char-shakespeare": {"tokenizer.kind": "char", "model.n_layer": 6, "model.n_head": 6,
+                         "model.n_embd": 384, "model.block_size": 256, "train.batch_size": 64,
+                         "train.learning_rate": 3e-4, "train.min_lr": 3e-4,
+                         "train.max_steps": 3000},
+    "prompt-to-code": {"data.kind": "sft", "tokenizer.kind": "char", "model.n_layer": 2,
+                       "model.n_embd": 128},
+}
+
+
+def test_every_recipe_builds_states_its_write_up_and_registers_under_its_own_name():
+    from gpt.config import as_flat_dict, list_recipes, recipe_overrides
+
+    recipes = list_recipes(ROOT / "recipes")
+    assert set(recipes) == set(WRITE_UPS)
+    names = set()
+    for name, summary in recipes.items():
+        assert summary, f"{name} has no summary line"
+        params = load_params(overrides=recipe_overrides(name, ROOT / "recipes"))
+        flat = as_flat_dict(params)
+        for key, value in WRITE_UPS[name].items():
+            assert flat[key] == value, (name, key)
+        assert params.model_name == name
+        names.add(params.model_name)
+    assert len(names) == len(recipes) and load_params().model_name not in names
+
+
+def test_an_unknown_recipe_is_refused_naming_the_closest_one():
+    from gpt.config import recipe_overrides
+
+    with pytest.raises(ValueError, match=re.escape("no recipe 'char-shakespear'; did you mean "
+                                                   "char-shakespeare?")):
+        recipe_overrides("char-shakespear", ROOT / "recipes")
+    with pytest.raises(ValueError, match="no recipe 'gpt5'; recipes: bpe-mlops, "):
+        recipe_overrides("gpt5", ROOT / "recipes")
