@@ -118,13 +118,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--model", default=None,
-                       help="registry URI (default: models:/<registry.model_name>@champion)")
+                       help="registry URI (default: models:/<registry.model_name>@champion) "
+                            "or a checkpoint folder (tinygpt train's output)")
     serve.add_argument("--poll-seconds", type=float, default=10.0,
                        help="how often to check whether the alias moved")
     serve.add_argument("--max-concurrency", type=int, default=2,
                        help="generations running at once")
     serve.add_argument("--max-queue", type=int, default=8,
                        help="requests waiting for a slot before 429")
+    serve.add_argument("--cors-origin", action="append", default=[], dest="cors_origins",
+                       help="an origin (https://host:port) whose pages may call the API; "
+                            "repeatable; none by default")
     _add_params_options(serve)
 
     gc = commands.add_parser(
@@ -390,7 +394,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     use_store(params)  # only set, not contacted: the service waits for the registry
     uri = args.model or f"models:/{params.model_name}@{params.registry.champion_alias}"
     app = create_app(Settings(model_uri=uri, poll_seconds=args.poll_seconds,
-                              max_concurrency=args.max_concurrency, max_queue=args.max_queue))
+                              max_concurrency=args.max_concurrency, max_queue=args.max_queue,
+                              cors_origins=tuple(args.cors_origins)))
     print(f"serving {uri} on http://{args.host}:{args.port}/")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 

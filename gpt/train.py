@@ -63,11 +63,14 @@ class TrainResult:
 
 
 def pick_device(name: str) -> torch.device:
-    """The device to train on; under torchrun on GPUs, each rank its own (LOCAL_RANK)."""
+    """The device to train on: "auto" is CUDA, else Apple's MPS, else the CPU; under torchrun
+    on GPUs, each rank its own (LOCAL_RANK)."""
     if name == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        return torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
+        if torch.cuda.is_available():
+            return torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
     return torch.device(name)
 
 
@@ -106,9 +109,10 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """Autocast dtype: bf16 where the hardware runs it natively, else fp32."""
+    """Autocast dtype: bf16 where the hardware runs it natively, else fp32 (MPS included)."""
     if name == "auto":
-        fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_fast_bf16()
+        fast = {"cuda": torch.cuda.is_bf16_supported,
+                "cpu": cpu_has_fast_bf16}.get(device.type, lambda: False)()
         return torch.bfloat16 if fast else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
@@ -301,7 +305,8 @@ class Trainer:
         else:
             self.bad_evals += 1
         event = {"kind": "eval", "step": self.step, "train_loss": train_loss,
-                 "val_loss": val_loss, "best_val_loss": self.best_val_loss}
+                 "val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50.0)),
+                 "best_val_loss": self.best_val_loss}
         self.history.append(event)
         self.callback(event)
         log.info("step %d | eval | train loss %.4f | val loss %.4f%s", self.step, train_loss,

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
 from serve.generation import Gate, Metrics
@@ -32,6 +33,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.gate = Gate(settings.max_concurrency, settings.max_queue)
     app.state.metrics = Metrics()
     app.middleware("http")(_limit_and_observe)
+    if settings.cors_origins:  # a front end served from elsewhere; none by default
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["GET", "POST"], allow_headers=["Content-Type"])
     app.exception_handler(RequestValidationError)(_invalid_request)
     for module in (generate, status, corpus):
         app.include_router(module.router)

@@ -91,6 +91,11 @@ class Metrics:
         self.version = Gauge("tinygpt_model_version", "registry version being served",
                              ["model"], registry=self.registry)
 
+    def serving(self, loaded: LoadedModel) -> None:
+        """Record the served version (a checkpoint folder has none to record)."""
+        if loaded.version.isdigit():
+            self.version.labels(loaded.name).set(float(loaded.version))
+
 
 class Generation:
     """One generation: text pieces as they are decided, plus counts and timings."""

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpt.checkpoint import load_model, resolve_checkpoint
+from gpt.tokenizer import load_tokenizer
 from registry import load_version, parse_model_uri, resolve_version
 
 log = logging.getLogger("tinygpt.serve")
@@ -34,11 +36,19 @@ class LoadedModel:
                 "block_size": self.model.config.block_size}
 
 
+LOCAL = "local"  # the version shown for a checkpoint folder, which no registry numbers
+
+
 class ModelHolder:
-    """Loads the model a registry URI names and, for an alias, follows it."""
+    """Loads the model a registry URI names and, for an alias, follows it; or serves a
+    checkpoint folder as it is (`tinygpt train`'s output, no registry needed)."""
 
     def __init__(self, model_uri: str, poll_seconds: float = 10.0) -> None:
-        self.name, self.alias, self.pinned_version = parse_model_uri(model_uri)
+        self.folder = None if model_uri.startswith("models:/") else resolve_checkpoint(model_uri)
+        if self.folder is not None:
+            self.name, self.alias, self.pinned_version = str(self.folder), None, LOCAL
+        else:
+            self.name, self.alias, self.pinned_version = parse_model_uri(model_uri)
         self.poll_seconds = poll_seconds
         self.current: LoadedModel | None = None
         self.error: str | None = None  # why the last refresh failed; None after a good one
@@ -53,10 +63,14 @@ class ModelHolder:
         return resolve_version(f"models:/{self.name}@{self.alias}")[1]
 
     def load_version(self, version: str) -> LoadedModel:
-        wrapper = load_version(self.name, version)
-        model = wrapper.model.eval()
+        if self.folder is not None:
+            model, tokenizer = load_model(self.folder), load_tokenizer(self.folder)
+        else:
+            wrapper = load_version(self.name, version)
+            model, tokenizer = wrapper.model, wrapper.tokenizer
+        model = model.eval()
         device = str(next(model.parameters()).device)
-        return LoadedModel(self.name, version, self.alias, model, wrapper.tokenizer,
+        return LoadedModel(self.name, version, self.alias, model, tokenizer,
                            model.num_params(), device)
 
     def refresh(self) -> bool:

@@ -16,3 +16,4 @@ class Settings:
     max_upload_bytes: int = 5 * 1024 * 1024
     upload_dir: Path = Path("uploads")
     retrain_deployment: str = "retrain/on-demand"
+    cors_origins: tuple[str, ...] = ()  # origins whose pages may call the API (CORS)

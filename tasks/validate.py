@@ -128,7 +128,8 @@ def check_corpus(params: Params) -> tuple[pd.DataFrame, Any, Callable[[Path], No
 
 
 def build_sft_suite(block_size: int):
-    """Both fields present, strings, non-empty; the formatted record fits the context."""
+    """Both fields present, strings, not empty nor whitespace only; the formatted record fits
+    the context."""
     import great_expectations as gx
 
     E = gx.expectations
@@ -138,6 +139,8 @@ def build_sft_suite(block_size: int):
         suite.add_expectation(E.ExpectColumnValuesToNotBeNull(column=column))
         suite.add_expectation(E.ExpectColumnValuesToBeOfType(column=column, type_="str"))
         suite.add_expectation(E.ExpectColumnValueLengthsToBeBetween(column=column, min_value=1))
+        suite.add_expectation(E.ExpectColumnValuesToNotMatchRegex(column=column,
+                                                                 regex=r"^\s+$"))
     suite.add_expectation(E.ExpectTableRowCountToBeBetween(min_value=2))
     suite.add_expectation(E.ExpectColumnValuesToBeBetween(
         column="n_tokens", min_value=0, max_value=block_size))

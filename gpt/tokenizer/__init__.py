@@ -19,6 +19,7 @@ from gpt.tokenizer.base import (
     SPECIALS_FILE,
     VOCAB_FILE,
     Tokenizer,
+    UnknownCharacterError,
 )
 from gpt.tokenizer.bpe import GPT2_SPLIT_PATTERN, BPETokenizer, bytes_to_unicode, split_pretokens
 from gpt.tokenizer.char import CharTokenizer
@@ -26,7 +27,8 @@ from gpt.tokenizer.char import CharTokenizer
 __all__ = [
     "CHARS_FILE", "ENDOFTEXT", "GPT2_SPLIT_PATTERN", "MAX_VOCAB", "MERGES_FILE",
     "MIN_BPE_VOCAB", "SOURCE_FILES", "SPECIALS_FILE", "TOKENIZER_KINDS", "VOCAB_FILE",
-    "BPETokenizer", "CharTokenizer", "Tokenizer", "bytes_to_unicode", "is_tokenizer_dir",
+    "BPETokenizer", "CharTokenizer", "Tokenizer", "UnknownCharacterError", "bytes_to_unicode",
+    "is_tokenizer_dir",
     "load_tokenizer", "split_pretokens", "train_tokenizer",
 ]
 

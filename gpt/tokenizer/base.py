@@ -21,6 +21,14 @@ CHARS_FILE = "chars.json"
 MIN_BPE_VOCAB, MAX_VOCAB = 256, 65535
 
 
+class UnknownCharacterError(ValueError):
+    """Text holds a character the tokenizer's vocabulary cannot spell."""
+
+    def __init__(self, character: str) -> None:
+        super().__init__(f"character {character!r} is not in the vocabulary")
+        self.character = character
+
+
 def _check_specials(special_tokens: Iterable[str]) -> list[str]:
     """Special tokens in order, duplicates dropped; empty strings refused."""
     specials = list(dict.fromkeys(special_tokens))

@@ -6,7 +6,13 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from gpt.tokenizer.base import CHARS_FILE, ENDOFTEXT, Tokenizer, _check_specials
+from gpt.tokenizer.base import (
+    CHARS_FILE,
+    ENDOFTEXT,
+    Tokenizer,
+    UnknownCharacterError,
+    _check_specials,
+)
 
 
 class CharTokenizer(Tokenizer):
@@ -40,7 +46,7 @@ class CharTokenizer(Tokenizer):
         try:
             return [self._ids[c] for c in text]
         except KeyError as err:
-            raise ValueError(f"character {err.args[0]!r} is not in the vocabulary") from None
+            raise UnknownCharacterError(err.args[0]) from None
 
     def _plain_token_bytes(self, token_id: int) -> bytes:
         return self.chars[token_id].encode("utf-8")

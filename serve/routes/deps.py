@@ -38,7 +38,7 @@ def served(holder: ModelHolder, metrics: Metrics) -> LoadedModel:
     if loaded is None:
         state = "loading" if holder.loading or holder.error is None else "unavailable"
         raise HTTPException(503, detail={"status": state, "error": holder.error})
-    metrics.version.labels(loaded.name).set(float(loaded.version))
+    metrics.serving(loaded)
     return loaded
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import StreamingResponse
 
+from gpt.tokenizer import UnknownCharacterError
 from serve.generation import Busy, Gate, GenerateRequest, Generation, Metrics
 from serve.model_holder import ModelHolder
 from serve.routes.deps import GateDep, HolderDep, MetricsDep, served
@@ -24,6 +25,10 @@ def start_generation(body: GenerateRequest, holder: ModelHolder, metrics: Metric
     loaded = served(holder, metrics)
     try:
         generation = Generation(loaded, body)
+    except UnknownCharacterError as err:
+        raise HTTPException(422, detail=[{
+            "field": "prompt", "message": f"the prompt holds {err.character!r}, a character "
+            f"the model's tokenizer never saw in training"}]) from None
     except ValueError as err:
         raise HTTPException(422, detail=[{"field": "mode", "message": str(err)}]) from None
     block = loaded.model.config.block_size

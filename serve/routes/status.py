@@ -29,7 +29,7 @@ async def health(holder: HolderDep, metrics: MetricsDep) -> JSONResponse:
 @router.get("/metrics")
 async def prometheus(holder: HolderDep, metrics: MetricsDep) -> Response:
     if holder.current is not None:
-        metrics.version.labels(holder.current.name).set(float(holder.current.version))
+        metrics.serving(holder.current)
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

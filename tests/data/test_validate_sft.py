@@ -34,6 +34,8 @@ def test_good_pairs_pass(tmp_path):
     ({"prompt": 5, "completion": "5"}, "expect_column_values_to_be_of_type(prompt): 1 row(s) "
                                        "fail, e.g. line 3"),
     ({"prompt": "x", "completion": ""}, "expect_column_value_lengths_to_be_between(completion)"),
+    ({"prompt": " \n\t", "completion": "4"}, "expect_column_values_to_not_match_regex(prompt): "
+                                              "1 row(s) fail, e.g. line 3"),
     ({"prompt": "x" * 300, "completion": "y"}, "expect_column_values_to_be_between(n_tokens): "
                                                "1 row(s) fail, e.g. line 3"),
 ])

@@ -138,3 +138,18 @@ def test_nonsense_training_parameters_are_refused(field, value):
 def test_validation_split_shorter_than_a_window_is_refused(tmp_path):
     with pytest.raises(ValueError, match="cannot fill one window"):
         windows_trainer(new_model(), tokens(3000), tokens(10), small_config(), tmp_path)
+
+
+def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
+    from gpt.train import pick_device, pick_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert pick_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert pick_device("auto") == torch.device("mps")
+    assert pick_dtype("auto", torch.device("mps")) == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert pick_device("auto") == torch.device("cuda:1")
+    assert pick_device("cpu") == torch.device("cpu")  # named devices are taken as named

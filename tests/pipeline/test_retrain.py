@@ -8,6 +8,7 @@ files of any run back.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -70,6 +71,9 @@ def test_first_run_logs_metrics_params_and_artifacts_to_one_mlflow_run(first_run
     assert run.data.params["train.max_steps"] == "30"
     history = mlflow_client.get_metric_history(first_run["run_id"], "eval_val_loss")
     assert [m.step for m in history] == [10, 20, 30]
+    perplexity = mlflow_client.get_metric_history(first_run["run_id"], "eval_val_perplexity")
+    assert [round(m.value, 3) for m in perplexity] == [round(math.exp(m.value), 3)
+                                                        for m in history]  # at every eval
     artifacts = {a.path for a in mlflow_client.list_artifacts(first_run["run_id"])}
     assert {"loss_curve.png", "samples.txt", "dvc.lock", "data_docs"} <= artifacts
     docs = {a.path for a in mlflow_client.list_artifacts(first_run["run_id"], "data_docs")}

@@ -19,7 +19,7 @@ import torch
 from gpt.checkpoint import WEIGHTS_FILE, save_model
 from gpt.model import GPT, GPTConfig
 from gpt.sft import CONTROL_TOKENS
-from gpt.tokenizer import BPETokenizer
+from gpt.tokenizer import BPETokenizer, Tokenizer
 from registry import PYFUNC_FILE, signature
 
 BIN = Path(sys.executable).parent
@@ -38,7 +38,8 @@ class Registry:
     tokenizer: BPETokenizer
 
     def register(self, seed: int, alias: str | None = "champion", name: str = "tinygpt",
-                 fine_tuned: bool = False, loadable: bool = True) -> str:
+                 fine_tuned: bool = False, loadable: bool = True,
+                 tokenizer: Tokenizer | None = None) -> str:
         """Register a small random-weight model; point alias at it. Returns the version.
 
         fine_tuned: its tokenizer has the control tokens, and it always answers
@@ -49,8 +50,9 @@ class Registry:
         import mlflow
         import pandas as pd
 
-        tokenizer = (self.tokenizer.with_special_tokens(CONTROL_TOKENS) if fine_tuned
-                     else self.tokenizer)
+        tokenizer = tokenizer or self.tokenizer
+        if fine_tuned:
+            tokenizer = tokenizer.with_special_tokens(CONTROL_TOKENS)
         torch.manual_seed(seed)
         model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=2,
                               n_head=2, n_embd=32))

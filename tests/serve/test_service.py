@@ -239,3 +239,48 @@ def test_completion_mode_wraps_the_prompt_and_stops_at_endoftext(registry, tmp_p
         assert text_mode["prompt_tokens"] == answer["prompt_tokens"] - 2
     finally:
         proc.stop()
+
+
+def test_a_character_the_tokenizer_never_saw_is_a_422_naming_the_prompt(registry, tmp_path):
+    from gpt.tokenizer import CharTokenizer
+
+    registry.register(seed=6, name="tinygpt-char",
+                      tokenizer=CharTokenizer.train("to be or not to be, ROMEO:\n"))
+    proc, url = start_service(registry.uri, tmp_path, "--model", "models:/tinygpt-char@champion")
+    try:
+        wait_for(f"{url}/health")
+        response = httpx.post(f"{url}/generate", timeout=60, json={**BASE, "prompt": "ROMEO€"})
+        assert response.status_code == 422
+        [problem] = response.json()["detail"]
+        assert problem["field"] == "prompt" and "'€'" in problem["message"], problem
+    finally:
+        proc.stop()
+
+
+def test_cors_is_off_by_default_and_on_for_a_named_origin(service, registry, tmp_path):
+    preflight = {"Origin": "http://front.example", "Access-Control-Request-Method": "POST"}
+    closed = httpx.options(f"{service}/generate", headers=preflight)
+    assert "access-control-allow-origin" not in closed.headers
+    proc, url = start_service(registry.uri, tmp_path, "--cors-origin", "http://front.example")
+    try:
+        wait_for(f"{url}/health")
+        opened = httpx.options(f"{url}/generate", headers=preflight)
+        assert opened.headers["access-control-allow-origin"] == "http://front.example"
+        other = httpx.options(f"{url}/generate", headers={**preflight,
+                                                          "Origin": "http://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+    finally:
+        proc.stop()
+
+
+def test_a_checkpoint_folder_is_served_without_a_registry(registry, tmp_path):
+    folder = registry.root / "ckpt-tinygpt-0"  # what the registry fixture registered as v1
+    proc, url = start_service("sqlite:///nowhere.db", tmp_path, "--model", str(folder))
+    try:
+        health = wait_for(f"{url}/health").json()
+        assert health["model"] == str(folder) and health["version"] == "local"
+        answer = httpx.post(f"{url}/generate", timeout=60, json={**BASE, "max_new_tokens": 5})
+        assert answer.status_code == 200 and answer.json()["completion_tokens"] > 0
+        assert httpx.get(f"{url}/metrics").status_code == 200
+    finally:
+        proc.stop()
