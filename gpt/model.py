@@ -44,11 +44,15 @@ class KVCache:
 
 
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                       mask: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) + mask) v, written out. mask is True where attending is allowed."""
+                       mask: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + mask) v, written out. mask is True where attending is allowed;
+    dropout falls on the attention weights, as in scaled_dot_product_attention."""
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
     scores = scores.masked_fill(~mask, float("-inf"))
-    return F.softmax(scores, dim=-1) @ v
+    weights = F.softmax(scores, dim=-1)
+    if dropout > 0:
+        weights = F.dropout(weights, dropout)
+    return weights @ v
 
 
 def causal_mask(q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
@@ -87,10 +91,9 @@ class CausalSelfAttention(nn.Module):
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         q_len, k_len = q.size(2), k.size(2)
-        if self.impl == "explicit":
-            y = explicit_attention(q, k, v, causal_mask(q_len, k_len, q.device))
-            return F.dropout(y, self.dropout, self.training)
         dropout = self.dropout if self.training else 0.0
+        if self.impl == "explicit":
+            return explicit_attention(q, k, v, causal_mask(q_len, k_len, q.device), dropout)
         if q_len == k_len:  # training, or the first forward of generation
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         if q_len == 1:      # one new token sees every cached position

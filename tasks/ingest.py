@@ -185,16 +185,21 @@ def read_pairs(path: str | Path):
     """JSONL prompt/completion records as a frame with the raw values and line numbers.
 
     Lines that are not JSON objects stop here; missing, empty or non-string fields are left
-    for the validation suite, which reports them by line.
+    for the validation suite, which reports them by line. A record without a `split` goes to
+    train, val or test by its prompt's hash, as the built-in sets do.
     """
     import pandas as pd
+
+    from gpt.sft_data import split_of
 
     source = Path(path)
     objects, problems = json_lines(source)
     refuse(source, problems)
     rows = [{"doc_id": f"line {number}", "prompt": obj.get("prompt"),
              "completion": next((obj[f] for f in ANSWER_FIELDS if f in obj), None),
-             "split": obj.get("split", "train"), "task": obj.get("task", "")}
+             "split": obj.get("split") or (split_of(obj["prompt"]) if isinstance(
+                 obj.get("prompt"), str) else "train"),
+             "task": obj.get("task", "")}
             for number, obj in objects]
     frame = pd.DataFrame(rows, columns=["doc_id", "prompt", "completion", "split", "task"])
     return frame.astype({"prompt": object, "completion": object})

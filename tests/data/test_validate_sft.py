@@ -48,3 +48,18 @@ def test_each_broken_record_is_named_by_line(tmp_path, bad, message):
 def test_a_line_that_is_not_json_is_refused_with_its_number(tmp_path):
     result = tinygpt_validate(tmp_path, [*GOOD, "{oops"])
     assert result.returncode == 1 and "line 3: not valid JSON" in result.stderr
+
+
+def test_prompt_code_pairs_without_a_split_are_split_by_prompt_hash_for_finetuning(tmp_path):
+    """The 002 write-up's plain {"prompt", "code"} JSONL: what validate accepts, finetune can
+    train on (train and val records, by the prompt's hash, as the built-in sets)."""
+    from gpt.sft_data import split_of
+    from tasks.ingest import read_pairs
+
+    lines = [{"prompt": f"add {i} and {i + 1}", "code": f"print({i} + {i + 1})"}
+             for i in range(60)]
+    result = tinygpt_validate(tmp_path, lines)
+    assert result.returncode == 0, result.stderr
+    frame = read_pairs(tmp_path / "pairs.jsonl")
+    assert list(frame["split"]) == [split_of(line["prompt"]) for line in lines]
+    assert {"train", "val"} <= set(frame["split"])

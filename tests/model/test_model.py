@@ -32,6 +32,22 @@ def test_explicit_attention_equals_sdpa():
     torch.testing.assert_close(explicit(idx)[0], sdpa(idx)[0], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("impl", ["sdpa", "explicit"])
+def test_attention_dropout_falls_on_the_weights_in_both_paths(impl):
+    """With every value row equal to ones, dropping attention weights scales a whole output
+    row at once (all of a head's dimensions alike); dropping the output would not."""
+    from gpt.model import CausalSelfAttention
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=16, dropout=0.5,
+                    attn_impl=impl)
+    attention = CausalSelfAttention(cfg).train()
+    q, k = torch.randn(4, 2, 16, 8), torch.randn(4, 2, 16, 8)
+    y = attention._attend(q, k, torch.ones(4, 2, 16, 8))
+    assert torch.allclose(y, y[..., :1].expand_as(y))  # each (batch, head, query) row uniform
+    assert not torch.allclose(y, torch.ones_like(y))   # and dropout did act
+
+
 def test_kv_cache_gives_the_logits_of_a_full_forward(tiny_model):
     tiny_model.eval()
     idx = torch.randint(0, 97, (2, 24))
