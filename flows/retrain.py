@@ -30,7 +30,7 @@ from prefect.states import Cancelled
 from gpt.config import Params, load_params, recipe_overrides
 from gpt.files import sha256_tree
 from gpt.train import TrainingInterrupted
-from registry import check_reachable, client, connect, tracking_uri
+from registry import WHERE_DOWN, check_reachable, client, connect, tracking_uri
 from tasks.drift import drift_task, record_profile
 from tasks.encode import encode_task
 from tasks.evaluate import evaluate_task
@@ -111,15 +111,15 @@ def check_prefect_api(timeout: float = 10.0) -> None:
     api = PREFECT_API_URL.value()
     if not api:
         return  # embedded: Prefect starts its own temporary server
-    hint = "`tinygpt stack status` shows what is down"
     try:
         answer = httpx.get(f"{api.rstrip('/')}/ready", timeout=timeout)
     except httpx.HTTPError as err:
         raise PrefectUnavailable(f"the Prefect server {api} does not answer "
-                                 f"({type(err).__name__}: {err}); {hint}") from None
+                                 f"({type(err).__name__}: {err}); {WHERE_DOWN}") from None
     if answer.status_code != 200:
         raise PrefectUnavailable(f"the Prefect server {api} is not ready (HTTP "
-                                 f"{answer.status_code}: {answer.text.strip()[:200]}); {hint}")
+                                 f"{answer.status_code}: {answer.text.strip()[:200]}); "
+                                 f"{WHERE_DOWN}")
 
 
 def preflight(params: Params) -> None:
@@ -171,7 +171,7 @@ def run_steps(params: Params, overrides: list[str], source: str | None, force_pr
             _attach_reports(params, run_id)
         drifted = step("drift", drift_task, params, run_id)
         tokenized = step.cached("tokenize", tokenize_task, params, params.path("tokenizer"))
-        record_profile(params, run_id, drifted["profile"])
+        record_profile(params, run_id, drifted)
         step.cached("encode", encode_task, params, params.path("tokens"))
         trained = step("train", train_task, params, run_id, fresh)
         metrics = step("evaluate", evaluate_task, params, run_id)

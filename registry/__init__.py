@@ -58,6 +58,10 @@ def use_store(params: Params) -> str:
     return uri
 
 
+# What a one-line "server down" error ends with, here and for the Prefect server.
+WHERE_DOWN = "`tinygpt stack status` shows what is down"
+
+
 class RegistryUnavailable(RuntimeError):
     """The MLflow server does not answer, or answers without its database."""
 
@@ -71,14 +75,13 @@ def check_reachable(params: Params, timeout: float = 10.0) -> None:
         return
     import httpx
 
-    hint = "`tinygpt stack status` shows what is down"
     try:
         answer = httpx.get(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name",
                            params={"experiment_name": params.registry.experiment},
                            timeout=timeout)
     except httpx.HTTPError as err:
         raise RegistryUnavailable(f"the MLflow server {uri} does not answer "
-                                  f"({type(err).__name__}: {err}); {hint}") from None
+                                  f"({type(err).__name__}: {err}); {WHERE_DOWN}") from None
     if answer.status_code == 200 or (answer.status_code == 404
                                      and "RESOURCE_DOES_NOT_EXIST" in answer.text):
         return
@@ -90,21 +93,29 @@ def check_reachable(params: Params, timeout: float = 10.0) -> None:
     where = ("cannot use its database" if answer.status_code >= 500
              else "refuses the request")
     raise RegistryUnavailable(f"the MLflow server {uri} {where} (HTTP {answer.status_code}: "
-                              f"{detail}); {hint}")
+                              f"{detail}); {WHERE_DOWN}")
+
+
+def ensure_experiment(params: Params, name: str) -> str:
+    """Point mlflow at the store and make sure the experiment exists; return its id. On a
+    local store its artifacts go under registry.artifact_root; a server keeps its own."""
+    import mlflow
+
+    uri = use_store(params)
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if not uri.startswith(("http://", "https://")):
+        root = Path(params.registry.artifact_root).resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        location = root.as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
 
 
 def connect(params: Params) -> str:
-    """Point mlflow at the store and make sure the experiment exists; return its id."""
-    import mlflow
-
-    use_store(params)
-    settings = params.registry
-    experiment = mlflow.get_experiment_by_name(settings.experiment)
-    if experiment is not None:
-        return experiment.experiment_id
-    root = Path(settings.artifact_root).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    return mlflow.create_experiment(settings.experiment, artifact_location=root.as_uri())
+    """Point mlflow at the store and make sure the pipeline's experiment exists; its id."""
+    return ensure_experiment(params, params.registry.experiment)
 
 
 def client(params: Params):
@@ -150,25 +161,9 @@ def version_number(mlflow_client, name: str, ref: str) -> str:
 
 # -- alias moves, kept in MLflow ------------------------------------------------------------------
 
+# One run per move, in an experiment of its own: on a shared server the history is shared
+# too, and it outlives every checkout.
 ALIAS_MOVES_EXPERIMENT = "alias-moves"
-
-
-def _moves_experiment(params: Params) -> str:
-    """The experiment whose runs record alias moves, one run per move (on a shared server it
-    is shared too: the history outlives every checkout)."""
-    import mlflow
-
-    connect(params)
-    found = mlflow.get_experiment_by_name(ALIAS_MOVES_EXPERIMENT)
-    if found is not None:
-        return found.experiment_id
-    uri = tracking_uri(params)
-    location = None
-    if not uri.startswith(("http://", "https://")):
-        folder = Path(params.registry.artifact_root).resolve()
-        folder.mkdir(parents=True, exist_ok=True)
-        location = folder.as_uri()
-    return mlflow.create_experiment(ALIAS_MOVES_EXPERIMENT, artifact_location=location)
 
 
 def move_alias(params: Params, name: str, alias: str, version: str, reason: str,
@@ -183,7 +178,7 @@ def move_alias(params: Params, name: str, alias: str, version: str, reason: str,
     mlflow_client.set_registered_model_alias(name, alias, version)
     previous = str(before.version) if before else None
     run = mlflow_client.create_run(
-        _moves_experiment(params),
+        ensure_experiment(params, ALIAS_MOVES_EXPERIMENT),
         run_name=f"{name}@{alias}: v{previous or '-'} -> v{version}",
         tags={"model": name, "alias": alias, "from_version": previous or "none",
               "to_version": str(version), "reason": reason[:4000],
@@ -198,7 +193,8 @@ def alias_history(params: Params, name: str, alias: str | None = None) -> list[d
 
     mlflow_client = client(params)
     query = f"tags.model = '{name}'" + (f" and tags.alias = '{alias}'" if alias else "")
-    runs = mlflow_client.search_runs([_moves_experiment(params)], filter_string=query,
+    runs = mlflow_client.search_runs([ensure_experiment(params, ALIAS_MOVES_EXPERIMENT)],
+                                     filter_string=query,
                                      order_by=["attributes.start_time ASC"], max_results=5000)
     return [{"when": datetime.datetime.fromtimestamp(run.info.start_time / 1000,
                                                      datetime.UTC).strftime("%Y-%m-%d %H:%M:%S"),

@@ -61,13 +61,17 @@ def js_divergence(p_counts: list[int], q_counts: list[int]) -> float:
     return max(0.0, min(1.0, divergence))
 
 
-def tokens_per_byte(tokenizer_dir: Path, text: str, known: set[str] | None = None
+def sample_of(text: str) -> str:
+    """The text's first MiB, where compression is measured."""
+    return text.encode("utf-8")[:SAMPLE_BYTES].decode("utf-8", errors="ignore")
+
+
+def tokens_per_byte(tokenizer_dir: Path, sample: str, known: set[str] | None = None
                     ) -> float | None:
-    """Tokens per byte of the text's first MiB (only its `known` characters, when given: a
-    char tokenizer cannot encode others); None if the tokenizer cannot encode it."""
+    """Tokens per byte of the sample (only its `known` characters, when given: a char
+    tokenizer cannot encode others); None if the tokenizer cannot encode it."""
     from gpt.tokenizer import load_tokenizer
 
-    sample = text.encode("utf-8")[:SAMPLE_BYTES].decode("utf-8", errors="ignore")
     if known is not None:
         sample = "".join(ch for ch in sample if ch in known)
     try:
@@ -95,7 +99,7 @@ def compare(params: Params, text: str, current: dict[str, Any]) -> dict[str, flo
         before = json.loads(Path(path).read_text(encoding="utf-8"))
         seen = set(before["characters"])
         tokenizer = download_checkpoint(params, name, str(champion.version), Path(scratch))
-        champion_rate = tokens_per_byte(tokenizer, text, seen)
+        champion_rate = tokens_per_byte(tokenizer, sample_of(text), seen)
     unseen = sum(1 for ch in text if ch not in seen) / max(1, len(text))
     figures = {"drift_js_divergence": round(js_divergence(current["byte_counts"],
                                                           before["byte_counts"]), 6),
@@ -127,13 +131,14 @@ def drift(params: Params, run_id: str | None = None) -> dict[str, Any]:
             f"{figures.get('drift_tokens_per_byte_ratio', float('nan')):.2f}x the tokens per "
             f"byte); "
             f"raise data.max_drift or set it to null to train anyway")
-    return {"profile": current, "figures": figures or {}}
+    return {"profile": current, "figures": figures or {}, "sample": sample_of(text)}
 
 
-def record_profile(params: Params, run_id: str, current: dict[str, Any]) -> None:
-    """The run's data profile with its tokenizer's tokens per byte, for the runs after it."""
-    rate = tokens_per_byte(params.path("tokenizer"), corpus_text(params))
-    client(params).log_text(run_id, json.dumps({**current, "tokens_per_byte": rate}),
+def record_profile(params: Params, run_id: str, drifted: dict[str, Any]) -> None:
+    """The run's data profile (drift's result) with its tokenizer's tokens per byte on the
+    same sample, for the runs after it."""
+    rate = tokens_per_byte(params.path("tokenizer"), drifted["sample"])
+    client(params).log_text(run_id, json.dumps({**drifted["profile"], "tokens_per_byte": rate}),
                             PROFILE_FILE)
 
 

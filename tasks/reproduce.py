@@ -25,21 +25,21 @@ WEIGHTS = "model.safetensors"
 def check_restored(params: Params, checkpoint: Path) -> list[tuple[str, str]]:
     """(path, sha256) of each restored model and tokenizer file, each equal to its registered
     copy; VersioningError names the first that is not."""
-    restored = []
-    targets = [(params.path("model") / BEST, sorted(checkpoint.iterdir()))]
+    registered = sorted(checkpoint.iterdir())
     tokenizer = params.path("tokenizer")
-    targets.append((tokenizer, [checkpoint / p.name for p in sorted(tokenizer.iterdir())
-                                if (checkpoint / p.name).is_file()] if tokenizer.is_dir() else []))
-    for folder, registered in targets:
-        for source in registered:
-            path = folder / source.name
-            if not path.is_file():
-                raise VersioningError(f"{path} was not restored")
-            digest, expected = sha256_file(path), sha256_file(source)
-            if digest != expected:
-                raise VersioningError(f"{path} does not match the registered artifact "
-                                      f"(sha256 {digest[:12]}, registered {expected[:12]})")
-            restored.append((str(path), digest))
+    # Every file of the checkpoint in model/best, and those the tokenizer step also wrote.
+    pairs = [(params.path("model") / BEST / source.name, source) for source in registered]
+    pairs += [(tokenizer / source.name, source) for source in registered
+              if (tokenizer / source.name).is_file()]
+    restored = []
+    for path, source in pairs:
+        if not path.is_file():
+            raise VersioningError(f"{path} was not restored")
+        digest, expected = sha256_file(path), sha256_file(source)
+        if digest != expected:
+            raise VersioningError(f"{path} does not match the registered artifact "
+                                  f"(sha256 {digest[:12]}, registered {expected[:12]})")
+        restored.append((str(path), digest))
     return restored
 
 
