@@ -57,8 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     tok_commands = tokenizer.add_subparsers(dest="tokenizer_command", required=True)
     tok_train = tok_commands.add_parser("train", help="train a tokenizer on a text file")
     tok_train.add_argument("--input", type=Path, required=True)
-    tok_train.add_argument("--vocab-size", type=int, required=True)
+    tok_train.add_argument("--vocab-size", type=int, required=True,
+                           help="the vocabulary's size; for word and regex, a cap")
     tok_train.add_argument("--kind", choices=list(TOKENIZER_KINDS), default="bpe")
+    tok_train.add_argument("--min-frequency", type=int, default=1,
+                           help="word and regex: rarer pieces become <|unk|>")
     tok_train.add_argument("--out", type=Path, required=True)
 
     train = commands.add_parser("train", help="quick path: train tokenizer + model on a text file")
@@ -161,7 +164,8 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> None:
 
     text = read_text(args.input)
     started = time.perf_counter()
-    tokenizer = train_tokenizer(args.kind, text, args.vocab_size)
+    tokenizer = train_tokenizer(args.kind, text, args.vocab_size,
+                                min_frequency=args.min_frequency)
     tokenizer.save(args.out)
     print(f"trained {args.kind} tokenizer, vocab {tokenizer.vocab_size}, in "
           f"{time.perf_counter() - started:.2f}s -> {args.out}")

@@ -21,12 +21,13 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from gpt.tokenizer import TOKENIZER_KINDS
+from gpt.tokenizer import FREQUENCY_KINDS, TOKENIZER_KINDS
 
 PARAMS_FILE = "params.yaml"
 TINY_SHAKESPEARE = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
                     "tinyshakespeare/input.txt")
 DATA_KINDS = ("text", "sft")
+WINDOWS = ("random", "strided")
 ATTENTION_IMPLS = ("sdpa", "explicit")
 DTYPES = ("auto", "float32", "bfloat16")
 
@@ -57,6 +58,10 @@ class DataConfig:
     text_field: str = "text"       # the JSONL field holding a record's text
     val_fraction: float = 0.1      # the last share of the corpus (by bytes, whole documents)
     tokens_per_shard: int = 1 << 20
+    # Training windows of model.block_size tokens (the write-ups' max_length): random offsets
+    # (nanoGPT), or strided: starts every `stride` tokens, each once per epoch, shuffled.
+    windows: str = "random"
+    stride: int | None = None      # strided: None = model.block_size (windows do not overlap)
     # Stop a run whose data's byte distribution moved further than this from the champion's
     # (Jensen-Shannon divergence in bits, 0 to 1); None: measure and report only.
     max_drift: float | None = None
@@ -66,6 +71,11 @@ class DataConfig:
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction!r}")
         _positive_ints("data", self, ["tokens_per_shard"])
+        _one_of("data", "windows", self.windows, WINDOWS)
+        if self.stride is not None:
+            _positive_ints("data", self, ["stride"])
+            if self.windows != "strided":
+                raise ValueError("data.stride applies to data.windows: strided")
         if self.max_drift is not None and not 0 <= self.max_drift <= 1:
             raise ValueError(f"data.max_drift must be in [0, 1] (bits) or null, got "
                              f"{self.max_drift!r}")
@@ -89,12 +99,16 @@ class ValidateConfig:
 
 @dataclass
 class TokenizerConfig:
-    kind: str = "bpe"              # bpe | char
-    vocab_size: int = 2048
+    kind: str = "bpe"              # bpe | char | word | regex
+    vocab_size: int = 2048         # word, regex: a cap on the most frequent pieces
+    min_frequency: int = 1         # word, regex: fewer occurrences in training -> <|unk|>
 
     def __post_init__(self) -> None:
         _one_of("tokenizer", "kind", self.kind, list(TOKENIZER_KINDS))
-        _positive_ints("tokenizer", self, ["vocab_size"])
+        _positive_ints("tokenizer", self, ["vocab_size", "min_frequency"])
+        if self.min_frequency != 1 and self.kind not in FREQUENCY_KINDS:
+            raise ValueError(f"tokenizer.min_frequency applies to the "
+                             f"{' and '.join(FREQUENCY_KINDS)} kinds, not {self.kind}")
 
 
 @dataclass
@@ -145,15 +159,21 @@ class TrainConfig:
     dtype: str = "auto"            # autocast dtype: "auto", "float32", "bfloat16"
     max_seconds: float = 0.0       # wall-clock budget for the loop; 0 = none
     nproc: int = 1                 # training processes under torchrun (DDP); 1 = in-process
+    # Besides best/ and latest/, a resumable step-NNNNNN/ folder every this many steps (0: none),
+    # of which the newest keep_checkpoints stay.
+    checkpoint_interval: int = 0
+    keep_checkpoints: int = 3
 
     def __post_init__(self) -> None:
         _positive_ints("train", self, ["max_steps", "batch_size", "grad_accum",
-                                       "eval_interval", "eval_iters", "log_interval", "nproc"])
+                                       "eval_interval", "eval_iters", "log_interval", "nproc",
+                                       "keep_checkpoints"])
         if not self.learning_rate > 0:
             raise ValueError(f"train.learning_rate must be > 0, got {self.learning_rate!r}")
         if not 0 <= self.min_lr <= self.learning_rate:
             raise ValueError(f"train.min_lr must be in [0, learning_rate], got {self.min_lr!r}")
-        for name in ("warmup_steps", "patience", "weight_decay", "grad_clip", "max_seconds"):
+        for name in ("warmup_steps", "patience", "weight_decay", "grad_clip", "max_seconds",
+                     "checkpoint_interval"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
@@ -285,6 +305,13 @@ class Params:
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         return replace(self.model, vocab_size=vocab_size)
+
+    @property
+    def window_stride(self) -> int | None:
+        """The training windows' stride, or None for random windows."""
+        if self.data.windows == "random":
+            return None
+        return self.data.stride or self.model.block_size
 
     @property
     def model_name(self) -> str:

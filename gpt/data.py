@@ -2,8 +2,9 @@
 
 Tokens live in Parquet shards (one `token` column, uint16 when the vocabulary fits, zstd) or
 a `.npy` file. Either way they are read into one contiguous NumPy array, never a Python list,
-and batches are random windows cut from it with a seeded torch.Generator whose state is saved
-in checkpoints, so a resumed run draws exactly the batches it would have drawn.
+and batches are windows cut from it with a seeded torch.Generator whose state is saved in
+checkpoints, so a resumed run draws exactly the batches it would have drawn: random windows
+(nanoGPT's sampling), or strided windows visited once per epoch (a sliding-window dataset).
 """
 
 from __future__ import annotations
@@ -129,6 +130,67 @@ class RandomWindows:
 
     def set_state(self, state: torch.Tensor) -> None:
         self.generator.set_state(state)
+
+
+class StridedWindows:
+    """Windows starting at 0, stride, 2*stride, ...: each visited once per epoch, in an order
+    shuffled by a seeded generator; batches run on across epoch boundaries, so none is dropped.
+
+    The 004 write-up's sliding-window dataset (max_length = block_size, stride, shuffle), with
+    a state a checkpoint can hold: the generator as the epoch began, and the position in it.
+    """
+
+    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int,
+                 stride: int, device: str | torch.device = "cpu") -> None:
+        if len(tokens) < block_size + 1:
+            raise ValueError(f"{len(tokens)} tokens cannot fill one window of block_size "
+                             f"{block_size} (need at least {block_size + 1})")
+        if stride < 1:
+            raise ValueError(f"stride must be >= 1, got {stride}")
+        self.tokens = tokens
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.starts = np.arange(0, len(tokens) - block_size, stride)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch = -1
+        self._new_epoch()
+        self._offsets = np.arange(block_size + 1)
+
+    def _new_epoch(self) -> None:
+        self._epoch_start = self.generator.get_state()
+        self.order = torch.randperm(len(self.starts), generator=self.generator).numpy()
+        self.position = 0
+        self.epoch += 1
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        picked: list[np.ndarray] = []
+        wanted = self.batch_size
+        while wanted:
+            if self.position == len(self.order):
+                self._new_epoch()
+            take = self.order[self.position:self.position + wanted]
+            picked.append(take)
+            self.position += len(take)
+            wanted -= len(take)
+        starts = self.starts[np.concatenate(picked)]
+        windows = torch.from_numpy(
+            self.tokens[starts[:, None] + self._offsets].astype(np.int64))
+        if self.device.type == "cuda":
+            windows = windows.pin_memory().to(self.device, non_blocking=True)
+        return windows[:, :-1], windows[:, 1:]
+
+    def get_state(self) -> torch.Tensor:
+        """The generator's state as this epoch began, then (position, epoch) as 16 bytes."""
+        where = torch.tensor([self.position, self.epoch], dtype=torch.int64).view(torch.uint8)
+        return torch.cat([self._epoch_start, where])
+
+    def set_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state[:-16].clone())
+        position, epoch = state[-16:].clone().view(torch.int64).tolist()
+        self.epoch = epoch - 1
+        self._new_epoch()
+        self.position = position
 
 
 def sequential_windows(tokens: np.ndarray, block_size: int, batch_size: int

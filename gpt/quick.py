@@ -40,7 +40,8 @@ def train_from_text(input_path: str | Path, out_dir: str | Path,
     train_text, val_text = split_text(read_text(input_path), params.data.val_fraction)
 
     t0 = time.perf_counter()
-    tokenizer = train_tokenizer(kind, train_text, params.tokenizer.vocab_size)
+    tokenizer = train_tokenizer(kind, train_text, params.tokenizer.vocab_size,
+                                min_frequency=params.tokenizer.min_frequency)
     tokenizer.save(out / "tokenizer")
     log.info("trained %s tokenizer (vocab %d) in %.1fs", kind, tokenizer.vocab_size,
              time.perf_counter() - t0)
@@ -51,7 +52,8 @@ def train_from_text(input_path: str | Path, out_dir: str | Path,
 
     torch.manual_seed(cfg.seed)  # the initial weights too come from the seed
     model = GPT(params.model_config(tokenizer.vocab_size))
-    trainer = windows_trainer(model, train_ids, val_ids, cfg, out, assets_dir=out / "tokenizer")
+    trainer = windows_trainer(model, train_ids, val_ids, cfg, out, stride=params.window_stride,
+                              assets_dir=out / "tokenizer")
     result = trainer.fit()
 
     best = load_model(result.best_dir, trainer.device)

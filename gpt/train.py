@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
@@ -33,7 +34,7 @@ from gpt.checkpoint import (
     write_model_files,
 )
 from gpt.config import TrainConfig
-from gpt.data import RandomWindows
+from gpt.data import RandomWindows, StridedWindows
 from gpt.files import atomic_directory, write_json
 from gpt.model import GPT
 
@@ -225,6 +226,10 @@ class Trainer:
     def latest_dir(self) -> Path:
         return self.out_dir / "latest"
 
+    def numbered_checkpoints(self) -> list[Path]:
+        """The step-NNNNNN/ folders (train.checkpoint_interval), oldest first."""
+        return sorted(self.out_dir.glob("step-[0-9]*"))
+
     # -- checkpoints -------------------------------------------------------------------------
 
     def _write_latest(self, folder: Path) -> None:
@@ -246,6 +251,14 @@ class Trainer:
         if improved:
             atomic_directory(self.best_dir,
                              lambda tmp: write_model_files(self.model, tmp, self.assets_dir))
+
+    def save_numbered(self) -> None:
+        """A resumable checkpoint named for its step; only the newest keep_checkpoints stay."""
+        if not self.lead:
+            return
+        atomic_directory(self.out_dir / f"step-{self.step:06d}", self._write_latest)
+        for old in self.numbered_checkpoints()[:-self.cfg.keep_checkpoints]:
+            shutil.rmtree(old)
 
     def resume(self, folder: str | Path | None = None) -> None:
         """Continue from a training checkpoint (default: out_dir/latest)."""
@@ -344,6 +357,8 @@ class Trainer:
                 stopped_early = self._evaluate(loss)
                 if stopped_early:
                     log.info("early stop: no val improvement in %d evals", cfg.patience)
+            if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0:
+                self.save_numbered()
             if stopped_early or out_of_time:
                 break
             if self.should_stop():
@@ -358,11 +373,15 @@ class Trainer:
 
 
 def windows_trainer(model: GPT, train_tokens: np.ndarray, val_tokens: np.ndarray,
-                    cfg: TrainConfig, out_dir: str | Path, **options) -> Trainer:
-    """A Trainer on random windows of token arrays (pretraining)."""
+                    cfg: TrainConfig, out_dir: str | Path, stride: int | None = None,
+                    **options) -> Trainer:
+    """A Trainer on windows of token arrays (pretraining): random ones, or with a stride
+    every window at that stride once per epoch."""
     device = pick_device(cfg.device)
     block = model.config.block_size
-    train = RandomWindows(train_tokens, block, cfg.batch_size, cfg.seed, device)
+    train = (RandomWindows(train_tokens, block, cfg.batch_size, cfg.seed, device)
+             if stride is None else
+             StridedWindows(train_tokens, block, cfg.batch_size, cfg.seed, stride, device))
     RandomWindows(val_tokens, block, cfg.batch_size, 0)  # fail now if val is too short
 
     def val_batches() -> Iterable[Batch]:

@@ -27,7 +27,8 @@ def corpus_tokenizer(params: Params) -> Tokenizer:
     train_frame, _ = split_records(frame, params.data.val_fraction)
     text = "\n\n".join(doc for doc, _ in documents(train_frame))
     return train_tokenizer(params.tokenizer.kind, text, params.tokenizer.vocab_size,
-                           special_tokens=(ENDOFTEXT,))
+                           special_tokens=(ENDOFTEXT,),
+                           min_frequency=params.tokenizer.min_frequency)
 
 
 def pairs_tokenizer(params: Params) -> Tokenizer:
@@ -42,7 +43,8 @@ def pairs_tokenizer(params: Params) -> Tokenizer:
     train = frame[frame["split"] == "train"]
     text = "\n".join(train["prompt"]) + "\n" + "\n".join(train["completion"])
     return train_tokenizer(params.tokenizer.kind, text, params.tokenizer.vocab_size,
-                           special_tokens=CONTROL_TOKENS)
+                           special_tokens=CONTROL_TOKENS,
+                           min_frequency=params.tokenizer.min_frequency)
 
 
 BUILDERS = {"text": corpus_tokenizer, "sft": pairs_tokenizer}

@@ -59,14 +59,15 @@ def check_windows(manifest: dict[str, Any], block_size: int) -> None:
 
 def corpus_trainer(params: Params, tokenizer: Tokenizer, out: Path,
                    callback: Callback) -> tuple[Trainer, str | None]:
-    """Random windows of the token shards, fresh weights from the seed."""
+    """Windows of the token shards (data.windows), fresh weights from the seed."""
     tokens_dir = params.path("tokens")
     model_cfg = params.model_config(tokenizer.vocab_size)
     check_windows(read_json(tokens_dir / MANIFEST), model_cfg.block_size)
     torch.manual_seed(params.train.seed)  # the initial weights too come from the seed
     trainer = windows_trainer(GPT(model_cfg), load_tokens(tokens_dir, "train"),
                               load_tokens(tokens_dir, "val"), params.train, out,
-                              callback=callback, assets_dir=params.path("tokenizer"))
+                              stride=params.window_stride, callback=callback,
+                              assets_dir=params.path("tokenizer"))
     return trainer, None
 
 

@@ -1,7 +1,8 @@
-"""Tokenizers: a byte-level BPE in the GPT-2 format, and a character-level one.
+"""Tokenizers: a byte-level BPE in the GPT-2 format, a character-level one, and two word-level
+ones (a vocabulary by frequency, and the 004 write-up's regex rule) with `<|unk|>`.
 
 Every kind is a `Tokenizer` (base.py: special tokens and the shared interface) that adds one
-idea (bpe.py, char.py), so the model, trainer and sampler never care which one they got. A
+idea (bpe.py, char.py, word.py), so the model, trainer and sampler never care which one they got. A
 new kind drops in by subclassing `Tokenizer` and being registered in `TOKENIZER_KINDS`.
 """
 
@@ -17,18 +18,20 @@ from gpt.tokenizer.base import (
     MERGES_FILE,
     MIN_BPE_VOCAB,
     SPECIALS_FILE,
+    UNKNOWN,
     VOCAB_FILE,
     Tokenizer,
     UnknownCharacterError,
 )
 from gpt.tokenizer.bpe import GPT2_SPLIT_PATTERN, BPETokenizer, bytes_to_unicode, split_pretokens
 from gpt.tokenizer.char import CharTokenizer
+from gpt.tokenizer.word import RegexTokenizer, WordTokenizer
 
 __all__ = [
-    "CHARS_FILE", "ENDOFTEXT", "GPT2_SPLIT_PATTERN", "MAX_VOCAB", "MERGES_FILE",
-    "MIN_BPE_VOCAB", "SOURCE_FILES", "SPECIALS_FILE", "TOKENIZER_KINDS", "VOCAB_FILE",
-    "BPETokenizer", "CharTokenizer", "Tokenizer", "UnknownCharacterError", "bytes_to_unicode",
-    "is_tokenizer_dir",
+    "CHARS_FILE", "ENDOFTEXT", "FREQUENCY_KINDS", "GPT2_SPLIT_PATTERN", "MAX_VOCAB", "MERGES_FILE",
+    "MIN_BPE_VOCAB", "SOURCE_FILES", "SPECIALS_FILE", "TOKENIZER_KINDS", "UNKNOWN",
+    "VOCAB_FILE", "BPETokenizer", "CharTokenizer", "RegexTokenizer", "Tokenizer",
+    "UnknownCharacterError", "WordTokenizer", "bytes_to_unicode", "is_tokenizer_dir",
     "load_tokenizer", "split_pretokens", "train_tokenizer",
 ]
 
@@ -37,15 +40,26 @@ __all__ = [
 SOURCE_FILES: tuple[Path, ...] = tuple(sorted(Path(__file__).parent.glob("*.py")))
 
 # Order matters to load_tokenizer: the first kind whose files are present wins.
-TOKENIZER_KINDS: dict[str, type[Tokenizer]] = {"bpe": BPETokenizer, "char": CharTokenizer}
+TOKENIZER_KINDS: dict[str, type[Tokenizer]] = {
+    "bpe": BPETokenizer, "char": CharTokenizer, "word": WordTokenizer, "regex": RegexTokenizer}
+# The kinds whose vocabulary is a cap and a minimum frequency over the training pieces.
+FREQUENCY_KINDS = ("word", "regex")
 
 
 def train_tokenizer(kind: str, text: str, vocab_size: int,
-                    special_tokens: Iterable[str] = (ENDOFTEXT,)) -> Tokenizer:
-    """Train the tokenizer named by kind (a key of TOKENIZER_KINDS)."""
+                    special_tokens: Iterable[str] = (ENDOFTEXT,),
+                    min_frequency: int = 1) -> Tokenizer:
+    """Train the tokenizer named by kind (a key of TOKENIZER_KINDS); min_frequency applies to
+    the FREQUENCY_KINDS only."""
     if kind not in TOKENIZER_KINDS:
         raise ValueError(f"unknown tokenizer kind {kind!r}; "
                          f"choose one of {sorted(TOKENIZER_KINDS)}")
+    if kind in FREQUENCY_KINDS:
+        return TOKENIZER_KINDS[kind].train(text, vocab_size, special_tokens,
+                                           min_frequency=min_frequency)
+    if min_frequency != 1:
+        raise ValueError(f"min_frequency applies to the {' and '.join(FREQUENCY_KINDS)} "
+                         f"kinds, not {kind}")
     return TOKENIZER_KINDS[kind].train(text, vocab_size, special_tokens)
 
 

@@ -15,6 +15,7 @@ from typing import ClassVar, Self
 import regex
 
 ENDOFTEXT = "<|endoftext|>"
+UNKNOWN = "<|unk|>"  # what closed-vocabulary kinds (word, regex) encode unknown pieces as
 VOCAB_FILE, MERGES_FILE, SPECIALS_FILE = "vocab.json", "merges.txt", "special_tokens.json"
 CHARS_FILE = "chars.json"
 # 256 byte tokens is the smallest byte-level vocabulary; token ids are stored as uint16.

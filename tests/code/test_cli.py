@@ -55,6 +55,31 @@ def test_tokenizer_train_command(tmp_path, shakespeare_path, capsys):
     assert len((tmp_path / "merges.txt").read_text().splitlines()) == 1 + 512 - 256 - 1
 
 
+@pytest.mark.parametrize("kind", ["word", "regex"])
+def test_tokenizer_train_command_for_the_word_kinds(kind, tmp_path, shakespeare_path, capsys):
+    assert main(["tokenizer", "train", "--kind", kind, "--input", str(shakespeare_path),
+                 "--vocab-size", "3000", "--min-frequency", "2", "--out", str(tmp_path)]) == 0
+    assert "vocab 3000" in capsys.readouterr().out
+    from gpt.tokenizer import UNKNOWN, load_tokenizer
+
+    tok = load_tokenizer(tmp_path)
+    assert type(tok).__name__ == f"{kind.capitalize()}Tokenizer" and UNKNOWN in tok.special_tokens
+
+
+def test_the_quick_path_trains_and_samples_with_a_regex_tokenizer(tmp_path, shakespeare):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(shakespeare[:60_000], encoding="utf-8")
+    assert main(["train", "--input", str(corpus), "--out", str(tmp_path / "run"), *TINY,
+                 "--set", "tokenizer.kind=regex", "--set", "tokenizer.min_frequency=2"]) == 0
+    assert (tmp_path / "run" / "best" / "regex_words.json").is_file()
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", "generate", "To be", "--checkpoint",
+         str(tmp_path / "run"), "--max-new-tokens", "8", "--seed", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("To be") and len(result.stdout) > len("To be\n")
+
+
 def bad_input_cases(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")

@@ -87,8 +87,12 @@ def test_a_misspelt_section_and_a_derived_key_are_refused():
     ("train.max_steps=abc", "train.max_steps must be int"),
     ("train.learning_rate=fast", "train.learning_rate must be float"),
     ("data.kind=images", "data.kind must be one of text, sft"),
-    ("tokenizer.kind=wordpiece", "tokenizer.kind must be one of bpe, char"),
+    ("tokenizer.kind=wordpiece", "tokenizer.kind must be one of bpe, char, word, regex"),
+    ("tokenizer.min_frequency=3", "tokenizer.min_frequency applies to the word and regex"),
     ("data.val_fraction=1.5", "data.val_fraction must be in"),
+    ("data.windows=sliding", "data.windows must be one of random, strided"),
+    ("data.stride=64", "data.stride applies to data.windows: strided"),
+    ("train.keep_checkpoints=0", "train.keep_checkpoints must be a positive integer"),
 ])
 def test_wrong_types_and_values_are_refused(override, message):
     with pytest.raises(ValueError, match=message):
@@ -136,13 +140,19 @@ def test_the_dvc_stage_entry_point_names_the_same_steps_and_kinds():
 
 # What each write-up states, which its recipe must say too (../shared/seeds/).
 WRITE_UPS = {
-    "bpe-mlops": {"tokenizer.kind": "bpe"},
+    "bpe-mlops": {"tokenizer.kind": "bpe", "train.checkpoint_interval": 250},
     "char-shakespeare": {"tokenizer.kind": "char", "model.n_layer": 6, "model.n_head": 6,
                          "model.n_embd": 384, "model.block_size": 256, "train.batch_size": 64,
                          "train.learning_rate": 3e-4, "train.min_lr": 3e-4,
                          "train.max_steps": 3000},
     "prompt-to-code": {"data.kind": "sft", "tokenizer.kind": "char", "model.n_layer": 2,
                        "model.n_embd": 128},
+    "word-streaming": {"tokenizer.kind": "word", "model.n_layer": 4, "model.n_head": 4,
+                       "model.n_embd": 128, "model.block_size": 128,
+                       "train.checkpoint_interval": 100, "sample.repetition_penalty": 1.2,
+                       "sample.top_p": 0.95, "sample.max_new_tokens": 20},
+    "regex-gpt": {"tokenizer.kind": "regex", "data.windows": "strided", "data.stride": 128,
+                  "model.block_size": 256, "model.bias": False, "train.learning_rate": 4e-4},
 }
 
 

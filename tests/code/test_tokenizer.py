@@ -1,14 +1,17 @@
 """Tokenizers: the contract every kind keeps, then BPE against Hugging Face `tokenizers` and a
-naive reference trainer, then what is particular to char.
+naive reference trainer, then what is particular to char, then the word-level kinds against HF
+`WordLevel` and the 004 write-up's `re.split` rule.
 
 The contract tests run over every class in TOKENIZER_KINDS, so a new kind is held to them by
-being registered.
+being registered. The closed-vocabulary kinds (word, regex) round-trip text up to unknown
+pieces, which decode as <|unk|>: `spelled` says what a round trip must give.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import re
 import types
 from collections import Counter
 from collections.abc import Iterable
@@ -18,17 +21,20 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, pre_tokenizers
 
 import gpt.tokenizer
 from gpt.tokenizer import (
     ENDOFTEXT,
     SOURCE_FILES,
     TOKENIZER_KINDS,
+    UNKNOWN,
     BPETokenizer,
     CharTokenizer,
+    RegexTokenizer,
     Tokenizer,
+    WordTokenizer,
     is_tokenizer_dir,
     load_tokenizer,
     split_pretokens,
@@ -59,12 +65,26 @@ HOSTILE = [
 @pytest.fixture(scope="module")
 def train_text(shakespeare: str) -> str:
     """Holds every character the tests encode, so a char tokenizer knows them all."""
-    return shakespeare[:50_000] + "".join(HOSTILE)
+    return shakespeare[:50_000] + "\n".join(["", *HOSTILE])
 
 
 @pytest.fixture(scope="module", params=sorted(TOKENIZER_KINDS))
 def trained(request, train_text: str) -> Tokenizer:
-    return train_tokenizer(request.param, train_text, 1024)
+    # A word-level vocabulary is a cap: large enough here to hold every piece of train_text.
+    return train_tokenizer(request.param, train_text, 1024 if request.param in ("bpe", "char")
+                           else 16384)
+
+
+def spelled(tok: Tokenizer, text: str, specials: Iterable[str] = ()) -> str:
+    """What decode(encode(text)) must give: text itself, or for a closed vocabulary the text
+    with every piece it lacks as <|unk|> (specials, when allowed, pass through)."""
+    if not isinstance(tok, WordTokenizer):
+        return text
+    keep = "|".join(re.escape(s) for s in specials)
+    parts = re.split(f"({keep})", text) if keep else [text]
+    return "".join(part if part in specials else
+                   "".join(p if p in tok.pieces else UNKNOWN for p in tok.split(part))
+                   for part in parts)
 
 
 @pytest.mark.parametrize("text", HOSTILE)
@@ -72,9 +92,10 @@ def test_every_kind_round_trips_hostile_text(trained, text):
     for allow_special in (False, True):
         ids = trained.encode(text, allow_special=allow_special)
         assert all(0 <= i < trained.vocab_size for i in ids)
-        assert trained.decode(ids) == text
+        expected = spelled(trained, text, trained.special_tokens if allow_special else ())
+        assert trained.decode(ids) == expected
         # What the sampler streams: token bytes must add up to the text's UTF-8.
-        assert b"".join(trained.token_bytes(i) for i in ids) == text.encode("utf-8")
+        assert b"".join(trained.token_bytes(i) for i in ids) == expected.encode("utf-8")
 
 
 @settings(max_examples=100, deadline=None)
@@ -84,18 +105,20 @@ def test_every_kind_round_trips_arbitrary_text_over_its_alphabet(trained, train_
     text = data.draw(st.lists(st.one_of(plain, st.just(ENDOFTEXT))).map("".join))
     eot = trained.special_tokens[ENDOFTEXT]
     ids = trained.encode(text)
-    assert eot not in ids and trained.decode(ids) == text
+    assert eot not in ids and trained.decode(ids) == spelled(trained, text)
     special = trained.encode(text, allow_special=True)
-    assert special.count(eot) == text.count(ENDOFTEXT) and trained.decode(special) == text
+    assert special.count(eot) == text.count(ENDOFTEXT)
+    assert trained.decode(special) == spelled(trained, text, trained.special_tokens)
 
 
 def test_special_tokens_are_matched_only_when_asked(trained):
     eot = trained.special_tokens[ENDOFTEXT]
     text = f"hello{ENDOFTEXT}world"
     plain = trained.encode(text)
-    assert eot not in plain and trained.decode(plain) == text
+    assert eot not in plain and trained.decode(plain) == spelled(trained, text)
     special = trained.encode(text, allow_special=True)
-    assert special.count(eot) == 1 and trained.decode(special) == text
+    assert special.count(eot) == 1
+    assert trained.decode(special) == spelled(trained, text, [ENDOFTEXT])
     assert trained.token_bytes(eot) == ENDOFTEXT.encode()
 
 
@@ -104,15 +127,17 @@ def test_with_special_tokens_appends_after_the_vocabulary_and_keeps_old_ids(trai
     eot = trained.special_tokens[ENDOFTEXT]
     grown = trained.with_special_tokens(["<|user|>", ENDOFTEXT, "<|bot|>", "<|user|>"])
     assert type(grown) is type(trained)
-    assert grown.special_tokens == {ENDOFTEXT: eot, "<|user|>": before, "<|bot|>": before + 1}
+    assert grown.special_tokens == {**trained.special_tokens, ENDOFTEXT: eot,
+                                    "<|user|>": before, "<|bot|>": before + 1}
     assert grown.vocab_size == before + 2
     # The original is untouched, and plain text encodes to the same ids in both.
     assert trained.vocab_size == before and "<|user|>" not in trained.special_tokens
     text = "hello <|user|> world"
     assert grown.encode(text) == trained.encode(text)
-    ids = grown.encode(f"<|user|>hi{ENDOFTEXT}<|bot|>", allow_special=True)
+    text = f"<|user|>hi{ENDOFTEXT}<|bot|>"
+    ids = grown.encode(text, allow_special=True)
     assert ids[0] == before and ids[-1] == before + 1 and eot in ids
-    assert grown.decode(ids) == f"<|user|>hi{ENDOFTEXT}<|bot|>"
+    assert grown.decode(ids) == spelled(grown, text, ["<|user|>", ENDOFTEXT, "<|bot|>"])
 
 
 def test_save_and_load_round_trip(trained, shakespeare, tmp_path):
@@ -129,7 +154,7 @@ def test_save_and_load_round_trip(trained, shakespeare, tmp_path):
             assert loaded.encode(sample) == tok.encode(sample)
             ids = tok.encode(sample, allow_special=True)
             assert loaded.encode(sample, allow_special=True) == ids
-            assert loaded.decode(ids) == sample
+            assert loaded.decode(ids) == spelled(tok, sample, [ENDOFTEXT, *tok.special_tokens])
     assert not is_tokenizer_dir(tmp_path)
 
 
@@ -265,7 +290,10 @@ def test_hf_agrees_on_hostile_text(hf_pair, text):
 
 @settings(max_examples=300, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.text())
+# Unassigned code points excluded: `regex` and HF's Oniguruma carry different Unicode versions,
+# so one calls a code point assigned since Python's own data (\U0003d000) a letter and the
+# other does not, and the GPT-2 pattern then splits it differently.
+@given(st.text(st.characters(exclude_categories=("Cn", "Cs"))))
 def test_hf_agrees_and_round_trips_on_arbitrary_text(hf_pair, text):
     ours, hf = hf_pair
     ids = ours.encode(text)
@@ -367,3 +395,61 @@ def test_char_tokenizer_decodes_specials_and_refuses_a_too_small_vocabulary(shak
     assert tok.decode(ids) == f"{ENDOFTEXT}To be{ENDOFTEXT}"
     with pytest.raises(ValueError, match="distinct characters"):
         train_tokenizer("char", shakespeare, 65)
+
+
+# =============================================================================================
+# Word-level kinds: word (a vocabulary by frequency) and regex (the 004 write-up's rule)
+# =============================================================================================
+
+
+def hf_word_level(pattern: str, text: str, min_frequency: int) -> HFTokenizer:
+    hf = HFTokenizer(models.WordLevel(unk_token=UNKNOWN))
+    hf.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
+    hf.train_from_iterator([text], trainers.WordLevelTrainer(
+        vocab_size=1_000_000, min_frequency=min_frequency, special_tokens=[UNKNOWN]))
+    return hf
+
+
+@pytest.mark.parametrize("cls", [WordTokenizer, RegexTokenizer])
+def test_word_kinds_learn_hf_word_levels_vocabulary_and_tokens(cls, shakespeare):
+    train, held_out = shakespeare[:200_000], shakespeare[-3000:].rstrip() + " zyzzyva"
+    ours = cls.train(train, 100_000, min_frequency=3)
+    hf = hf_word_level(cls.PATTERN, train, 3)
+    assert set(hf.get_vocab()) - {UNKNOWN} == set(ours.pieces)
+    ids = ours.encode(held_out)
+    assert [ours.decode([i]) for i in ids] == hf.encode(held_out).tokens
+    assert ours.decode(ids).endswith(f" {UNKNOWN}")
+
+
+def test_regex_kind_splits_as_the_write_ups_re_split(shakespeare):
+    """004's rule: re.split(r'([,.:;?_!"()\']|--|\\s)') with empty items dropped."""
+    tok = RegexTokenizer.train(shakespeare, 65535)
+    for text in [shakespeare[:20_000], "don't--stop! a-b a---b\n\n  x", *HOSTILE]:
+        reference = [p for p in re.split(r'([,.:;?_!"()\']|--|\s)', text) if p]
+        assert tok.split(text) == reference
+
+
+def test_word_kind_keeps_the_most_frequent_pieces_and_maps_the_rest_to_unk(shakespeare):
+    tok = train_tokenizer("word", shakespeare, 1000, min_frequency=1)
+    assert tok.vocab_size == 1000 and tok.special_tokens == {ENDOFTEXT: 998, UNKNOWN: 999}
+    assert tok.pieces[:3] == [" ", "\n", ","]  # the most frequent pieces, most frequent first
+    # A word of the corpus that the cap left out (the rarest one) is unknown.
+    cut = WordTokenizer.train(shakespeare, 65535).pieces[-1]
+    assert cut in shakespeare and cut not in tok.pieces
+    ids = tok.encode(f"the king {cut}")
+    assert tok.decode(ids) == f"the king {UNKNOWN}" and ids[-1] == tok.special_tokens[UNKNOWN]
+    # min_frequency: a piece seen once in training has no token.
+    rare = train_tokenizer("word", "a a b", 100, min_frequency=2)
+    assert rare.pieces == [" ", "a"] and rare.decode(rare.encode("a b")) == f"a {UNKNOWN}"
+    with pytest.raises(ValueError, match="no room for words"):
+        train_tokenizer("word", shakespeare, 2)
+    with pytest.raises(ValueError, match="min_frequency applies to the word and regex"):
+        train_tokenizer("bpe", shakespeare, 300, min_frequency=2)
+
+
+def test_word_kinds_refuse_each_others_files(shakespeare, tmp_path):
+    WordTokenizer.train(shakespeare[:5000], 500).save(tmp_path)
+    (tmp_path / RegexTokenizer.FILES[0]).write_text(
+        (tmp_path / WordTokenizer.FILES[0]).read_text())
+    with pytest.raises(ValueError, match="split rule"):
+        RegexTokenizer.load(tmp_path)

@@ -10,6 +10,7 @@ import torch
 from gpt.data import (
     CorpusError,
     RandomWindows,
+    StridedWindows,
     load_tokens,
     read_text,
     sequential_windows,
@@ -44,6 +45,35 @@ def test_random_windows_are_seeded_and_targets_shift_by_one():
     nxt = a.next()[0]
     a.set_state(state)
     assert torch.equal(a.next()[0], nxt)
+
+
+@pytest.mark.parametrize(("stride", "windows"), [(10, 10), (4, 24), (7, 14)])
+def test_strided_windows_visit_every_window_once_per_epoch(stride, windows):
+    data = np.arange(106, dtype=np.uint16)  # starts 0, stride, ... while a window fits
+    source = StridedWindows(data, block_size=10, batch_size=3, seed=5, stride=stride)
+    assert len(source.starts) == windows
+    # Three epochs' worth: batches run across epoch boundaries and drop nothing.
+    firsts = [x[:, 0] for x, _ in (source.next() for _ in range(windows))]
+    seen = torch.cat(firsts).tolist()
+    for epoch in range(3):
+        assert sorted(seen[epoch * windows:(epoch + 1) * windows]) == list(range(
+            0, 106 - 10, stride))
+    assert seen[:windows] != seen[windows:2 * windows]  # each epoch shuffled anew
+    x, y = source.next()
+    assert torch.equal(y, x + 1) and x.shape == (3, 10)
+
+
+def test_strided_windows_are_seeded_and_resume_exactly_across_epochs():
+    data = np.arange(200, dtype=np.uint16)
+    a = StridedWindows(data, 16, 4, seed=3, stride=8)
+    b = StridedWindows(data, 16, 4, seed=3, stride=8)
+    assert all(torch.equal(a.next()[0], b.next()[0]) for _ in range(10))
+    state = a.get_state()  # 40 windows drawn: inside the second epoch of 23
+    expected = [a.next()[0] for _ in range(15)]
+    resumed = StridedWindows(data, 16, 4, seed=99, stride=8)
+    resumed.set_state(state)
+    assert all(torch.equal(resumed.next()[0], e) for e in expected)
+    assert resumed.epoch == a.epoch
 
 
 def test_sequential_windows_score_every_token_once():

@@ -34,22 +34,44 @@ def new_model(dropout: float = 0.1) -> GPT:
                          dropout=dropout))
 
 
-def test_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("stride", [None, 5], ids=["random", "strided"])
+def test_resume_is_exact(tmp_path, stride):
     cfg = small_config()
-    straight = windows_trainer(new_model(), tokens(3000), tokens(500, 1), cfg, tmp_path / "a")
+
+    def trainer(out: str):
+        return windows_trainer(new_model(), tokens(3000), tokens(500, 1), cfg, tmp_path / out,
+                               stride=stride)
+
+    straight = trainer("a")
     straight.fit()
 
-    first = windows_trainer(new_model(), tokens(3000), tokens(500, 1), cfg, tmp_path / "b")
+    first = trainer("b")
     first.fit(stop_at=6)
     # A new process would start from scratch: new model, new optimizer, different RNG state.
     torch.manual_seed(999)
-    second = windows_trainer(new_model(), tokens(3000), tokens(500, 1), cfg, tmp_path / "b")
+    second = trainer("b")
     second.resume()
     second.fit()
 
     a, b = straight.model.state_dict(), second.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert second.step == straight.step == 12
+
+
+def test_numbered_checkpoints_keep_the_newest_and_resume_exactly(tmp_path):
+    cfg = small_config(checkpoint_interval=4, keep_checkpoints=2)
+    straight = windows_trainer(new_model(), tokens(3000), tokens(500, 1), cfg, tmp_path / "a",
+                               stride=16)
+    straight.fit()
+    assert [p.name for p in straight.numbered_checkpoints()] == ["step-000008", "step-000012"]
+    torch.manual_seed(999)
+    again = windows_trainer(new_model(), tokens(3000), tokens(500, 1), cfg, tmp_path / "b",
+                            stride=16)
+    again.resume(tmp_path / "a" / "step-000008")
+    assert again.step == 8
+    again.fit()
+    a, b = straight.model.state_dict(), again.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_training_lowers_the_loss_and_keeps_best_and_latest(tmp_path):
