@@ -120,9 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the registry's champion over HTTP")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--model", default=None,
+    serve.add_argument("--model", action="append", default=[], dest="models",
                        help="registry URI (default: models:/<registry.model_name>@champion) "
-                            "or a checkpoint folder (tinygpt train's output)")
+                            "or a checkpoint folder (tinygpt train's output); repeat it to "
+                            "serve several, the first being the default")
     serve.add_argument("--poll-seconds", type=float, default=10.0,
                        help="how often to check whether the alias moved")
     serve.add_argument("--max-concurrency", type=int, default=2,
@@ -396,11 +397,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     params = load_params(args.params, args.overrides)
     use_store(params)  # only set, not contacted: the service waits for the registry
-    uri = args.model or f"models:/{params.model_name}@{params.registry.champion_alias}"
-    app = create_app(Settings(model_uri=uri, poll_seconds=args.poll_seconds,
+    uris = tuple(args.models) or (
+        f"models:/{params.model_name}@{params.registry.champion_alias}",)
+    app = create_app(Settings(model_uris=uris, poll_seconds=args.poll_seconds,
                               max_concurrency=args.max_concurrency, max_queue=args.max_queue,
                               cors_origins=tuple(args.cors_origins)))
-    print(f"serving {uri} on http://{args.host}:{args.port}/")
+    print(f"serving {', '.join(uris)} on http://{args.host}:{args.port}/")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
 

@@ -29,7 +29,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     app = FastAPI(title="tinygpt", lifespan=_follow_model)
     app.state.settings = settings
-    app.state.holder = ModelHolder(settings.model_uri, settings.poll_seconds)
+    holders = [ModelHolder(uri, settings.poll_seconds) for uri in settings.model_uris]
+    app.state.holders = {holder.name: holder for holder in holders}
+    if len(app.state.holders) < len(holders):
+        raise ValueError(f"two of the models name the same registered model: "
+                         f"{', '.join(settings.model_uris)}")
+    app.state.holder = holders[0]  # the default: requests that name no model get it
     app.state.gate = Gate(settings.max_concurrency, settings.max_queue)
     app.state.metrics = Metrics()
     app.middleware("http")(_limit_and_observe)
@@ -44,9 +49,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 @asynccontextmanager
 async def _follow_model(app: FastAPI) -> AsyncIterator[None]:
-    app.state.holder.start()
+    for holder in app.state.holders.values():
+        holder.start()
     yield
-    await app.state.holder.stop()
+    for holder in app.state.holders.values():
+        await holder.stop()
 
 
 async def _limit_and_observe(request: Request,

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from gpt.generate import SamplingParams, decode_stream, encode_prompt, iter_tokens
-from gpt.sft import prompt_ids
+from gpt.sft import PROMPT, prompt_ids
 from serve.model_holder import LoadedModel
 
 MAX_PROMPT_CHARS = 8000
@@ -36,8 +36,12 @@ class GenerateRequest(BaseModel):
     repetition_penalty: float = Field(1.0, ge=0.5, le=5.0)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stop: list[StopString] = Field(default_factory=list, max_length=8)
-    # "completion": the prompt is wrapped as <|prompt|> ... <|completion|> for fine-tuned models
-    mode: Literal["text", "completion"] = "text"
+    # "completion": the prompt is wrapped as <|prompt|> ... <|completion|> (fine-tuned models);
+    # None: completion for a model whose tokenizer has those control tokens, else text.
+    mode: Literal["text", "completion"] | None = None
+    # The model's context the prompt may fill: it keeps its last context_tokens tokens.
+    context_tokens: int | None = Field(None, ge=1, le=65535)
+    model: str | None = Field(None, max_length=1000)  # a served model's name; None: the default
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
@@ -104,11 +108,15 @@ class Generation:
         self.loaded = loaded
         self.params = request.sampling()
         self.prompt = request.prompt
-        if request.mode == "completion":
+        self.mode = request.mode or (
+            "completion" if PROMPT in loaded.tokenizer.special_tokens else "text")
+        if self.mode == "completion":
             ids = prompt_ids(loaded.tokenizer, request.prompt)  # ValueError without controls
             self.idx = torch.tensor([ids], dtype=torch.long)
         else:
             self.idx = encode_prompt(loaded.tokenizer, request.prompt)
+        if request.context_tokens is not None:
+            self.idx = self.idx[:, -request.context_tokens:]
         self.cancelled = threading.Event()
         self.completion_tokens = 0
         self.started = time.perf_counter()

@@ -8,7 +8,8 @@ from pathlib import Path
 
 @dataclass
 class Settings:
-    model_uri: str = "models:/tinygpt@champion"
+    # The models served: registry URIs or checkpoint folders; the first is the default one.
+    model_uris: tuple[str, ...] = ("models:/tinygpt@champion",)
     poll_seconds: float = 10.0          # how often the alias is checked
     max_concurrency: int = 2            # generations running at once
     max_queue: int = 8                  # requests allowed to wait for a slot; more get 429
@@ -17,3 +18,8 @@ class Settings:
     upload_dir: Path = Path("uploads")
     retrain_deployment: str = "retrain/on-demand"
     cors_origins: tuple[str, ...] = ()  # origins whose pages may call the API (CORS)
+
+    @property
+    def model_uri(self) -> str:
+        """The default model's URI (what the page's upload retrains)."""
+        return self.model_uris[0]

@@ -15,6 +15,10 @@ def get_holder(request: Request) -> ModelHolder:
     return request.app.state.holder
 
 
+def get_holders(request: Request) -> dict[str, ModelHolder]:
+    return request.app.state.holders
+
+
 def get_gate(request: Request) -> Gate:
     return request.app.state.gate
 
@@ -24,6 +28,7 @@ def get_metrics(request: Request) -> Metrics:
 
 
 HolderDep = Annotated[ModelHolder, Depends(get_holder)]
+HoldersDep = Annotated[dict[str, ModelHolder], Depends(get_holders)]
 GateDep = Annotated[Gate, Depends(get_gate)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
@@ -40,6 +45,18 @@ def served(holder: ModelHolder, metrics: Metrics) -> LoadedModel:
         raise HTTPException(503, detail={"status": state, "error": holder.error})
     metrics.serving(loaded)
     return loaded
+
+
+def chosen(holders: dict[str, ModelHolder], default: ModelHolder,
+           name: str | None) -> ModelHolder:
+    """The holder of the model a request names (None: the default), or a 422 listing them."""
+    if name is None:
+        return default
+    if name not in holders:
+        raise HTTPException(422, detail=[{
+            "field": "model", "message": f"no served model {name!r}; this service serves "
+            f"{', '.join(holders)}"}])
+    return holders[name]
 
 
 def too_large(limit: int) -> JSONResponse:

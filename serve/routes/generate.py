@@ -14,15 +14,17 @@ from fastapi.responses import StreamingResponse
 from gpt.tokenizer import UnknownCharacterError
 from serve.generation import Busy, Gate, GenerateRequest, Generation, Metrics
 from serve.model_holder import ModelHolder
-from serve.routes.deps import GateDep, HolderDep, MetricsDep, served
+from serve.routes.deps import GateDep, HolderDep, HoldersDep, MetricsDep, chosen, served
 
 router = APIRouter()
 BUSY = "too many requests; retry shortly"
 
 
-def start_generation(body: GenerateRequest, holder: ModelHolder, metrics: Metrics) -> Generation:
-    """A generation on the served model, or a 422 naming the field that makes it impossible."""
-    loaded = served(holder, metrics)
+def start_generation(body: GenerateRequest, holders: dict[str, ModelHolder],
+                     default: ModelHolder, metrics: Metrics) -> Generation:
+    """A generation on the model the request names, or a 422 naming the field that makes it
+    impossible."""
+    loaded = served(chosen(holders, default, body.model), metrics)
     try:
         generation = Generation(loaded, body)
     except UnknownCharacterError as err:
@@ -40,22 +42,28 @@ def start_generation(body: GenerateRequest, holder: ModelHolder, metrics: Metric
 
 
 @router.post("/generate")
-async def generate(body: GenerateRequest, holder: HolderDep, gate: GateDep,
-                   metrics: MetricsDep) -> dict[str, Any]:
-    generation = start_generation(body, holder, metrics)
+async def generate(body: GenerateRequest, holders: HoldersDep, holder: HolderDep,
+                   gate: GateDep, metrics: MetricsDep) -> dict[str, Any]:
+    """The whole text; a completion-mode answer is also under `code`, the name the prompt ->
+    code write-up's API (002) answers with."""
+    generation = start_generation(body, holders, holder, metrics)
     try:
         async with gate.slot():
             text = await asyncio.to_thread(lambda: "".join(generation.pieces()))
     except Busy:
         raise HTTPException(429, detail=BUSY) from None
     metrics.tokens.inc(generation.completion_tokens)
-    return {"text": text, **generation.stats()}
+    answer = {"text": text, **generation.stats()}
+    if generation.mode == "completion":
+        answer["code"] = text
+    return answer
 
 
 @router.post("/generate/stream")
-async def generate_stream(body: GenerateRequest, request: Request, holder: HolderDep,
-                          gate: GateDep, metrics: MetricsDep) -> StreamingResponse:
-    generation = start_generation(body, holder, metrics)
+async def generate_stream(body: GenerateRequest, request: Request, holders: HoldersDep,
+                          holder: HolderDep, gate: GateDep,
+                          metrics: MetricsDep) -> StreamingResponse:
+    generation = start_generation(body, holders, holder, metrics)
     # Checked before the response starts, while a 429 can still be sent; a queue that fills
     # after this is reported inside the stream.
     if gate.full():

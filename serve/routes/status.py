@@ -1,5 +1,5 @@
-"""`GET /health` (the served model; 503 when degraded or without one), `GET /metrics`
-(Prometheus) and the playground page at `GET /`."""
+"""`GET /health` (the default model; 503 when degraded or without one), `GET /models` (every
+served model), `GET /metrics` (Prometheus) and the playground page at `GET /`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from serve.routes.deps import HolderDep, MetricsDep, served
+from serve.routes.deps import HolderDep, HoldersDep, MetricsDep, served
 
 router = APIRouter()
 STATIC = Path(__file__).parent.parent / "static"
@@ -26,10 +26,24 @@ async def health(holder: HolderDep, metrics: MetricsDep) -> JSONResponse:
     return JSONResponse({"status": "ok", **described})
 
 
+@router.get("/models")
+async def models(holders: HoldersDep) -> dict[str, list[dict]]:
+    """Each served model as /health describes it, the default first; one still loading or
+    unavailable says so instead."""
+    described = []
+    for name, holder in holders.items():
+        loaded = holder.current
+        described.append(loaded.describe() if loaded is not None else
+                         {"model": name, "status": "loading" if holder.error is None
+                          else "unavailable", "error": holder.error})
+    return {"models": described}
+
+
 @router.get("/metrics")
-async def prometheus(holder: HolderDep, metrics: MetricsDep) -> Response:
-    if holder.current is not None:
-        metrics.serving(holder.current)
+async def prometheus(holders: HoldersDep, metrics: MetricsDep) -> Response:
+    for each in holders.values():
+        if each.current is not None:
+            metrics.serving(each.current)
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

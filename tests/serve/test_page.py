@@ -50,6 +50,7 @@ def browser_page(page_service):
 def test_page_streams_a_generation_with_the_chosen_settings(browser_page, artifacts_dir):
     page = browser_page
     expect(page.locator("#model")).to_contain_text("model tinygpt version")
+    expect(page.locator("#model-choice")).to_be_hidden()  # one model: nothing to choose
     page.locator("#temperature").fill("0.5")
     expect(page.locator("#temperature-value")).to_have_text("0.5")
     page.locator("#max_new_tokens").fill("120")
@@ -67,6 +68,34 @@ def test_page_streams_a_generation_with_the_chosen_settings(browser_page, artifa
     assert output.startswith("JULIET:") and len(output) > len("JULIET:")
     assert page.evaluate("window.updates") > 2  # the text arrived in pieces, as streamed
     page.screenshot(path=str(artifacts_dir / "playground.png"), full_page=True)
+
+
+def test_the_page_chooses_among_served_models_and_trims_the_context(browser_page, registry,
+                                                                   tmp_path):
+    from gpt.tokenizer import WordTokenizer
+
+    registry.register(seed=9, name="page-words", tokenizer=WordTokenizer.train(
+        "to be or not to be, that is the question:\n", 64))
+    proc, url = start_service(registry.uri, tmp_path, "--model", "models:/tinygpt@champion",
+                              "--model", "models:/page-words@champion")
+    page = browser_page.context.browser.new_page()
+    try:
+        wait_for(f"{url}/health")
+        page.goto(f"{url}/")
+        expect(page.locator("#model-choice")).to_be_visible()
+        page.select_option("#model-select", "page-words")
+        expect(page.locator("#model")).to_contain_text("model page-words version")
+        expect(page.locator("#context_tokens")).to_have_attribute("max", "64")  # its block
+        page.locator("#context_tokens").fill("3")
+        page.fill("#prompt", "to be or not to be")
+        with page.expect_request("**/generate/stream") as sent:
+            page.click("#generate")
+        assert sent.value.post_data_json["model"] == "page-words"
+        assert sent.value.post_data_json["context_tokens"] == 3
+        expect(page.locator("#stats")).to_contain_text("page-words version", timeout=60_000)
+    finally:
+        page.close()
+        proc.stop()
 
 
 def test_bad_upload_shows_the_validation_errors(browser_page):

@@ -235,8 +235,46 @@ def test_completion_mode_wraps_the_prompt_and_stops_at_endoftext(registry, tmp_p
         assert answer["completion_tokens"] == 0 and answer["text"] == ""
         assert answer["prompt_tokens"] == len(registry.tokenizer.encode("2+2=")) + 2
         text_mode = httpx.post(f"{url}/generate", timeout=60, json={
-            **BASE, "prompt": "2+2=", "max_new_tokens": 30}).json()
+            **BASE, "prompt": "2+2=", "mode": "text", "max_new_tokens": 30}).json()
         assert text_mode["prompt_tokens"] == answer["prompt_tokens"] - 2
+        # 002's request, a prompt alone: a fine-tuned model answers it, under `code` too.
+        plain = httpx.post(f"{url}/generate", timeout=60, json={"prompt": "2+2="}).json()
+        assert plain["prompt_tokens"] == answer["prompt_tokens"] and plain["code"] == ""
+    finally:
+        proc.stop()
+
+
+def test_several_models_are_served_and_chosen_per_request(registry, tmp_path):
+    from gpt.tokenizer import WordTokenizer
+
+    words_tokenizer = WordTokenizer.train("to be or not to be, that is the question:\n", 64)
+    registry.register(seed=8, name="tinygpt-words", tokenizer=words_tokenizer)
+    proc, url = start_service(registry.uri, tmp_path, "--model", "models:/tinygpt@champion",
+                              "--model", "models:/tinygpt-words@champion")
+    try:
+        wait_for(f"{url}/health")
+        listed = wait_for(f"{url}/models").json()["models"]
+        assert [m["model"] for m in listed] == ["tinygpt", "tinygpt-words"]
+        default = httpx.post(f"{url}/generate", timeout=60, json={**BASE, "max_new_tokens": 4})
+        assert default.json()["model"] == "tinygpt" and "code" not in default.json()
+        words = httpx.post(f"{url}/generate", timeout=60, json={
+            **BASE, "model": "tinygpt-words", "prompt": "to be or not to be, hamlet",
+            "max_new_tokens": 4}).json()
+        assert words["model"] == "tinygpt-words"
+        # 14 pieces: words, spaces and the comma; "hamlet", never seen, is one <|unk|>.
+        assert words["prompt_tokens"] == len(words_tokenizer.encode("to be or not to be, hamlet"))
+        assert words["prompt_tokens"] == 14
+        # The context-length setting: the prompt keeps its last N tokens.
+        trimmed = httpx.post(f"{url}/generate", timeout=60, json={
+            **BASE, "model": "tinygpt-words", "prompt": "to be or not to be, hamlet",
+            "context_tokens": 3, "max_new_tokens": 4}).json()
+        assert trimmed["prompt_tokens"] == 3
+        unknown = httpx.post(f"{url}/generate", timeout=60, json={**BASE, "model": "gpt5"})
+        assert unknown.status_code == 422
+        [problem] = unknown.json()["detail"]
+        assert problem["field"] == "model" and "tinygpt, tinygpt-words" in problem["message"]
+        metrics = httpx.get(f"{url}/metrics").text
+        assert 'tinygpt_model_version{model="tinygpt-words"}' in metrics
     finally:
         proc.stop()
 
