@@ -1,11 +1,15 @@
-"""Corpus uploads: a safe place to keep one, its validation, and the retraining run it starts."""
+"""Corpus uploads: a safe place to keep one, its validation, the tokenizer it would give, and
+the retraining run it starts."""
 
 from __future__ import annotations
 
 import re
+import tempfile
 import uuid
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 NO_PREFECT = ("retraining needs a Prefect server: start `prefect server start` and a worker on "
@@ -56,30 +60,61 @@ async def save_upload(chunks: AsyncIterable[bytes], path: Path, limit: int) -> N
         raise
 
 
-def validate_upload(path: Path, filename: str) -> str | None:
+class InvalidUpload(ValueError):
+    """The upload fails ingest or validation; the message names it as the client did."""
+
+
+@contextmanager
+def validated_upload(path: Path, filename: str, overrides: Sequence[str] = ()) -> Iterator[Any]:
     """Ingest + validate an uploaded corpus in a scratch folder, with the suite of the
-    project's params.yaml; the problem, or None.
+    project's params.yaml (and overrides); yields the scratch Params, or raises InvalidUpload.
 
     The problem names the upload by the client's `filename`: the server's upload and scratch
     folders mean nothing to the client and are not its business.
     """
-    import tempfile
-
     from gpt.config import load_params, with_paths
     from tasks.ingest import ingest
     from tasks.validate import validate
 
     with tempfile.TemporaryDirectory() as scratch:
-        params = with_paths(load_params(overrides=["data.kind=text"]), raw=f"{scratch}/raw",
-                            validated=f"{scratch}/validated", reports=f"{scratch}/reports")
+        params = with_paths(load_params(overrides=["data.kind=text", *overrides]),
+                            **{name: f"{scratch}/{name}" for name in
+                               ("raw", "validated", "tokenizer", "reports")})
         try:
             ingest(params, str(path))
             validate(params)
         except ValueError as err:
             # The report lives in the scratch folder, deleted on return: drop its mention.
             message = re.sub(rf"(; report: )?{re.escape(scratch)}\S*", "", str(err))
-            return message.replace(str(path), filename).replace(path.name, filename)
-    return None
+            raise InvalidUpload(message.replace(str(path), filename)
+                                .replace(path.name, filename)) from None
+        yield params
+
+
+def validate_upload(path: Path, filename: str) -> str | None:
+    """The problem with an uploaded corpus, or None when it passes validation."""
+    try:
+        with validated_upload(path, filename):
+            return None
+    except InvalidUpload as err:
+        return str(err)
+
+
+def build_tokenizer(path: Path, filename: str, overrides: Sequence[str]) -> dict[str, Any]:
+    """ingest -> validate -> tokenize on an upload (the 000 write-up's build_tokenizer step):
+    what the pipeline's tokenize step would train on it, and how it cuts the corpus's start."""
+    from gpt.tokenizer import load_tokenizer
+    from tasks.tokenize import tokenize
+
+    with validated_upload(path, filename, overrides) as params:
+        built = tokenize(params)
+        tokenizer = load_tokenizer(built["path"])
+        head = path.read_text(encoding="utf-8")[:2000]
+        ids = tokenizer.encode(head)
+    return {"kind": built["kind"], "vocab_size": built["vocab_size"],
+            "seconds": round(built["seconds"], 3), "digest": built["digest"],
+            "bytes_per_token": round(len(head.encode()) / max(len(ids), 1), 3),
+            "first_tokens": [tokenizer.decode([i]) for i in ids[:32]]}
 
 
 def require_prefect_api() -> None:

@@ -1,20 +1,28 @@
 """`POST /corpus` validates an uploaded corpus and starts a retraining run on it;
-`GET /runs/{run_id}` reports that run's state."""
+`GET /runs/{run_id}` reports that run's state; `POST /build_tokenizer` shows the tokenizer an
+upload would get, keeping nothing.
+
+The 000 write-up's steps map here: /upload and /train are one request, POST /corpus (a run
+reads its corpus itself), /build_tokenizer is POST /build_tokenizer, /generate is POST
+/generate."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
+from gpt.tokenizer import FREQUENCY_KINDS, TOKENIZER_KINDS
 from serve.routes.deps import too_large
 from serve.settings import Settings
 from serve.upload import (
+    InvalidUpload,
     PrefectNotConfigured,
     UploadTooLarge,
+    build_tokenizer,
     require_prefect_api,
     save_upload,
     start_retraining,
@@ -52,6 +60,36 @@ async def upload_corpus(request: Request, filename: str = "corpus.txt") -> JSONR
             path.unlink()
     return JSONResponse({"valid": True, "run_id": run["id"], "state": run["state"]},
                         status_code=202)
+
+
+@router.post("/build_tokenizer")
+async def build_tokenizer_route(
+        request: Request, filename: str = "corpus.txt",
+        kind: Annotated[str, Query(pattern=f"^({'|'.join(TOKENIZER_KINDS)})$")] = "bpe",
+        vocab_size: Annotated[int, Query(ge=1, le=65535)] = 2048,
+        min_frequency: Annotated[int | None, Query(ge=1)] = None) -> JSONResponse:
+    """ingest -> validate -> tokenize on the body, with params.yaml's settings and these; the
+    upload and the tokenizer are deleted when the answer is sent."""
+    settings: Settings = request.app.state.settings
+    settings.upload_dir.mkdir(parents=True, exist_ok=True)
+    path = upload_path(settings.upload_dir, filename)
+    overrides = [f"tokenizer.kind={kind}", f"tokenizer.vocab_size={vocab_size}"]
+    if min_frequency is not None or kind in FREQUENCY_KINDS:
+        overrides.append(f"tokenizer.min_frequency={min_frequency or 1}")
+    try:
+        await save_upload(request.stream(), path, settings.max_upload_bytes)
+    except UploadTooLarge:
+        return too_large(settings.max_upload_bytes)
+    try:
+        built = await asyncio.to_thread(build_tokenizer, path, filename, overrides)
+    except InvalidUpload as err:
+        return JSONResponse({"valid": False, "errors": str(err)}, status_code=422)
+    except ValueError as err:  # the settings: a vocabulary too small for this kind, ...
+        return JSONResponse({"detail": [{"field": "query", "message": str(err)}]},
+                            status_code=422)
+    finally:
+        path.unlink(missing_ok=True)
+    return JSONResponse({"valid": True, **built})
 
 
 @router.get("/runs/{run_id}")

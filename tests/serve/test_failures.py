@@ -1,5 +1,6 @@
 """The service when things go wrong: an oversized chunked upload, a bad upload, Prefect not
-configured or not reachable, a champion that cannot be loaded."""
+configured or not reachable, a champion that cannot be loaded; and the upload steps that need
+no Prefect (build_tokenizer)."""
 
 from __future__ import annotations
 
@@ -77,6 +78,29 @@ def test_bad_uploads_are_named_as_the_client_named_them(no_prefect):
         assert name in errors and "/" not in errors, errors
     assert bad_utf8.json()["errors"] == "notes.txt: invalid UTF-8 at byte offset 16 (byte 0xff)"
     assert "data validation failed" in controls.json()["errors"]
+    assert list((cwd / "uploads").iterdir()) == []
+
+
+def test_build_tokenizer_shows_what_an_upload_gets_and_keeps_nothing(no_prefect, shakespeare):
+    _, url, cwd = no_prefect
+    corpus = shakespeare[:40_000].encode()
+
+    def build(**query) -> httpx.Response:
+        return httpx.post(f"{url}/build_tokenizer", params={"filename": "plays.txt", **query},
+                          content=corpus, timeout=120)
+
+    words = build(kind="word", vocab_size=500, min_frequency=2).json()
+    assert words["valid"] and (words["kind"], words["vocab_size"]) == ("word", 500)
+    assert words["first_tokens"][:4] == ["First", " ", "Citizen", ":"]
+    bpe = build(kind="bpe", vocab_size=300).json()
+    assert bpe["vocab_size"] == 300 and bpe["bytes_per_token"] < words["bytes_per_token"]
+    too_small = build(kind="bpe", vocab_size=100)
+    assert too_small.status_code == 422 and "vocab_size must be between" in too_small.text
+    assert build(kind="wordpiece").status_code == 422
+    bad = httpx.post(f"{url}/build_tokenizer", params={"filename": "notes.txt"}, timeout=60,
+                     content=b"good text\n\nthen \xff bad\n")
+    assert bad.status_code == 422
+    assert bad.json()["errors"] == "notes.txt: invalid UTF-8 at byte offset 16 (byte 0xff)"
     assert list((cwd / "uploads").iterdir()) == []
 
 
