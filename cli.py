@@ -10,7 +10,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from gpt.config import DATA_KINDS
+from gpt.config import DATA_KINDS, WEIGHT_FORMATS
 from gpt.tokenizer import TOKENIZER_KINDS
 from stack import apply_env
 from stack.remote import ensure_remote
@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("prompt")
     generate.add_argument("--checkpoint", type=Path, required=True)
     _add_sampling_options(generate)
+    generate.add_argument("--weights", choices=WEIGHT_FORMATS, default="auto",
+                          help="decode with the weights in this format (gpt/quantize.py; "
+                               "auto: int8 on a CPU)")
+    generate.add_argument("--stats", action="store_true",
+                          help="end with the decode rate and the weights' size")
 
     export = commands.add_parser("export-hf", help="write a Hugging Face GPT-2 folder")
     export.add_argument("--checkpoint", type=Path, required=True)
@@ -124,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="registry URI (default: models:/<registry.model_name>@champion) "
                             "or a checkpoint folder (tinygpt train's output); repeat it to "
                             "serve several, the first being the default")
+    serve.add_argument("--weights", choices=WEIGHT_FORMATS, default="auto",
+                       help="decode with the weights in this format (auto: int8 on a CPU)")
     serve.add_argument("--poll-seconds", type=float, default=10.0,
                        help="how often to check whether the alias moved")
     serve.add_argument("--max-concurrency", type=int, default=2,
@@ -187,19 +194,27 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     from gpt.checkpoint import load_model, resolve_checkpoint
     from gpt.config import load_params
-    from gpt.generate import stream_text
+    from gpt.generate import DecodeClock, stream_text
+    from gpt.quantize import for_decoding, pick_weights, weight_bytes_per_token
     from gpt.tokenizer import load_tokenizer
 
     folder = resolve_checkpoint(args.checkpoint)
-    model, tokenizer = load_model(folder), load_tokenizer(folder)
+    model = for_decoding(load_model(folder), args.weights)
+    tokenizer = load_tokenizer(folder)
     params = load_params().sample.sampling(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+    clock = DecodeClock()
     sys.stdout.write(args.prompt)
-    for piece in stream_text(model, tokenizer, args.prompt, params):
+    for piece in stream_text(model, tokenizer, args.prompt, params, clock):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    if args.stats:
+        megabytes = weight_bytes_per_token(model) / 1e6
+        weights = pick_weights(args.weights, next(model.parameters()).device)
+        print(f"decode: {clock.tokens_per_s:.1f} tok/s (weights {weights}, "
+              f"{megabytes:.1f} MB)")
 
 
 def cmd_export_hf(args: argparse.Namespace) -> None:
@@ -399,7 +414,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     use_store(params)  # only set, not contacted: the service waits for the registry
     uris = tuple(args.models) or (
         f"models:/{params.model_name}@{params.registry.champion_alias}",)
-    app = create_app(Settings(model_uris=uris, poll_seconds=args.poll_seconds,
+    app = create_app(Settings(model_uris=uris, weights=args.weights,
+                              poll_seconds=args.poll_seconds,
                               max_concurrency=args.max_concurrency, max_queue=args.max_queue,
                               cors_origins=tuple(args.cors_origins)))
     print(f"serving {', '.join(uris)} on http://{args.host}:{args.port}/")

@@ -35,6 +35,19 @@ def machine() -> dict[str, Any]:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+def read_bandwidth(megabytes: int = 512, reps: int = 5) -> float:
+    """The machine's memory read rate in bytes/s: the best of `reps` sums of a buffer far
+    larger than the caches, on every thread torch uses (what a decode step reads with)."""
+    buffer = torch.ones(megabytes * 2**20 // 4)
+    buffer.sum()
+    best = 0.0
+    for _ in range(reps):
+        started = time.perf_counter()
+        buffer.sum()
+        best = max(best, buffer.numel() * 4 / (time.perf_counter() - started))
+    return best
+
+
 def save(name: str, rows: list[dict[str, Any]], **extra: Any) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

@@ -1,32 +1,50 @@
-"""Generation speed, batch 1, 16-token prompt, 256 new tokens, greedy, ~14M parameters:
-ours (preallocated KV cache) against transformers' generate with and without its cache.
+"""Generation speed at batch 1 and what each weight format costs in quality.
 
-    python bench/generate.py [--new-tokens 256] [--rounds 3]
+Speed: a ~14M-parameter model (random weights), 16-token prompt, 256 new tokens, greedy. Ours
+in fp32, bf16 and int8 weights (gpt/quantize.py), timed over the decode loop alone; against
+transformers' `generate` with and without its KV cache (fp32, prefill included: its own
+count). Each row's share of the memory-bandwidth limit is weights bytes x tokens/s / the read
+rate measured in the same run.
+
+Quality: a trained checkpoint (`--checkpoint`, else one trained here for `--train-seconds` on
+Tiny Shakespeare with params.yaml's defaults) decoded in each format: val bits per byte and
+greedy agreement with fp32 over fixed prompts.
+
+    python bench/generate.py [--new-tokens 256] [--rounds 3] [--checkpoint data/model/best]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import save, table
-from gpt.generate import SamplingParams, iter_tokens
+from bench.common import corpus_path, read_bandwidth, save, table
+from gpt.checkpoint import load_model, resolve_checkpoint
+from gpt.config import WEIGHT_FORMATS, load_params
+from gpt.data import read_text, split_text
+from gpt.evaluate import evaluate_tokens
+from gpt.generate import DecodeClock, SamplingParams, iter_tokens
 from gpt.model import GPT, GPTConfig
+from gpt.quantize import for_decoding, weight_bytes_per_token
+from gpt.tokenizer import load_tokenizer
 
 VOCAB, BLOCK, LAYERS, HEADS, EMBD, PROMPT = 8192, 512, 6, 6, 384, 16
 
 
 @torch.no_grad()
 def time_ours(model: GPT, prompt: torch.Tensor, new: int) -> float:
-    started = time.perf_counter()
-    out = list(iter_tokens(model, prompt, SamplingParams(max_new_tokens=new, temperature=0)))
+    clock = DecodeClock()
+    out = list(iter_tokens(model, prompt, SamplingParams(max_new_tokens=new, temperature=0),
+                           clock=clock))
     assert len(out) == new
-    return new / (time.perf_counter() - started)
+    return clock.tokens_per_s
 
 
 @torch.no_grad()
@@ -38,13 +56,9 @@ def time_hf(model, prompt: torch.Tensor, new: int, cache: bool) -> float:
     return new / (time.perf_counter() - started)
 
 
-def main() -> None:
+def speed(rounds: int, new_tokens: int, bandwidth: float) -> list[dict]:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--new-tokens", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
     torch.manual_seed(0)
     ours = GPT(GPTConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=LAYERS, n_head=HEADS,
                          n_embd=EMBD)).eval()
@@ -52,22 +66,83 @@ def main() -> None:
                                     n_layer=LAYERS, n_head=HEADS, bos_token_id=None,
                                     eos_token_id=None)).eval()
     prompt = torch.randint(VOCAB, (1, PROMPT))
-    runs = {
-        "tinygpt (KV cache)": lambda: time_ours(ours, prompt, args.new_tokens),
-        "transformers generate, cache": lambda: time_hf(hf, prompt, args.new_tokens, True),
-        "transformers generate, no cache": lambda: time_hf(hf, prompt, args.new_tokens, False),
-    }
+    decoders = {w: for_decoding(ours, w) for w in WEIGHT_FORMATS}
+    runs = {f"tinygpt {w}": (lambda d=d: time_ours(d, prompt, new_tokens))
+            for w, d in decoders.items()}
+    runs["transformers generate, cache"] = lambda: time_hf(hf, prompt, new_tokens, True)
+    runs["transformers generate, no cache"] = lambda: time_hf(hf, prompt, new_tokens, False)
+    sizes = {f"tinygpt {w}": weight_bytes_per_token(d) for w, d in decoders.items()}
+    sizes["transformers generate, cache"] = weight_bytes_per_token(hf)
     best = {name: 0.0 for name in runs}
-    for _ in range(args.rounds):
+    for _ in range(rounds):  # interleaved, so the machine's load falls on all alike
         for name, run in runs.items():
             best[name] = max(best[name], run())
     reference = best["transformers generate, cache"]
-    rows = [{"generator": name, "tokens_per_s": value, "vs_transformers_cache": value / reference}
-            for name, value in best.items()]
-    print(f"{ours.num_params(non_embedding=False) / 1e6:.1f}M parameters, batch 1, "
-          f"{PROMPT}-token prompt, {args.new_tokens} new tokens, greedy")
-    print(table(rows, ["generator", "tokens_per_s", "vs_transformers_cache"]))
-    print(f"results: {save('generate', rows)}")
+    rows = []
+    for name, value in best.items():
+        row = {"generator": name, "tokens_per_s": value, "vs_transformers_cache": value / reference}
+        if name in sizes:
+            row["weights_MB"] = sizes[name] / 1e6
+            row["bandwidth_share"] = sizes[name] * value / bandwidth
+        rows.append(row)
+    return rows
+
+
+def trained_checkpoint(args: argparse.Namespace, scratch: str) -> Path:
+    if args.checkpoint:
+        return resolve_checkpoint(args.checkpoint)
+    from gpt.quick import train_from_text
+
+    params = load_params(overrides=[f"train.max_seconds={args.train_seconds}"])
+    print(f"training a checkpoint for {args.train_seconds:.0f} s (params.yaml defaults)")
+    train_from_text(corpus_path(), scratch, params)
+    return Path(scratch) / "best"
+
+
+def quality(folder: Path, prompts: int = 8, new: int = 64) -> list[dict]:
+    """Val bits per byte and greedy agreement with fp32, per weight format."""
+    model, tokenizer = load_model(folder), load_tokenizer(folder)
+    _, val_text = split_text(read_text(corpus_path()), load_params().data.val_fraction)
+    val = np.array(tokenizer.encode(val_text), dtype=np.int64)
+    starts = np.linspace(0, len(val) - 33, prompts).astype(int)
+    contexts = [torch.tensor(val[s:s + 32])[None] for s in starts]
+    greedy = SamplingParams(max_new_tokens=new, temperature=0)
+    reference = None
+    rows = []
+    for weights in WEIGHT_FORMATS:
+        decoder = for_decoding(model, weights)
+        scored = evaluate_tokens(decoder, val, len(val_text.encode()), 16)
+        outputs = [[t.item() for t in iter_tokens(decoder, c, greedy)] for c in contexts]
+        reference = reference or outputs
+        same = sum(a == b for out, ref in zip(outputs, reference, strict=True)
+                   for a, b in zip(out, ref, strict=True))
+        rows.append({"weights": weights, "val_bits_per_byte": scored["val_bits_per_byte"],
+                     "greedy_agreement": same / (prompts * new)})
+    base = rows[0]["val_bits_per_byte"]
+    for row in rows:
+        row["bits_per_byte_change"] = row["val_bits_per_byte"] - base
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--checkpoint", help="a trained checkpoint for the quality rows")
+    parser.add_argument("--train-seconds", type=float, default=120.0,
+                        help="without --checkpoint: how long to train one")
+    args = parser.parse_args()
+    bandwidth = read_bandwidth()
+    rows = speed(args.rounds, args.new_tokens, bandwidth)
+    print(f"batch 1, {PROMPT}-token prompt, {args.new_tokens} new tokens, greedy; memory "
+          f"read rate {bandwidth / 1e9:.1f} GB/s")
+    print(table(rows, ["generator", "tokens_per_s", "vs_transformers_cache", "weights_MB",
+                       "bandwidth_share"]))
+    with tempfile.TemporaryDirectory() as scratch:
+        scores = quality(trained_checkpoint(args, scratch))
+    print(table(scores, ["weights", "val_bits_per_byte", "bits_per_byte_change",
+                         "greedy_agreement"]))
+    print(f"results: {save('generate', rows, quality=scores, read_bandwidth=bandwidth)}")
 
 
 if __name__ == "__main__":

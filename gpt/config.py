@@ -30,6 +30,9 @@ DATA_KINDS = ("text", "sft")
 WINDOWS = ("random", "strided")
 ATTENTION_IMPLS = ("sdpa", "explicit")
 DTYPES = ("auto", "float32", "bfloat16")
+# How a model's weights are stored for decoding (gpt/quantize.py); auto: int8 on a CPU, where
+# bench/generate.py measured it fastest with val bits per byte within 0.01 of fp32, else fp32.
+WEIGHT_FORMATS = ("auto", "fp32", "bf16", "int8")
 
 
 def _positive_ints(section: str, config: Any, names: Iterable[str]) -> None:

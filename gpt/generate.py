@@ -7,7 +7,9 @@ step feeds one token. Everything above it (ids, text, streamed text pieces) is a
 from __future__ import annotations
 
 import codecs
+import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -63,9 +65,27 @@ def _generator(device: torch.device, seed: int | None) -> torch.Generator | None
     return torch.Generator(device=device).manual_seed(seed)
 
 
+@dataclass
+class DecodeClock:
+    """When each new token was decided. Its rate counts the steps after the first token, so
+    the prompt's prefill is left out: what the weights' format changes."""
+
+    times: list[float] = field(default_factory=list)
+
+    def tick(self) -> None:
+        self.times.append(time.perf_counter())
+
+    @property
+    def tokens_per_s(self) -> float:
+        if len(self.times) < 2:
+            return 0.0
+        return (len(self.times) - 1) / (self.times[-1] - self.times[0])
+
+
 @torch.inference_mode()
 def iter_tokens(model: GPT, idx: torch.Tensor, params: SamplingParams,
-                stop_ids: Sequence[int] = ()) -> Iterator[torch.Tensor]:
+                stop_ids: Sequence[int] = (), clock: DecodeClock | None = None
+                ) -> Iterator[torch.Tensor]:
     """Yield each new token (B,) in turn; stops early when batch 1 samples a stop id."""
     model.eval()
     block = model.config.block_size
@@ -77,6 +97,8 @@ def iter_tokens(model: GPT, idx: torch.Tensor, params: SamplingParams,
         scores = apply_repetition_penalty(logits[:, -1, :], context, params.repetition_penalty)
         token = sample_next(scores, params, generator)
         context = torch.cat([context, token], dim=1)
+        if clock is not None:
+            clock.tick()
         yield token[:, 0]
         if idx.size(0) == 1 and token.item() in stop_ids:
             return
@@ -159,7 +181,7 @@ def decode_stream(token_ids: Iterable[int], tokenizer: Tokenizer,
 
 
 def stream_text(model: GPT, tokenizer: Tokenizer, prompt: str,
-                params: SamplingParams) -> Iterator[str]:
+                params: SamplingParams, clock: DecodeClock | None = None) -> Iterator[str]:
     """Yield the continuation of prompt in pieces, as soon as each piece is decided.
 
     Generation ends at <|endoftext|> (not shown), at a stop string (not included), or after
@@ -169,7 +191,7 @@ def stream_text(model: GPT, tokenizer: Tokenizer, prompt: str,
     idx = encode_prompt(tokenizer, prompt, device)
     eot = tokenizer.special_tokens.get("<|endoftext|>")
     stop_ids = () if eot is None else (eot,)
-    ids = (int(t.item()) for t in iter_tokens(model, idx, params, stop_ids))
+    ids = (int(t.item()) for t in iter_tokens(model, idx, params, stop_ids, clock))
     yield from decode_stream((i for i in ids if i not in stop_ids), tokenizer, params.stop)
 
 

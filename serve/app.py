@@ -29,7 +29,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     app = FastAPI(title="tinygpt", lifespan=_follow_model)
     app.state.settings = settings
-    holders = [ModelHolder(uri, settings.poll_seconds) for uri in settings.model_uris]
+    holders = [ModelHolder(uri, settings.poll_seconds, settings.weights)
+               for uri in settings.model_uris]
     app.state.holders = {holder.name: holder for holder in holders}
     if len(app.state.holders) < len(holders):
         raise ValueError(f"two of the models name the same registered model: "

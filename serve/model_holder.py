@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpt.checkpoint import load_model, resolve_checkpoint
+from gpt.quantize import for_decoding, pick_weights
 from gpt.tokenizer import load_tokenizer
 from registry import load_version, parse_model_uri, resolve_version
 
@@ -28,11 +29,12 @@ class LoadedModel:
     tokenizer: Any
     parameters: int
     device: str
+    weights: str
     loaded_at: float = field(default_factory=time.time)
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.name, "version": self.version, "alias": self.alias,
-                "parameters": self.parameters, "device": self.device,
+                "parameters": self.parameters, "device": self.device, "weights": self.weights,
                 "block_size": self.model.config.block_size}
 
 
@@ -43,13 +45,15 @@ class ModelHolder:
     """Loads the model a registry URI names and, for an alias, follows it; or serves a
     checkpoint folder as it is (`tinygpt train`'s output, no registry needed)."""
 
-    def __init__(self, model_uri: str, poll_seconds: float = 10.0) -> None:
+    def __init__(self, model_uri: str, poll_seconds: float = 10.0, weights: str = "auto"
+                 ) -> None:
         self.folder = None if model_uri.startswith("models:/") else resolve_checkpoint(model_uri)
         if self.folder is not None:
             self.name, self.alias, self.pinned_version = str(self.folder), None, LOCAL
         else:
             self.name, self.alias, self.pinned_version = parse_model_uri(model_uri)
         self.poll_seconds = poll_seconds
+        self.weights = weights
         self.current: LoadedModel | None = None
         self.error: str | None = None  # why the last refresh failed; None after a good one
         self.loading = False
@@ -68,10 +72,10 @@ class ModelHolder:
         else:
             wrapper = load_version(self.name, version)
             model, tokenizer = wrapper.model, wrapper.tokenizer
-        model = model.eval()
-        device = str(next(model.parameters()).device)
-        return LoadedModel(self.name, version, self.alias, model, tokenizer,
-                           model.num_params(), device)
+        device = next(model.parameters()).device
+        weights = pick_weights(self.weights, device)
+        return LoadedModel(self.name, version, self.alias, for_decoding(model, weights),
+                           tokenizer, model.num_params(), str(device), weights)
 
     def refresh(self) -> bool:
         """Load the version the URI resolves to, if it is not the one served. True if swapped."""

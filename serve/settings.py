@@ -10,6 +10,7 @@ from pathlib import Path
 class Settings:
     # The models served: registry URIs or checkpoint folders; the first is the default one.
     model_uris: tuple[str, ...] = ("models:/tinygpt@champion",)
+    weights: str = "auto"               # decode weights: auto | fp32 | bf16 | int8
     poll_seconds: float = 10.0          # how often the alias is checked
     max_concurrency: int = 2            # generations running at once
     max_queue: int = 8                  # requests allowed to wait for a slot; more get 429

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -39,6 +40,15 @@ def test_generate_streams_a_continuation(trained_run, capsys):
                  "--max-new-tokens", "12", "--seed", "1", "--temperature", "0.9"])
     out = capsys.readouterr().out
     assert code == 0 and out.startswith("ROMEO:") and len(out) > len("ROMEO:\n")
+
+
+@pytest.mark.parametrize("weights", ["fp32", "int8"])
+def test_generate_reports_the_decode_rate_and_the_weights(trained_run, capsys, weights):
+    code = main(["generate", "ROMEO:", "--checkpoint", str(trained_run / "run"),
+                 "--max-new-tokens", "12", "--temperature", "0", "--weights", weights, "--stats"])
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert code == 0
+    assert re.fullmatch(rf"decode: \d+\.\d tok/s \(weights {weights}, \d+\.\d MB\)", last), last
 
 
 def test_export_hf_writes_a_gpt2_folder(trained_run, capsys):

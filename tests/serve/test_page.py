@@ -78,23 +78,26 @@ def test_the_page_chooses_among_served_models_and_trims_the_context(browser_page
         "to be or not to be, that is the question:\n", 64))
     proc, url = start_service(registry.uri, tmp_path, "--model", "models:/tinygpt@champion",
                               "--model", "models:/page-words@champion")
-    page = browser_page.context.browser.new_page()
     try:
         wait_for(f"{url}/health")
-        page.goto(f"{url}/")
-        expect(page.locator("#model-choice")).to_be_visible()
-        page.select_option("#model-select", "page-words")
-        expect(page.locator("#model")).to_contain_text("model page-words version")
-        expect(page.locator("#context_tokens")).to_have_attribute("max", "64")  # its block
-        page.locator("#context_tokens").fill("3")
-        page.fill("#prompt", "to be or not to be")
-        with page.expect_request("**/generate/stream") as sent:
-            page.click("#generate")
-        assert sent.value.post_data_json["model"] == "page-words"
-        assert sent.value.post_data_json["context_tokens"] == 3
-        expect(page.locator("#stats")).to_contain_text("page-words version", timeout=60_000)
+        page = browser_page.context.browser.new_page()
+        try:
+            page.goto(f"{url}/")
+            expect(page.locator("#model-choice")).to_be_visible()
+            page.select_option("#model-select", "page-words")
+            expect(page.locator("#model")).to_contain_text("model page-words version")
+            expect(page.locator("#context_tokens")).to_have_attribute("max", "64")  # its block
+            page.locator("#context_tokens").fill("3")
+            page.fill("#prompt", "to be or not to be")
+            with page.expect_request("**/generate/stream") as sent:
+                page.click("#generate")
+            assert sent.value.post_data_json["model"] == "page-words"
+            assert sent.value.post_data_json["context_tokens"] == 3
+            expect(page.locator("#stats")).to_contain_text("page-words version",
+                                                           timeout=60_000)
+        finally:
+            page.close()
     finally:
-        page.close()
         proc.stop()
 
 

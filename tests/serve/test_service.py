@@ -29,6 +29,7 @@ def test_health_describes_the_served_model(service):
     assert health["status"] == "ok" and health["model"] == "tinygpt"
     assert health["alias"] == "champion" and health["version"]
     assert health["parameters"] > 0 and health["device"] == "cpu"
+    assert health["weights"] == "int8"  # --weights auto on a CPU
 
 
 def test_same_seed_and_parameters_give_the_same_text(service):

@@ -1,0 +1,99 @@
+"""Weights for decoding in fewer bytes: bf16, or int8 weight-only with per-channel scales.
+
+Decoding at batch 1 multiplies one vector by every weight matrix per token, so its speed is
+bounded by how fast the weights can be read from memory: halve their bytes and the bound
+doubles. `for_decoding` returns a copy of a trained model for inference only:
+
+- fp32: the weights as trained.
+- bf16: every parameter, activation and the KV cache in bfloat16.
+- int8: each Linear's weight rounded to int8 with one scale per output channel (the largest
+  magnitude of the row maps to 127), multiplied by `torch._weight_int8pack_mm`, the CPU
+  kernel that reads int8 weights; everything else as in bf16 (that kernel is several times
+  faster with bf16 activations than with fp32 ones here). The tied output head gets its own
+  int8 copy; the token embedding keeps its bf16 rows (a token reads one row).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from gpt.config import WEIGHT_FORMATS
+from gpt.model import GPT
+
+__all__ = ["WEIGHT_FORMATS", "Int8Linear", "for_decoding", "pick_weights",
+           "weight_bytes_per_token"]
+
+
+class Int8Linear(nn.Module):
+    """y = x W^T + b with W stored as int8 rows times per-row scales (in x's dtype)."""
+
+    def __init__(self, linear: nn.Linear, dtype: torch.dtype = torch.bfloat16) -> None:
+        super().__init__()
+        weight = linear.weight.detach().float()
+        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        self.register_buffer("weight", torch.round(weight / scale[:, None])
+                             .clamp(-127, 127).to(torch.int8))
+        self.register_buffer("scale", scale.to(dtype))
+        bias = None if linear.bias is None else linear.bias.detach().to(dtype).clone()
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.size(-1))
+        y = torch._weight_int8pack_mm(flat, self.weight, self.scale)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.view(*x.shape[:-1], y.size(-1))
+
+
+def _to_int8(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.Linear):
+            setattr(module, name, Int8Linear(child))
+        else:
+            _to_int8(child)
+
+
+def pick_weights(weights: str, device: torch.device) -> str:
+    """The format `auto` stands for on device: int8 on a CPU (its kernel is CPU-only), else
+    fp32; any other name is itself."""
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}; got {weights!r}")
+    if weights != "auto":
+        return weights
+    return "int8" if device.type == "cpu" else "fp32"
+
+
+def for_decoding(model: GPT, weights: str) -> GPT:
+    """An inference-only copy of model with its weights stored as `weights` (WEIGHT_FORMATS;
+    see `pick_weights` for auto)."""
+    weights = pick_weights(weights, next(model.parameters()).device)
+    decoder = copy.deepcopy(model).eval()
+    if weights == "int8":
+        if next(decoder.parameters()).device.type != "cpu":
+            raise ValueError("int8 weights run on a CPU kernel; load the model on the CPU")
+        # Untie first: the head becomes int8, the embedding keeps its own rows.
+        decoder.lm_head = nn.Linear(model.config.n_embd, model.config.vocab_size, bias=False)
+        decoder.lm_head.weight = nn.Parameter(model.lm_head.weight.detach().clone())
+        _to_int8(decoder)  # from the fp32 weights, before the rest turns bf16
+    if weights in ("bf16", "int8"):
+        decoder = decoder.to(torch.bfloat16)
+    for tensor in decoder.parameters():
+        tensor.requires_grad_(False)
+    return decoder
+
+
+def weight_bytes_per_token(model: nn.Module) -> int:
+    """Bytes of weights one decoded token reads: every tensor except the embedding tables, of
+    which a token reads one row each (the tied head is counted as the head)."""
+    counted, seen = 0, set()
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            continue
+        for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+            if tensor is not None and id(tensor) not in seen:
+                seen.add(id(tensor))
+                counted += tensor.numel() * tensor.element_size()
+    return counted

@@ -1,0 +1,86 @@
+"""Decoding with fewer weight bytes: bf16 and int8 weight-only stay close to fp32, leave the
+trained model alone, and read the bytes they claim."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gpt.generate import SamplingParams, iter_tokens
+from gpt.model import GPT, GPTConfig
+from gpt.quantize import Int8Linear, for_decoding, pick_weights, weight_bytes_per_token
+
+CONFIG = GPTConfig(vocab_size=300, block_size=64, n_layer=2, n_head=4, n_embd=64, dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def model() -> GPT:
+    torch.manual_seed(0)
+    return GPT(CONFIG).eval()
+
+
+@pytest.mark.parametrize(("weights", "tolerance"), [("fp32", 0.0), ("bf16", 0.05),
+                                                    ("int8", 0.03)])
+def test_reduced_weights_give_logits_close_to_fp32(model, weights, tolerance):
+    idx = torch.randint(CONFIG.vocab_size, (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference, _ = model(idx)
+        logits, _ = for_decoding(model, weights)(idx)
+    error = (logits.float() - reference).abs().max() / reference.abs().max()
+    assert error <= tolerance, f"{weights}: relative error {error:.4f}"
+
+
+def test_int8_rows_use_per_channel_scales_and_round_trip_within_half_a_step():
+    torch.manual_seed(2)
+    linear = torch.nn.Linear(32, 8)
+    with torch.no_grad():
+        linear.weight[3] *= 100  # one large row must not cost the others their precision
+    quantized = Int8Linear(linear, torch.float32)  # fp32 scales: the bound below is exact
+    assert quantized.weight.dtype == torch.int8 and quantized.scale.shape == (8,)
+    restored = quantized.weight.float() * quantized.scale[:, None]
+    assert torch.all((restored - linear.weight).abs() <= quantized.scale[:, None] / 2 + 1e-7)
+    x = torch.randn(5, 32)
+    # Each weight is off by at most half its row's step, so each output by at most that much
+    # times the inputs' absolute sum.
+    bound = x.abs().sum(dim=1, keepdim=True) * quantized.scale / 2 + 1e-4
+    with torch.no_grad():
+        assert torch.all((quantized(x) - linear(x)).abs() <= bound)
+
+
+def test_the_trained_model_is_left_alone_and_the_cache_matches_the_weights(model):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bf16, int8 = for_decoding(model, "bf16"), for_decoding(model, "int8")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.lm_head.weight is model.transformer.wte.weight  # still tied
+    assert bf16.new_cache(1).keys.dtype == torch.bfloat16
+    assert int8.new_cache(1).keys.dtype == torch.bfloat16  # bf16 activations around int8
+    assert isinstance(int8.lm_head, Int8Linear)
+
+
+def test_weight_bytes_shrink_with_the_format(model):
+    sizes = {w: weight_bytes_per_token(for_decoding(model, w)) for w in ("fp32", "bf16", "int8")}
+    linear_params = sum(p.numel() for n, p in model.named_parameters()
+                        if n != "transformer.wpe.weight")  # the tied head counted once
+    assert sizes["fp32"] == 4 * linear_params
+    assert sizes["bf16"] == 2 * linear_params
+    assert sizes["int8"] < 0.3 * sizes["fp32"]
+
+
+def test_greedy_decoding_with_int8_mostly_agrees_with_fp32(model):
+    prompt = torch.randint(CONFIG.vocab_size, (1, 8), generator=torch.Generator().manual_seed(3))
+    params = SamplingParams(max_new_tokens=30, temperature=0)
+    ours = [t.item() for t in iter_tokens(model, prompt, params)]
+    int8 = [t.item() for t in iter_tokens(for_decoding(model, "int8"), prompt, params)]
+    assert sum(a == b for a, b in zip(ours, int8, strict=True)) >= 20
+
+
+def test_an_unknown_format_is_refused(model):
+    with pytest.raises(ValueError, match="weights must be one of auto, fp32, bf16, int8"):
+        for_decoding(model, "int4")
+
+
+def test_auto_is_int8_on_the_cpu(model):
+    assert pick_weights("auto", torch.device("cpu")) == "int8"
+    assert pick_weights("auto", torch.device("cuda")) == "fp32"
+    assert pick_weights("bf16", torch.device("cpu")) == "bf16"
+    assert isinstance(for_decoding(model, "auto").lm_head, Int8Linear)
