@@ -28,21 +28,23 @@ def test_good_pairs_pass(tmp_path):
     assert "valid (2 records" in result.stdout
 
 
-@pytest.mark.parametrize(("bad", "message"), [
-    ({"prompt": "3+3="}, "expect_column_values_to_not_be_null(completion): 1 row(s) fail, e.g. "
-                         "line 3"),
-    ({"prompt": 5, "completion": "5"}, "expect_column_values_to_be_of_type(prompt): 1 row(s) "
-                                       "fail, e.g. line 3"),
+# Each way a record can break, and the expectation that must name its line (3, 4, ...).
+BROKEN = [
+    ({"prompt": "3+3="}, "expect_column_values_to_not_be_null(completion)"),
+    ({"prompt": 5, "completion": "5"}, "expect_column_values_to_be_of_type(prompt)"),
     ({"prompt": "x", "completion": ""}, "expect_column_value_lengths_to_be_between(completion)"),
-    ({"prompt": " \n\t", "completion": "4"}, "expect_column_values_to_not_match_regex(prompt): "
-                                              "1 row(s) fail, e.g. line 3"),
-    ({"prompt": "x" * 300, "completion": "y"}, "expect_column_values_to_be_between(n_tokens): "
-                                               "1 row(s) fail, e.g. line 3"),
-])
-def test_each_broken_record_is_named_by_line(tmp_path, bad, message):
-    result = tinygpt_validate(tmp_path, [*GOOD, bad])
+    ({"prompt": " \n\t", "completion": "4"}, "expect_column_values_to_not_match_regex(prompt)"),
+    ({"prompt": "x" * 300, "completion": "y"}, "expect_column_values_to_be_between(n_tokens)"),
+]
+
+
+def test_each_broken_record_is_named_by_line(tmp_path):
+    """One file, one run: every breakage is reported by its own expectation and line."""
+    result = tinygpt_validate(tmp_path, [*GOOD, *(bad for bad, _ in BROKEN)])
     assert result.returncode == 1
-    assert message in result.stderr, result.stderr
+    for line, (_, expectation) in enumerate(BROKEN, start=len(GOOD) + 1):
+        assert f"- {expectation}: 1 row(s) fail, e.g. line {line} " in result.stderr, \
+            result.stderr
 
 
 def test_a_line_that_is_not_json_is_refused_with_its_number(tmp_path):

@@ -1,13 +1,13 @@
 """Runs that survive kill -9, Ctrl-C and each other, tried for real: `tinygpt retrain` as a
 process in a throwaway project, signals sent to it, its state read back from MLflow, Prefect,
-DVC and the files."""
+DVC and the files. The processes share the session's Prefect server (the harness), as runs of
+a team share theirs, instead of each starting a temporary one."""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -18,8 +18,10 @@ from mlflow import MlflowClient
 from gpt.files import sha256_file, sha256_tree
 from tests.pipeline.conftest import BIN, dvc
 
-# Long enough to be caught mid-training (a few thousand steps/s would finish too soon).
-LONG = ["--set", "train.max_steps=2000", "--set", "train.eval_interval=100"]
+# Long enough to be caught mid-training: the first run is paused (SIGSTOP) while the second
+# tries to start, so it cannot run to its end meanwhile, however fast the machine.
+STEPS = 600
+LONG = ["--set", f"train.max_steps={STEPS}", "--set", "train.eval_interval=50"]
 RESUMED = re.compile(r"resuming an interrupted run from step (\d+)")
 STAGING = Path("data/.model.staging")
 
@@ -29,9 +31,12 @@ class Run:
 
     def __init__(self, project: Path, *args: str) -> None:
         self.log_path = project / f".run-{time.time_ns()}.log"
+        from prefect.settings import PREFECT_API_URL
+
         env = {k: v for k, v in os.environ.items()
-               if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PREFECT_API_URL")}
+               if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         env["PREFECT_HOME"] = str(project / ".prefect")
+        env["PREFECT_API_URL"] = PREFECT_API_URL.value()
         with open(self.log_path, "w") as out:
             self.proc = subprocess.Popen([str(BIN / "tinygpt"), *args], cwd=project, env=env,
                                          stdout=out, stderr=subprocess.STDOUT,
@@ -78,23 +83,25 @@ def mlflow_runs(project: Path) -> list:
     return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time"])
 
 
-def flow_run_state(project: Path, flow_run_id: str) -> str:
-    """The state of a flow run, read from the project's Prefect database."""
-    with sqlite3.connect(project / ".prefect" / "prefect.db") as db:
-        row = db.execute("SELECT state_name FROM flow_run WHERE id = ?",
-                         (flow_run_id,)).fetchone()
-    return row[0] if row else "missing"
+def flow_run_state(flow_run_id: str) -> str:
+    """The state of a flow run, as the Prefect server has it."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id).state.name
 
 
 @pytest.fixture(scope="module")
 def interrupted(project):
     """A run stopped by SIGINT mid-training, while a second run tried to start beside it."""
     first = Run(project, "retrain", *LONG)
-    first.wait_for("step 100/2000")
+    first.wait_for(f"step 100/{STEPS}")
+    os.kill(first.proc.pid, signal.SIGSTOP)  # alive, holding the lock, not training
     second = Run(project, "retrain", *LONG)
     started = time.monotonic()
     second_code = second.finish(120)
     second_seconds = time.monotonic() - started
+    os.kill(first.proc.pid, signal.SIGCONT)
     first.proc.send_signal(signal.SIGINT)
     signalled = time.monotonic()
     code = first.finish(120)
@@ -119,7 +126,7 @@ def test_ctrl_c_stops_the_run_within_seconds_and_registers_nothing(interrupted, 
     assert versions(project) == []
     run = mlflow_runs(project)[-1]
     assert run.info.status == "KILLED"
-    assert flow_run_state(project, run.data.tags["prefect.flow_run_id"]) == "Cancelled"
+    assert flow_run_state(run.data.tags["prefect.flow_run_id"]) == "Cancelled"
     assert (STAGING / "latest" / "optimizer.safetensors").is_file()
 
 
@@ -130,8 +137,8 @@ def killed_then_resumed(interrupted, project):
     killed = Run(project, "retrain", *LONG)
     killed.wait_for("resuming an interrupted run from step")
     interrupted_at = int(RESUMED.search(killed.output)[1])
-    past_an_eval = (interrupted_at // 100 + 2) * 100  # latest/ was rewritten at an eval since
-    killed.wait_for(f"step {past_an_eval}/2000")
+    past_an_eval = (interrupted_at // 50 + 2) * 50  # latest/ was rewritten at an eval since
+    killed.wait_for(f"step {past_an_eval}/{STEPS}")
     os.killpg(killed.proc.pid, signal.SIGKILL)
     killed.finish()
     resumed = Run(project, "retrain", *LONG)
@@ -148,8 +155,7 @@ def test_kill_9_then_rerun_resumes_and_closes_the_dead_run(killed_then_resumed, 
     runs = mlflow_runs(project)
     killed_run = runs[-2]
     assert killed_run.info.status == "KILLED"
-    assert flow_run_state(project, killed_run.data.tags["prefect.flow_run_id"]) == \
-        "Crashed"
+    assert flow_run_state(killed_run.data.tags["prefect.flow_run_id"]) == "Crashed"
     assert runs[-1].info.status == "FINISHED"
     assert [str(v.version) for v in versions(project)] == ["1"]
 
