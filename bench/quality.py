@@ -4,8 +4,11 @@ The peer is nanoGPT's CPU recipe (char-level, 4 layers x 128, block 64, batch 12
 iterations, evals every 250), run here with the nanoGPT-shaped model. Ours then trains with the
 defaults of params.yaml for the same wall-clock time, and (unless --skip-long) for 15 minutes.
 Bits per byte does not depend on the tokenizer, so a char model and a BPE model compare.
+`--ablation SECONDS` instead trains each form of our block (gpt2, modern, + QK-norm, + untied
+head) and each optimizer (AdamW, Muon) for the same time.
 
     python bench/quality.py [--skip-long] [--long-seconds 900] [--also-seconds 197]
+    python bench/quality.py --ablation 180
 """
 
 from __future__ import annotations
@@ -78,9 +81,23 @@ def nanogpt_recipe(text: str, iters: int = 2000) -> dict:
     return {"seconds": seconds, "bits_per_byte": nats / count / math.log(2)}
 
 
-def ours(budget: float, out: Path) -> dict:
+# The block's forms, each measured at the same wall-clock (--ablation SECONDS).
+ABLATION = {
+    "gpt2 (defaults)": [],
+    "modern: rotary, RMSNorm, SwiGLU": ["model.arch=modern"],
+    "modern + QK-norm": ["model.arch=modern", "model.qk_norm=true"],
+    "modern + QK-norm, untied head": ["model.arch=modern", "model.qk_norm=true",
+                                      "model.tie_embeddings=false"],
+    "gpt2, Muon": ["train.optimizer=muon"],
+    "modern + QK-norm, Muon": ["model.arch=modern", "model.qk_norm=true",
+                               "train.optimizer=muon"],
+}
+
+
+def ours(budget: float, out: Path, overrides: list[str] | None = None) -> dict:
     params = load_params(ROOT / "params.yaml", [
-        f"train.max_seconds={budget}", "train.max_steps=100000", "sample.max_new_tokens=1"])
+        f"train.max_seconds={budget}", "train.max_steps=100000", "sample.max_new_tokens=1",
+        *(overrides or [])])
     metrics = train_from_text(corpus_path(), out, params)
     return {"seconds": metrics["wall_seconds"], "bits_per_byte": metrics["val_bits_per_byte"],
             "steps": metrics["steps"]}
@@ -93,7 +110,13 @@ def main() -> None:
     parser.add_argument("--also-seconds", type=float, action="append", default=[],
                         help="also train ours for this many seconds (e.g. 197, the issue's "
                              "nanoGPT time)")
+    parser.add_argument("--ablation", type=float, metavar="SECONDS",
+                        help="only compare the block's forms (model.arch, qk_norm, tying) "
+                             "and optimizers, each trained for SECONDS")
     args = parser.parse_args()
+    if args.ablation:
+        ablation(args.ablation)
+        return
     text = corpus_path().read_text(encoding="utf-8")
     print("nanoGPT CPU recipe (peer) ...", flush=True)
     peer = nanogpt_recipe(text)
@@ -112,6 +135,18 @@ def main() -> None:
         row["vs_peer_bpb"] = row["bits_per_byte"] / peer["bits_per_byte"]
     print(table(rows, ["run", "seconds", "bits_per_byte", "vs_peer_bpb"]))
     print(f"results: {save('quality', rows)}")
+
+
+def ablation(seconds: float) -> None:
+    scratch = Path(tempfile.mkdtemp())
+    rows = []
+    for k, (name, overrides) in enumerate(ABLATION.items()):
+        print(f"{name} ...", flush=True)
+        rows.append({"run": name, **ours(seconds, scratch / str(k), overrides)})
+    for row in rows:
+        row["vs_gpt2_bpb"] = row["bits_per_byte"] / rows[0]["bits_per_byte"]
+    print(table(rows, ["run", "seconds", "steps", "bits_per_byte", "vs_gpt2_bpb"]))
+    print(f"results: {save('quality-ablation', rows, seconds=seconds)}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Checkpoint folders: safetensors weights + config.json, never a pickle.
 
 A checkpoint folder holds
-    model.safetensors    weights (the tied lm_head is not stored twice)
+    model.safetensors    weights (a tied lm_head is not stored twice)
     config.json          GPTConfig, enough to rebuild the model
     optimizer.safetensors, trainer_state.json   (training checkpoints only: resume state)
     vocab.json, merges.txt, ... (the tokenizer, when the trainer was given one)
@@ -42,9 +42,10 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path,
 
 
 def model_state(model: GPT) -> dict[str, torch.Tensor]:
-    """Weights to store: contiguous CPU tensors, without the tied duplicate."""
+    """Weights to store: contiguous CPU tensors, without a tied duplicate."""
+    tied = model.config.tie_embeddings
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()
-            if k != TIED_KEY}
+            if not (tied and k == TIED_KEY)}
 
 
 def write_model_files(model: GPT, folder: Path, assets_dir: Path | None = None) -> None:
@@ -91,7 +92,8 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> GPT
     folder = resolve_checkpoint(directory)
     model = GPT(load_config(folder))
     state = load_file(str(folder / WEIGHTS_FILE))
-    state[TIED_KEY] = state["transformer.wte.weight"]
+    if model.config.tie_embeddings:
+        state[TIED_KEY] = state["transformer.wte.weight"]
     model.load_state_dict(state, strict=True)
     return model.to(device)
 

@@ -29,7 +29,9 @@ TINY_SHAKESPEARE = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/
 DATA_KINDS = ("text", "sft")
 WINDOWS = ("random", "strided")
 ATTENTION_IMPLS = ("sdpa", "explicit")
+ARCHS = ("gpt2", "modern")
 DTYPES = ("auto", "float32", "bfloat16")
+OPTIMIZERS = ("adamw", "muon")
 # How a model's weights are stored for decoding (gpt/quantize.py); auto: int8 on a CPU, where
 # bench/generate.py measured it fastest with val bits per byte within 0.01 of fp32, else fp32.
 WEIGHT_FORMATS = ("auto", "fp32", "bf16", "int8")
@@ -126,6 +128,11 @@ class GPTConfig:
     dropout: float = 0.1
     bias: bool = True        # biases in Linear and LayerNorm, as GPT-2 has
     attn_impl: str = "sdpa"  # "sdpa" (fused kernel) or "explicit" (masked softmax, for reading)
+    # gpt2: learned positions, LayerNorm, GELU MLP. modern: rotary positions, RMSNorm and a
+    # SwiGLU MLP, as Llama and Qwen have (exported as those).
+    arch: str = "gpt2"
+    qk_norm: bool = False    # modern: RMSNorm on each head's queries and keys (Qwen3)
+    tie_embeddings: bool = True  # the output head reuses the token embedding matrix
 
     def __post_init__(self) -> None:
         _positive_ints("model", self, ["vocab_size", "block_size", "n_layer", "n_head",
@@ -136,6 +143,12 @@ class GPTConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
         _one_of("model", "attn_impl", self.attn_impl, ATTENTION_IMPLS)
+        _one_of("model", "arch", self.arch, ARCHS)
+        if self.qk_norm and self.arch != "modern":
+            raise ValueError("model.qk_norm needs model.arch: modern")
+        if self.arch == "modern" and (self.n_embd // self.n_head) % 2:
+            raise ValueError("model.arch modern needs an even head size (n_embd / n_head) for "
+                             "rotary embeddings")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -162,6 +175,10 @@ class TrainConfig:
     dtype: str = "auto"            # autocast dtype: "auto", "float32", "bfloat16"
     max_seconds: float = 0.0       # wall-clock budget for the loop; 0 = none
     nproc: int = 1                 # training processes under torchrun (DDP); 1 = in-process
+    # adamw | muon: Muon on the blocks' weight matrices, AdamW on the rest (gpt/muon.py)
+    optimizer: str = "adamw"
+    muon_lr: float = 0.02          # muon: its own peak rate, on the same schedule
+    muon_momentum: float = 0.95
     # Besides best/ and latest/, a resumable step-NNNNNN/ folder every this many steps (0: none),
     # of which the newest keep_checkpoints stay.
     checkpoint_interval: int = 0
@@ -182,6 +199,9 @@ class TrainConfig:
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError("train.beta1 and train.beta2 must be in [0, 1)")
         _one_of("train", "dtype", self.dtype, DTYPES)
+        _one_of("train", "optimizer", self.optimizer, OPTIMIZERS)
+        if not self.muon_lr > 0 or not 0 <= self.muon_momentum < 1:
+            raise ValueError("train.muon_lr must be > 0 and train.muon_momentum in [0, 1)")
 
 
 @dataclass

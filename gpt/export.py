@@ -1,7 +1,9 @@
-"""Export a checkpoint as a Hugging Face GPT-2 folder.
+"""Export a checkpoint as a Hugging Face folder: GPT-2 for `arch: gpt2`, Llama for `arch:
+modern`, Qwen3 for modern with `qk_norm`.
 
 Our parameter names are GPT-2's; the one real difference is that GPT-2 stores its projections
-as Conv1D, whose weight is the transpose of nn.Linear's.
+as Conv1D, whose weight is the transpose of nn.Linear's. For Llama and Qwen3 the fused
+projections are split: c_attn into q, k, v; the SwiGLU c_fc into gate and up.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 import torch
 
 from gpt.checkpoint import load_model, resolve_checkpoint, save_tensors
-from gpt.model import GPT, GPTConfig
+from gpt.model import GPT, RMS_EPS, ROPE_THETA, GPTConfig, swiglu_hidden
 from gpt.tokenizer import ENDOFTEXT, BPETokenizer, is_tokenizer_dir, load_tokenizer
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight",
@@ -23,7 +25,7 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     """Our weights under GPT2LMHeadModel's names and layouts (missing biases as zeros)."""
     state = {}
     for name, tensor in model.state_dict().items():
-        if name == "lm_head.weight":
+        if name == "lm_head.weight" and model.config.tie_embeddings:
             continue  # tied to transformer.wte.weight; transformers re-ties it on load
         state[name] = tensor.t().contiguous() if name.endswith(CONV1D_SUFFIXES) else tensor
     if not model.config.bias:  # GPT-2 always has biases; zeros make them no-ops
@@ -41,8 +43,61 @@ def hf_config(cfg: GPTConfig, eos_id: int | None) -> dict:
         "n_embd": cfg.n_embd, "n_layer": cfg.n_layer, "n_head": cfg.n_head,
         "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
         "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
-        "initializer_range": 0.02, "tie_word_embeddings": True, "scale_attn_weights": True,
+        "initializer_range": 0.02, "tie_word_embeddings": cfg.tie_embeddings,
+        "scale_attn_weights": True,
         "bos_token_id": eos_id, "eos_token_id": eos_id,
+    }
+
+
+def modern_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """A modern model's weights under LlamaForCausalLM's (or Qwen3ForCausalLM's) names."""
+    state = {"model.embed_tokens.weight": model.transformer.wte.weight,
+             "model.norm.weight": model.transformer.ln_f.weight}
+    if not model.config.tie_embeddings:
+        state["lm_head.weight"] = model.lm_head.weight
+    for i, block in enumerate(model.transformer.h):
+        at = f"model.layers.{i}"
+        attn, mlp = block.attn, block.mlp
+        pieces = {"q_proj": 0, "k_proj": 1, "v_proj": 2}
+        width = model.config.n_embd
+        for name, k in pieces.items():
+            state[f"{at}.self_attn.{name}.weight"] = attn.c_attn.weight[k * width:(k + 1) * width]
+            if attn.c_attn.bias is not None:
+                state[f"{at}.self_attn.{name}.bias"] = attn.c_attn.bias[k * width:(k + 1) * width]
+        state[f"{at}.self_attn.o_proj.weight"] = attn.c_proj.weight
+        if attn.q_norm is not None:
+            state[f"{at}.self_attn.q_norm.weight"] = attn.q_norm.weight
+            state[f"{at}.self_attn.k_norm.weight"] = attn.k_norm.weight
+        gate, up = mlp.c_fc.weight.chunk(2, dim=0)
+        state[f"{at}.mlp.gate_proj.weight"], state[f"{at}.mlp.up_proj.weight"] = gate, up
+        state[f"{at}.mlp.down_proj.weight"] = mlp.c_proj.weight
+        if model.config.bias:
+            state[f"{at}.self_attn.o_proj.bias"] = attn.c_proj.bias
+            gate_b, up_b = mlp.c_fc.bias.chunk(2)
+            state[f"{at}.mlp.gate_proj.bias"], state[f"{at}.mlp.up_proj.bias"] = gate_b, up_b
+            state[f"{at}.mlp.down_proj.bias"] = mlp.c_proj.bias
+        state[f"{at}.input_layernorm.weight"] = block.ln_1.weight
+        state[f"{at}.post_attention_layernorm.weight"] = block.ln_2.weight
+    return {k: v.detach().contiguous() for k, v in state.items()}
+
+
+def modern_config(cfg: GPTConfig, eos_id: int | None) -> dict:
+    """LlamaConfig's (or Qwen3Config's, with qk_norm) fields for a modern model."""
+    qwen = cfg.qk_norm
+    if qwen and cfg.bias:
+        raise ValueError("a modern model with qk_norm and biases has no transformers class: "
+                         "Qwen3 has QK-norm but no MLP biases (Llama has biases, no QK-norm)")
+    return {
+        "architectures": ["Qwen3ForCausalLM" if qwen else "LlamaForCausalLM"],
+        "model_type": "qwen3" if qwen else "llama",
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.n_embd,
+        "intermediate_size": swiglu_hidden(cfg.n_embd), "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_head,
+        "head_dim": cfg.n_embd // cfg.n_head, "hidden_act": "silu",
+        "max_position_embeddings": cfg.block_size, "rms_norm_eps": RMS_EPS,
+        "rope_theta": ROPE_THETA, "attention_bias": cfg.bias, "mlp_bias": cfg.bias,
+        "attention_dropout": cfg.dropout, "tie_word_embeddings": cfg.tie_embeddings,
+        "initializer_range": 0.02, "bos_token_id": eos_id, "eos_token_id": eos_id,
     }
 
 
@@ -52,11 +107,13 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
     model = load_model(source)
     tokenizer = load_tokenizer(source) if is_tokenizer_dir(source) else None
     eos_id = tokenizer.special_tokens.get(ENDOFTEXT) if tokenizer else None
-    config = hf_config(model.config, eos_id)
+    modern = model.config.arch == "modern"
+    config = (modern_config if modern else hf_config)(model.config, eos_id)
+    weights = (modern_state_dict if modern else hf_state_dict)(model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config, indent=2))
-    save_tensors(hf_state_dict(model), out / "model.safetensors", metadata={"format": "pt"})
+    save_tensors(weights, out / "model.safetensors", metadata={"format": "pt"})
     if isinstance(tokenizer, BPETokenizer):
         tokenizer.save(out)
         special = ({"bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT, "unk_token": ENDOFTEXT}
@@ -64,5 +121,5 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
         (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
         (out / "tokenizer_config.json").write_text(json.dumps(
             {"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": False,
-             "model_max_length": config["n_positions"], **special}, indent=2))
+             "model_max_length": model.config.block_size, **special}, indent=2))
     return out

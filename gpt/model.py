@@ -1,7 +1,12 @@
-"""A decoder-only Transformer in the GPT-2 shape, in one file.
+"""A decoder-only Transformer in the GPT-2 shape, or its modern form, in one file.
 
-token + position embeddings -> n_layer x [LayerNorm -> causal self-attention -> residual,
-LayerNorm -> MLP -> residual] -> LayerNorm -> logits through the (tied) embedding matrix.
+gpt2: token + position embeddings -> n_layer x [LayerNorm -> causal self-attention ->
+residual, LayerNorm -> MLP -> residual] -> LayerNorm -> logits through the (tied) embedding.
+
+modern (`arch: modern`), the changes that newer small-model records credit: no position table
+but rotary embeddings on queries and keys, RMSNorm instead of LayerNorm, a SwiGLU MLP, and
+optionally RMSNorm on each head's queries and keys (`qk_norm`). That is Llama's block (Qwen3's
+with qk_norm), so it exports as one.
 
 Parameter names follow GPT-2's (`transformer.h.0.attn.c_attn`, ...), so exporting to a
 Hugging Face `GPT2LMHeadModel` is a renaming plus a transpose (see gpt/export.py).
@@ -16,6 +21,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gpt.config import GPTConfig
+
+RMS_EPS = 1e-6        # RMSNorm's epsilon, as Llama and Qwen3 use
+ROPE_THETA = 10000.0  # rotary embeddings' base period
 
 
 class KVCache:
@@ -66,6 +74,37 @@ def dropout_layer(p: float) -> nn.Module:
     return nn.Dropout(p) if p > 0 else nn.Identity()
 
 
+def norm_layer(config: GPTConfig, width: int | None = None) -> nn.Module:
+    """LayerNorm (gpt2) or RMSNorm (modern: no mean subtracted, no bias)."""
+    width = width or config.n_embd
+    if config.arch == "modern":
+        return nn.RMSNorm(width, eps=RMS_EPS)
+    return nn.LayerNorm(width, bias=config.bias)
+
+
+class Rotary(nn.Module):
+    """Rotary position embeddings: each query and key is rotated by angles that grow with its
+    position, so q.k depends on how far apart two tokens are. Llama's layout: dimension i pairs
+    with i + head_dim/2. The angles are precomputed for block_size positions."""
+
+    def __init__(self, head_dim: int, block_size: int, theta: float = ROPE_THETA) -> None:
+        super().__init__()
+        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
+        angles = torch.outer(torch.arange(block_size).float(), inv_freq)
+        angles = torch.cat([angles, angles], dim=-1)
+        # Not in the state dict: a function of the config, rebuilt on load.
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """x (B, H, T, D) at positions start .. start + T - 1, rotated."""
+        end = start + x.size(-2)
+        cos, sin = self.cos[start:end].to(x.dtype), self.sin[start:end].to(x.dtype)
+        half = x.size(-1) // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rotated * sin
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -76,6 +115,11 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = dropout_layer(config.dropout)
+        head_dim = config.n_embd // config.n_head
+        self.rotary = (Rotary(head_dim, config.block_size) if config.arch == "modern"
+                       else None)
+        self.q_norm = norm_layer(config, head_dim) if config.qk_norm else None
+        self.k_norm = norm_layer(config, head_dim) if config.qk_norm else None
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0
                 ) -> torch.Tensor:
@@ -83,6 +127,11 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rotary is not None:  # positions continue after the cached ones
+            start = cache.pos if cache is not None else 0
+            q, k = self.rotary(q, start), self.rotary(k, start)
         if cache is not None:
             k, v = cache.update(layer, k, v)
         y = self._attend(q, k, v)
@@ -114,15 +163,36 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
-class Block(nn.Module):
-    """Pre-LayerNorm residual block: x + attn(ln(x)), then x + mlp(ln(x))."""
+def swiglu_hidden(n_embd: int) -> int:
+    """SwiGLU's hidden width: 8/3 of n_embd (the parameters of a 4x GELU MLP), rounded up to
+    a multiple of 64."""
+    return -(-8 * n_embd // (3 * 64)) * 64
+
+
+class SwiGLU(nn.Module):
+    """Llama's gated MLP: down(silu(gate(x)) * up(x)); gate and up are one matmul."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        hidden = swiglu_hidden(config.n_embd)
+        self.c_fc = nn.Linear(config.n_embd, 2 * hidden, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = dropout_layer(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.c_fc(x).chunk(2, dim=-1)
+        return self.dropout(self.c_proj(F.silu(gate) * up))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = norm_layer(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config)
+        self.ln_2 = norm_layer(config)
+        self.mlp = SwiGLU(config) if config.arch == "modern" else MLP(config)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0
                 ) -> torch.Tensor:
@@ -134,17 +204,20 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
+        modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        if config.arch == "gpt2":  # modern models place tokens by rotating queries and keys
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            **modules,
             drop=dropout_layer(config.dropout),
             h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            ln_f=norm_layer(config),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # Weight tying: the output projection reuses the token embedding matrix, which saves
-        # vocab_size * n_embd parameters and helps small models.
-        self.lm_head.weight = self.transformer.wte.weight
+        if config.tie_embeddings:
+            # The output projection reuses the token embedding matrix, which saves
+            # vocab_size * n_embd parameters and helps small models.
+            self.lm_head.weight = self.transformer.wte.weight
         self.apply(self._init_weights)
         # GPT-2 scales the init of each residual projection by 1/sqrt(2 * n_layer) so the
         # residual stream's variance does not grow with depth.
@@ -164,7 +237,9 @@ class GPT(nn.Module):
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; position embeddings are left out by default, as GPT-2 counts."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+        if non_embedding and "wpe" in self.transformer:
+            n -= self.transformer.wpe.weight.numel()
+        return n
 
     @torch.no_grad()
     def resize_vocab(self, vocab_size: int) -> None:
@@ -176,9 +251,14 @@ class GPT(nn.Module):
         nn.init.normal_(new.weight, mean=0.0, std=0.02)
         new.weight[:old.size(0)] = old
         self.transformer.wte = new
-        self.lm_head = nn.Linear(old.size(1), vocab_size, bias=False, device=old.device,
-                                 dtype=old.dtype)
-        self.lm_head.weight = new.weight
+        head = nn.Linear(old.size(1), vocab_size, bias=False, device=old.device,
+                         dtype=old.dtype)
+        if self.config.tie_embeddings:
+            head.weight = new.weight
+        else:
+            nn.init.normal_(head.weight, mean=0.0, std=0.02)
+            head.weight[:old.size(0)] = self.lm_head.weight
+        self.lm_head = head
         self.config.vocab_size = vocab_size
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
@@ -194,8 +274,10 @@ class GPT(nn.Module):
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size "
                              f"{self.config.block_size}")
-        pos = torch.arange(start, start + T, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.wte(idx)
+        if "wpe" in self.transformer:
+            x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))
+        x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, cache, layer)
         if cache is not None:

@@ -37,6 +37,7 @@ from gpt.config import TrainConfig
 from gpt.data import RandomWindows, StridedWindows
 from gpt.files import atomic_directory, write_json
 from gpt.model import GPT
+from gpt.muon import MuonAdamW
 
 log = logging.getLogger("tinygpt.train")
 
@@ -140,9 +141,22 @@ def lr_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
     return cfg.min_lr + cosine * (cfg.learning_rate - cfg.min_lr)
 
 
-def build_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on weight matrices and embeddings only."""
+def build_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on weight matrices and embeddings only; with `optimizer:
+    muon`, the blocks' weight matrices move by Muon instead (gpt/muon.py)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "muon":
+        hidden = {id(p) for block in model.transformer.h for p in block.parameters()
+                  if p.dim() == 2}
+        groups = [
+            {"params": [p for p in params if id(p) in hidden], "muon": True,
+             "lr_scale": cfg.muon_lr / cfg.learning_rate, "momentum": cfg.muon_momentum,
+             "weight_decay": 0.0},
+            {"params": [p for p in params if p.dim() >= 2 and id(p) not in hidden],
+             "weight_decay": cfg.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        return MuonAdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
@@ -281,7 +295,7 @@ class Trainer:
     def _train_step(self, lr: float) -> tuple[float, int]:
         """One optimizer step; returns the mean loss and the number of tokens fed."""
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's groups run at their own rate
         total, tokens = 0.0, 0
         for micro in range(self.cfg.grad_accum):
             x, y = self.train_batches.next()

@@ -1,4 +1,5 @@
-"""The GPT: causality, attention paths, KV cache, weight tying, and agreement with GPT-2."""
+"""The GPT in both its forms (gpt2, modern): causality, attention paths, KV cache, weight
+tying, and agreement with the transformers class each exports as (GPT-2, Llama, Qwen3)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,20 @@ from gpt.export import export_hf
 from gpt.generate import SamplingParams, generate_ids, iter_tokens
 from gpt.model import GPT, GPTConfig
 
+# Each form of the block: GPT-2's; Llama's (rotary, RMSNorm, SwiGLU); Qwen3's (QK-norm), untied.
+ARCHS = {"gpt2": {}, "modern": {"arch": "modern"},
+         "modern-qk-untied": {"arch": "modern", "qk_norm": True, "tie_embeddings": False}}
 
-def test_changing_a_future_token_never_changes_earlier_logits(tiny_model):
+
+@pytest.fixture(params=sorted(ARCHS))
+def any_arch(request) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=97, block_size=32, n_layer=2, n_head=2, n_embd=32,
+                         **ARCHS[request.param]))
+
+
+def test_changing_a_future_token_never_changes_earlier_logits(any_arch):
+    tiny_model = any_arch
     tiny_model.eval()
     idx = torch.randint(0, 97, (2, 20))
     changed = idx.clone()
@@ -48,8 +61,8 @@ def test_attention_dropout_falls_on_the_weights_in_both_paths(impl):
     assert not torch.allclose(y, torch.ones_like(y))   # and dropout did act
 
 
-def test_kv_cache_gives_the_logits_of_a_full_forward(tiny_model):
-    tiny_model.eval()
+def test_kv_cache_gives_the_logits_of_a_full_forward(any_arch):
+    tiny_model = any_arch.eval()
     idx = torch.randint(0, 97, (2, 24))
     full, _ = tiny_model(idx)
     cache = tiny_model.new_cache(2)
@@ -58,8 +71,8 @@ def test_kv_cache_gives_the_logits_of_a_full_forward(tiny_model):
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
 
 
-def test_kv_cache_greedy_decoding_matches_recomputing_everything(tiny_model):
-    tiny_model.eval()
+def test_kv_cache_greedy_decoding_matches_recomputing_everything(any_arch):
+    tiny_model = any_arch.eval()
     prompt = torch.randint(0, 97, (1, 5))
     cached = torch.stack(list(iter_tokens(tiny_model, prompt, SamplingParams(
         max_new_tokens=20, temperature=0))), dim=1)
@@ -71,8 +84,8 @@ def test_kv_cache_greedy_decoding_matches_recomputing_everything(tiny_model):
     assert torch.equal(cached, idx[:, 5:])
 
 
-def test_generation_runs_past_block_size(tiny_model):
-    out = generate_ids(tiny_model, torch.zeros(1, 3, dtype=torch.long), 80, temperature=1.0,
+def test_generation_runs_past_block_size(any_arch):
+    out = generate_ids(any_arch, torch.zeros(1, 3, dtype=torch.long), 80, temperature=1.0,
                        seed=0)
     assert out.shape == (1, 83)
 
@@ -104,7 +117,8 @@ def test_loss_ignores_masked_targets(tiny_model):
 
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("n_head", 5, "divisible"), ("n_layer", 0, "positive"), ("dropout", 1.5, "dropout"),
-    ("attn_impl", "flash", "attn_impl"),
+    ("attn_impl", "flash", "attn_impl"), ("arch", "mamba", "arch"),
+    ("qk_norm", True, "qk_norm needs model.arch: modern"),
 ])
 def test_nonsense_configs_are_refused(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -116,23 +130,26 @@ def test_sequence_longer_than_block_size_is_refused(tiny_model):
         tiny_model(torch.zeros(1, 33, dtype=torch.long))
 
 
-def test_checkpoint_round_trip_rebuilds_from_config_alone(tiny_model, tmp_path):
+def test_checkpoint_round_trip_rebuilds_from_config_alone(any_arch, tmp_path):
+    tiny_model = any_arch
     save_model(tiny_model, tmp_path / "ckpt")
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
         "config.json", "model.safetensors"]
     loaded = load_model(tmp_path / "ckpt")
     idx = torch.randint(0, 97, (1, 16))
     assert torch.equal(loaded.eval()(idx)[0], tiny_model.eval()(idx)[0])
-    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+    tied = loaded.lm_head.weight is loaded.transformer.wte.weight
+    assert tied == tiny_model.config.tie_embeddings
 
 
-@pytest.mark.parametrize("bias", [True, False])
-def test_exported_hf_gpt2_gives_our_logits(bpe_1k, tmp_path, bias):
+@pytest.mark.parametrize(("bias", "tie"), [(True, True), (False, False)],
+                         ids=["bias-tied", "untied"])
+def test_exported_hf_gpt2_gives_our_logits(bpe_1k, tmp_path, bias, tie):
     from transformers import GPT2LMHeadModel, GPT2TokenizerFast
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=bpe_1k.vocab_size, block_size=64, n_layer=2, n_head=4,
-                          n_embd=64, bias=bias))
+                          n_embd=64, bias=bias, tie_embeddings=tie))
     if bias:  # make biases non-zero so a mis-mapped bias would show
         with torch.no_grad():
             for name, p in model.named_parameters():
@@ -152,3 +169,37 @@ def test_exported_hf_gpt2_gives_our_logits(bpe_1k, tmp_path, bias):
     hf_tok = GPT2TokenizerFast.from_pretrained(tmp_path / "hf")
     text = "KING RICHARD III:\nNow is the winter of our discontent"
     assert hf_tok(text)["input_ids"] == bpe_1k.encode(text)
+
+
+@pytest.mark.parametrize(("qk_norm", "bias", "tie"), [(False, True, True), (True, False, False)],
+                         ids=["llama-bias", "qwen3-untied"])
+def test_exported_modern_model_gives_our_logits(bpe_1k, tmp_path, qk_norm, bias, tie):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=bpe_1k.vocab_size, block_size=64, n_layer=2, n_head=4,
+                          n_embd=64, bias=bias, arch="modern", qk_norm=qk_norm,
+                          tie_embeddings=tie))
+    with torch.no_grad():  # non-trivial norms and biases, so a mis-mapped one would show
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name or "ln_" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    save_model(model, tmp_path / "ckpt")
+    export_hf(tmp_path / "ckpt", tmp_path / "hf")
+
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert type(hf).__name__ == ("Qwen3ForCausalLM" if qk_norm else "LlamaForCausalLM")
+    idx = torch.randint(0, bpe_1k.vocab_size, (2, 64))
+    with torch.no_grad():
+        ours = model.eval()(idx)[0]
+        theirs = hf(idx).logits
+    assert (ours - theirs).abs().max().item() < 1e-4
+
+
+def test_a_modern_model_with_qk_norm_and_biases_is_not_exported(tmp_path):
+    model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=16,
+                          arch="modern", qk_norm=True, bias=True))
+    save_model(model, tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="Qwen3 has QK-norm but no MLP biases"):
+        export_hf(tmp_path / "ckpt", tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()

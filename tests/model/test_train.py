@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from gpt.checkpoint import atomic_directory, load_model
 from gpt.model import GPT, GPTConfig
+from gpt.muon import orthogonalize
 from gpt.train import TrainConfig, build_optimizer, lr_at, windows_trainer
 
 
@@ -34,9 +35,11 @@ def new_model(dropout: float = 0.1) -> GPT:
                          dropout=dropout))
 
 
-@pytest.mark.parametrize("stride", [None, 5], ids=["random", "strided"])
-def test_resume_is_exact(tmp_path, stride):
-    cfg = small_config()
+@pytest.mark.parametrize(("stride", "optimizer"), [(None, "adamw"), (5, "adamw"),
+                                                   (None, "muon")],
+                         ids=["random", "strided", "muon"])
+def test_resume_is_exact(tmp_path, stride, optimizer):
+    cfg = small_config(optimizer=optimizer)
 
     def trainer(out: str):
         return windows_trainer(new_model(), tokens(3000), tokens(500, 1), cfg, tmp_path / out,
@@ -72,6 +75,28 @@ def test_numbered_checkpoints_keep_the_newest_and_resume_exactly(tmp_path):
     again.fit()
     a, b = straight.model.state_dict(), again.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_orthogonalize_pushes_every_singular_value_towards_one():
+    torch.manual_seed(0)
+    for shape in [(64, 32), (32, 64)]:  # tall and wide
+        spread = torch.linalg.svd(torch.randn(*shape), full_matrices=False)
+        matrix = spread.U @ torch.diag(torch.logspace(-1, 1, 32)) @ spread.Vh  # 100x apart
+        singular = torch.linalg.svdvals(orthogonalize(matrix))
+        assert singular.min() > 0.6 and singular.max() < 1.2, singular  # now within 2x
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_both_optimizers_learn_a_toy_sequence(tmp_path, optimizer):
+    cfg = small_config(max_steps=60, eval_interval=20, optimizer=optimizer)
+    trainer = windows_trainer(new_model(0.0), tokens(5000), tokens(800, 1), cfg, tmp_path)
+    muon_groups = [g for g in trainer.optimizer.param_groups if g.get("muon")]
+    if optimizer == "muon":  # the blocks' matrices only: 4 per block, 2 blocks
+        assert len(muon_groups[0]["params"]) == 8
+    else:
+        assert not muon_groups
+    result = trainer.fit()
+    assert result.history[-1]["val_loss"] < result.history[0]["val_loss"] - 0.5
 
 
 def test_training_lowers_the_loss_and_keeps_best_and_latest(tmp_path):
