@@ -36,6 +36,7 @@ from gpt.quantize import for_decoding, weight_bytes_per_token
 from gpt.tokenizer import load_tokenizer
 
 VOCAB, BLOCK, LAYERS, HEADS, EMBD, PROMPT = 8192, 512, 6, 6, 384, 16
+FORMATS = tuple(w for w in WEIGHT_FORMATS if w != "auto")  # fp32 first: the reference
 
 
 @torch.no_grad()
@@ -66,7 +67,7 @@ def speed(rounds: int, new_tokens: int, bandwidth: float) -> list[dict]:
                                     n_layer=LAYERS, n_head=HEADS, bos_token_id=None,
                                     eos_token_id=None)).eval()
     prompt = torch.randint(VOCAB, (1, PROMPT))
-    decoders = {w: for_decoding(ours, w) for w in WEIGHT_FORMATS}
+    decoders = {w: for_decoding(ours, w) for w in FORMATS}
     runs = {f"tinygpt {w}": (lambda d=d: time_ours(d, prompt, new_tokens))
             for w, d in decoders.items()}
     runs["transformers generate, cache"] = lambda: time_hf(hf, prompt, new_tokens, True)
@@ -109,7 +110,7 @@ def quality(folder: Path, prompts: int = 8, new: int = 64) -> list[dict]:
     greedy = SamplingParams(max_new_tokens=new, temperature=0)
     reference = None
     rows = []
-    for weights in WEIGHT_FORMATS:
+    for weights in FORMATS:
         decoder = for_decoding(model, weights)
         scored = evaluate_tokens(decoder, val, len(val_text.encode()), 16)
         outputs = [[t.item() for t in iter_tokens(decoder, c, greedy)] for c in contexts]
