@@ -101,8 +101,9 @@ def load_tokens(path: str | Path, prefix: str | None = None) -> np.ndarray:
     raise ValueError(f"{source}: expected a .npy file, a .parquet shard or a folder of shards")
 
 
-class RandomWindows:
-    """Batches of (input, target) windows at random offsets of a token array, seeded."""
+class _Windows:
+    """What both samplers share: the token array, the window shape, a seeded generator, and
+    cutting (input, target) windows at given starts."""
 
     def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int,
                  device: str | torch.device = "cpu") -> None:
@@ -116,14 +117,21 @@ class RandomWindows:
         self.generator = torch.Generator().manual_seed(seed)
         self._offsets = np.arange(block_size + 1)
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        high = len(self.tokens) - self.block_size
-        starts = torch.randint(high, (self.batch_size,), generator=self.generator).numpy()
+    def _cut(self, starts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         windows = torch.from_numpy(
             self.tokens[starts[:, None] + self._offsets].astype(np.int64))
         if self.device.type == "cuda":
             windows = windows.pin_memory().to(self.device, non_blocking=True)
         return windows[:, :-1], windows[:, 1:]
+
+
+class RandomWindows(_Windows):
+    """Batches of (input, target) windows at random offsets of a token array, seeded."""
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        high = len(self.tokens) - self.block_size
+        return self._cut(torch.randint(high, (self.batch_size,),
+                                       generator=self.generator).numpy())
 
     def get_state(self) -> torch.Tensor:
         return self.generator.get_state()
@@ -132,7 +140,7 @@ class RandomWindows:
         self.generator.set_state(state)
 
 
-class StridedWindows:
+class StridedWindows(_Windows):
     """Windows starting at 0, stride, 2*stride, ...: each visited once per epoch, in an order
     shuffled by a seeded generator; batches run on across epoch boundaries, so none is dropped.
 
@@ -142,20 +150,12 @@ class StridedWindows:
 
     def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int,
                  stride: int, device: str | torch.device = "cpu") -> None:
-        if len(tokens) < block_size + 1:
-            raise ValueError(f"{len(tokens)} tokens cannot fill one window of block_size "
-                             f"{block_size} (need at least {block_size + 1})")
         if stride < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
-        self.tokens = tokens
-        self.block_size = block_size
-        self.batch_size = batch_size
-        self.device = torch.device(device)
+        super().__init__(tokens, block_size, batch_size, seed, device)
         self.starts = np.arange(0, len(tokens) - block_size, stride)
-        self.generator = torch.Generator().manual_seed(seed)
         self.epoch = -1
         self._new_epoch()
-        self._offsets = np.arange(block_size + 1)
 
     def _new_epoch(self) -> None:
         self._epoch_start = self.generator.get_state()
@@ -173,12 +173,7 @@ class StridedWindows:
             picked.append(take)
             self.position += len(take)
             wanted -= len(take)
-        starts = self.starts[np.concatenate(picked)]
-        windows = torch.from_numpy(
-            self.tokens[starts[:, None] + self._offsets].astype(np.int64))
-        if self.device.type == "cuda":
-            windows = windows.pin_memory().to(self.device, non_blocking=True)
-        return windows[:, :-1], windows[:, 1:]
+        return self._cut(self.starts[np.concatenate(picked)])
 
     def get_state(self) -> torch.Tensor:
         """The generator's state as this epoch began, then (position, epoch) as 16 bytes."""
