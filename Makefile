@@ -37,7 +37,7 @@ run: setup
 
 # Benchmarks against peers (several minutes each; quality includes a 15-minute run).
 bench: setup
-	$(BIN)/python bench/tokenizer.py
+	$(BIN)/python bench/tokenizer.py --big-mb 100
 	$(BIN)/python bench/train_speed.py
 	$(BIN)/python bench/ddp.py
 	$(BIN)/python bench/generate.py

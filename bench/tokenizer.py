@@ -2,13 +2,19 @@
 encode throughput with the same merges (tiktoken loaded with our merges as the ceiling), and
 compression at equal vocabulary size.
 
-    python bench/tokenizer.py [--vocab-size 8192] [--rounds 3]
+With --big-mb N: training on an N MB corpus made of the documentation and source files found
+in the venv, at --big-vocab, ours and HF's each in a fresh process: time and peak memory, with
+the peak of a process that only reads the corpus as the baseline.
+
+    python bench/tokenizer.py [--vocab-size 8192] [--rounds 3] [--big-mb 100 --big-vocab 32768]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -60,10 +66,74 @@ def tiktoken_from_ours(ours: BPETokenizer):
                              special_tokens=ours.special_tokens)
 
 
+# Run in a fresh process: trains one tokenizer on a file, prints seconds and peak memory.
+CHILD = """
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+from bench.tokenizer import hf_train
+from gpt.tokenizer import BPETokenizer
+text = open({path!r}, encoding="utf-8").read()
+started = time.perf_counter()
+if {who!r} == "ours":
+    BPETokenizer.train(text, {vocab})
+elif {who!r} == "hf":
+    hf_train(text, {vocab})
+print(json.dumps({{"seconds": time.perf_counter() - started,
+                  "peak_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
+def venv_corpus(megabytes: int, out: Path) -> int:
+    """Concatenate the venv's .py, .md, .rst and .txt files (UTF-8 ones) up to megabytes."""
+    limit, size = megabytes * 2**20, 0
+    site = Path(sys.prefix) / "lib"
+    with out.open("w", encoding="utf-8") as corpus:
+        for path in sorted(site.rglob("*")):
+            if size >= limit:
+                break
+            if path.suffix not in (".py", ".md", ".rst", ".txt") or not path.is_file():
+                continue
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (UnicodeDecodeError, OSError):
+                continue
+            corpus.write(text + "\n\n")
+            size += len(text.encode()) + 2
+    return size
+
+
+def big_corpus(megabytes: int, vocab: int) -> list[dict]:
+    folder = Path(tempfile.mkdtemp())
+    path = folder / "corpus.txt"
+    size = venv_corpus(megabytes, path)
+    print(f"corpus: {size / 2**20:.0f} MB from the venv's docs and sources", flush=True)
+    runs = {}
+    for who in ("read only", "ours", "hf"):
+        code = CHILD.format(root=str(Path(__file__).resolve().parents[1]), path=str(path),
+                            who=who, vocab=vocab)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True)
+        runs[who] = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"  {who}: {runs[who]}", flush=True)
+    base = runs["read only"]["peak_MB"]
+    ours, hf = runs["ours"], runs["hf"]
+    return [
+        {"figure": f"BPE training, {size / 2**20:.0f} MB, vocab {vocab}",
+         "ours": f"{ours['seconds']:.1f} s", "peer": f"{hf['seconds']:.1f} s (HF)",
+         "ratio": f"{ours['seconds'] / hf['seconds']:.2f}x HF time"},
+        {"figure": "  peak memory beyond the corpus read",
+         "ours": f"{ours['peak_MB'] - base:.0f} MB", "peer": f"{hf['peak_MB'] - base:.0f} MB (HF)",
+         "ratio": f"{(ours['peak_MB'] - base) / max(hf['peak_MB'] - base, 1):.2f}x HF"},
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--vocab-size", type=int, default=8192)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--big-mb", type=int, default=0,
+                        help="also train on a corpus of this many MB from the venv")
+    parser.add_argument("--big-vocab", type=int, default=32768)
     args = parser.parse_args()
     text = corpus_path().read_text(encoding="utf-8")
     n_bytes = len(text.encode())
@@ -110,6 +180,8 @@ def main() -> None:
          "peer": f"{hf_bpt:.3f} bytes/token (HF-trained)",
          "ratio": f"{100 * (ours_bpt / hf_bpt - 1):+.2f}%"},
     ]
+    if args.big_mb:
+        rows += big_corpus(args.big_mb, args.big_vocab)
     print(table(rows, ["figure", "ours", "peer", "ratio"]))
     print(f"results: {save('tokenizer', rows)}")
 

@@ -23,7 +23,13 @@ from gpt.tokenizer.base import (
     Tokenizer,
     UnknownCharacterError,
 )
-from gpt.tokenizer.bpe import GPT2_SPLIT_PATTERN, BPETokenizer, bytes_to_unicode, split_pretokens
+from gpt.tokenizer.bpe import (
+    GPT2_SPLIT_PATTERN,
+    BPETokenizer,
+    bytes_to_unicode,
+    count_pretokens,
+    split_pretokens,
+)
 from gpt.tokenizer.char import CharTokenizer
 from gpt.tokenizer.word import RegexTokenizer, WordTokenizer
 
@@ -31,7 +37,8 @@ __all__ = [
     "CHARS_FILE", "ENDOFTEXT", "FREQUENCY_KINDS", "GPT2_SPLIT_PATTERN", "MAX_VOCAB", "MERGES_FILE",
     "MIN_BPE_VOCAB", "SOURCE_FILES", "SPECIALS_FILE", "TOKENIZER_KINDS", "UNKNOWN",
     "VOCAB_FILE", "BPETokenizer", "CharTokenizer", "RegexTokenizer", "Tokenizer",
-    "UnknownCharacterError", "WordTokenizer", "bytes_to_unicode", "is_tokenizer_dir",
+    "UnknownCharacterError", "WordTokenizer", "bytes_to_unicode", "count_pretokens",
+    "is_tokenizer_dir",
     "load_tokenizer", "split_pretokens", "train_tokenizer",
 ]
 

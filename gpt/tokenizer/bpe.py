@@ -71,6 +71,26 @@ def split_pretokens(text: str) -> list[str]:
     return _SPLIT_RE.findall(text)
 
 
+def count_pretokens(text: str, slice_chars: int = 1 << 20) -> Counter[str]:
+    """How often each chunk occurs, counted a slice of text at a time: memory holds the unique
+    chunks and one slice's list, never every chunk of a large corpus.
+
+    A slice ends just before a line break that follows a non-space character: no chunk spans
+    that point, and the whitespace run starting there splits the same with or without what
+    came before, so the counts equal those of the whole text.
+    """
+    counts: Counter[str] = Counter()
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start + slice_chars)
+        while end > 0 and text[end - 1].isspace():
+            end = text.find("\n", end + 1)
+        end = len(text) if end < 0 else end
+        counts.update(_SPLIT_RE.findall(text, start, end))
+        start = end
+    return counts
+
+
 class BPETokenizer(Tokenizer):
     """Byte-level BPE: 256 byte tokens, learned merges, then special tokens."""
 
@@ -105,7 +125,7 @@ class BPETokenizer(Tokenizer):
         if not MIN_BPE_VOCAB + len(specials) <= vocab_size <= MAX_VOCAB:
             raise ValueError(f"vocab_size must be between {MIN_BPE_VOCAB + len(specials)} "
                              f"and {MAX_VOCAB} for a byte-level BPE, got {vocab_size}")
-        chunk_counts = Counter(split_pretokens(text))
+        chunk_counts = count_pretokens(text)
         words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]
         counts = list(chunk_counts.values())
         merges = _learn_merges(words, counts, vocab_size - MIN_BPE_VOCAB - len(specials))

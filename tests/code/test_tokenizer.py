@@ -35,6 +35,7 @@ from gpt.tokenizer import (
     RegexTokenizer,
     Tokenizer,
     WordTokenizer,
+    count_pretokens,
     is_tokenizer_dir,
     load_tokenizer,
     split_pretokens,
@@ -326,6 +327,12 @@ def naive_merges(text: str, n_merges: int) -> list[tuple[int, int]]:
                     i += 1
             seqs[w] = out
     return merges
+
+
+@pytest.mark.parametrize("slice_chars", [1, 97, 4096])
+def test_chunks_counted_slice_by_slice_equal_the_whole_texts(shakespeare, slice_chars):
+    text = shakespeare[:60_000] + "\n".join(HOSTILE) + "end \n  \n\tx\n"
+    assert count_pretokens(text, slice_chars) == Counter(split_pretokens(text))
 
 
 def test_incremental_training_learns_the_same_merges_as_naive_recounting(shakespeare):
