@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
-from gpt.tokenizer import FREQUENCY_KINDS, TOKENIZER_KINDS
+from gpt.tokenizer import TOKENIZER_KINDS
 from serve.routes.deps import too_large
 from serve.settings import Settings
 from serve.upload import (
@@ -74,8 +74,8 @@ async def build_tokenizer_route(
     settings.upload_dir.mkdir(parents=True, exist_ok=True)
     path = upload_path(settings.upload_dir, filename)
     overrides = [f"tokenizer.kind={kind}", f"tokenizer.vocab_size={vocab_size}"]
-    if min_frequency is not None or kind in FREQUENCY_KINDS:
-        overrides.append(f"tokenizer.min_frequency={min_frequency or 1}")
+    if min_frequency is not None:
+        overrides.append(f"tokenizer.min_frequency={min_frequency}")
     try:
         await save_upload(request.stream(), path, settings.max_upload_bytes)
     except UploadTooLarge:
