@@ -2,7 +2,8 @@
 
 The peer is nanoGPT's CPU recipe (char-level, 4 layers x 128, block 64, batch 12, 2000
 iterations, evals every 250), run here with the nanoGPT-shaped model. Ours then trains with the
-defaults of params.yaml for the same wall-clock time, and (unless --skip-long) for 15 minutes.
+one-minute recipe (recipes/one-minute.yaml) for 60 s, with the defaults of params.yaml for the
+peer's wall-clock time, and (unless --skip-long) for 15 minutes.
 Bits per byte does not depend on the tokenizer, so a char model and a BPE model compare.
 `--ablation SECONDS` instead trains each form of our block (gpt2, modern, + QK-norm, + untied
 head) and each optimizer (AdamW, Muon) for the same time.
@@ -26,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.baselines import NanoGPT, nanogpt_lr
 from bench.common import ROOT, corpus_path, save, table
-from gpt.config import load_params
+from gpt.config import load_params, recipe_overrides
 from gpt.data import sequential_windows
 from gpt.quick import train_from_text
 
@@ -122,6 +123,8 @@ def main() -> None:
     peer = nanogpt_recipe(text)
     rows = [{"run": "nanoGPT CPU recipe (char, 4x128, 2000 iters)", **peer}]
     scratch = Path(tempfile.mkdtemp())
+    minute = ours(60, scratch / "minute", recipe_overrides("one-minute", ROOT / "recipes"))
+    rows.append({"run": "tinygpt one-minute recipe, 60 s", **minute})
     # Our budget covers everything (tokenizer training and encoding too): leave them ~5 s.
     same = ours(peer["seconds"] - 5, scratch / "same")
     rows.append({"run": "tinygpt defaults, same wall-clock", **same})

@@ -1,5 +1,6 @@
-"""Training throughput: ours (fp32 and bf16 autocast) against transformers' GPT2LMHeadModel and
-a nanoGPT-shaped model, same shape, same batches, same machine, interleaved rounds.
+"""Training throughput: ours (fp32, bf16 autocast, bf16 compiled) against transformers'
+GPT2LMHeadModel and a nanoGPT-shaped model, same shape, same batches, same machine, interleaved
+rounds. No contender uses dropout (nanoGPT's default for pretraining; the peers here have none).
 
 Also model FLOP/s (6 x params + attention per token, nanoGPT's estimate) as a share of a large
 matmul of the same dtype measured in the same run.
@@ -20,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.baselines import NanoGPT
 from bench.common import save, table
 from gpt.model import GPT, GPTConfig
-from gpt.train import TrainConfig, autocast, build_optimizer
+from gpt.train import TrainConfig, autocast, build_optimizer, deterministic_kernels
 
 VOCAB, BLOCK, LAYERS, HEADS, EMBD, BATCH = 8192, 256, 6, 6, 384, 16
 
@@ -38,16 +39,18 @@ def flops_per_token(params: int) -> float:
     return 6 * params + 12 * LAYERS * EMBD * BLOCK
 
 
-def ours(dtype: torch.dtype):
+def ours(dtype: torch.dtype, compiled: bool = False):
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=LAYERS, n_head=HEADS,
-                          n_embd=EMBD))
+                          n_embd=EMBD, dropout=0.0))
     optimizer = build_optimizer(model, TrainConfig())
+    forward = torch.compile(model) if compiled else model  # as train.compile does
 
     def step(x, y):
-        with autocast(torch.device("cpu"), dtype):
-            _, loss = model(x, y)
-        loss.backward()
+        with deterministic_kernels(compiled):  # the backward compiles on its first call
+            with autocast(torch.device("cpu"), dtype):
+                _, loss = forward(x, y)
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -94,7 +97,7 @@ def nanogpt():
 def tokens_per_s(step, steps: int) -> float:
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randint(VOCAB, (BATCH, BLOCK + 1), generator=gen) for _ in range(steps + 2)]
-    for b in batches[:2]:  # warm-up
+    for b in batches[:2]:  # warm-up (and compilation)
         step(b[:, :-1], b[:, 1:])
     started = time.perf_counter()
     for b in batches[2:]:
@@ -113,6 +116,8 @@ def main() -> None:
         "nanoGPT-shaped fp32": (nanogpt, "float32"),
         "tinygpt fp32": (lambda: ours(torch.float32), "float32"),
         "tinygpt bf16 autocast": (lambda: ours(torch.bfloat16), "bfloat16"),
+        "tinygpt bf16 autocast, compiled": (lambda: ours(torch.bfloat16, compiled=True),
+                                            "bfloat16"),
     }
     best: dict[str, float] = {}
     params: dict[str, int] = {}

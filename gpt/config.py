@@ -179,6 +179,9 @@ class TrainConfig:
     optimizer: str = "adamw"
     muon_lr: float = 0.02          # muon: its own peak rate, on the same schedule
     muon_momentum: float = 0.95
+    # Compile the training step (forward and backward) with torch.compile; where that fails
+    # (no C++ compiler, an unsupported op), training goes on uncompiled.
+    compile: bool = False
     # Besides best/ and latest/, a resumable step-NNNNNN/ folder every this many steps (0: none),
     # of which the newest keep_checkpoints stay.
     checkpoint_interval: int = 0
@@ -438,6 +441,10 @@ def build_params(raw: Mapping[str, Any]) -> Params:
     for name in raw:
         if name not in SECTIONS:
             raise unknown_key(str(name), SECTIONS)
+    for name, values in raw.items():
+        if not isinstance(values, Mapping | type(None)):
+            raise ValueError(f"{name}: must be a section of key: value lines, got "
+                             f"{type(values).__name__} {values!r}")
     base = {name: dict(raw.get(name) or {}) for name in SECTIONS}
     kind = base["data"].get("kind", DataConfig.kind)
     if kind == "sft":
@@ -452,7 +459,13 @@ def read_params_file(path: str | Path | None = None) -> dict[str, Any]:
     source = Path(path) if path is not None else Path(PARAMS_FILE)
     if path is not None and not source.is_file():
         raise FileNotFoundError(f"parameter file {source} does not exist")
-    raw = parse_yaml(source.read_text(encoding="utf-8")) if source.is_file() else {}
+    try:
+        raw = parse_yaml(source.read_text(encoding="utf-8")) if source.is_file() else {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"{source}: not valid YAML{where}: {problem}") from None
     if not isinstance(raw, dict | type(None)):
         raise ValueError(f"{source} must hold a mapping of sections")
     return raw or {}

@@ -12,8 +12,8 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -38,6 +38,7 @@ from gpt.data import RandomWindows, StridedWindows
 from gpt.files import atomic_directory, write_json
 from gpt.model import GPT
 from gpt.muon import MuonAdamW
+from gpt.progress import duration
 
 log = logging.getLogger("tinygpt.train")
 
@@ -124,6 +125,23 @@ def autocast(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextmanager
+def deterministic_kernels(on: bool) -> Iterator[None]:
+    """Compiled kernels that add in a fixed order, so a compiled run resumes bit-exactly:
+    without this, inductor's CPU scatter-adds (the embedding's gradient) add from several
+    threads in whatever order they arrive. The previous setting comes back afterwards."""
+    if not on:
+        yield
+        return
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
 def lr_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
@@ -220,6 +238,10 @@ class Trainer:
         if self.world_size > 1:
             train_batches = RankShare(train_batches, self.rank, self.world_size)
             self.train_model = DistributedDataParallel(self.model)
+        self.eager_model = self.train_model
+        self.compile_pending = cfg.compile  # compiled on the first step (see _forward)
+        if cfg.compile:
+            self.train_model = torch.compile(self.train_model)
         self.out_dir = Path(out_dir)
         self.callback = (callback if self.lead and callback else (lambda event: None))
         self.assets_dir = Path(assets_dir) if assets_dir is not None else None
@@ -303,8 +325,7 @@ class Trainer:
             # DDP averages gradients across ranks once, on the last micro-batch's backward.
             sync = nullcontext() if last or self.world_size == 1 else self.train_model.no_sync()
             with sync:
-                with autocast(self.device, self.dtype):
-                    _, loss = self.train_model(x, y)
+                loss = self._forward(x, y)
                 (loss / self.cfg.grad_accum).backward()
             total += loss.item()
             tokens += x.numel() * self.world_size  # every rank fed a batch this size
@@ -313,6 +334,21 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return total / self.cfg.grad_accum, tokens
+
+    def _forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training loss. The first call of a compiled model compiles it; if that fails,
+        training goes on with the eager model (nothing has run yet when compilation fails)."""
+        with autocast(self.device, self.dtype):
+            if not self.compile_pending:
+                return self.train_model(x, y)[1]
+            self.compile_pending = False
+            try:
+                return self.train_model(x, y)[1]
+            except Exception as error:  # whatever the compiler raised
+                log.warning("torch.compile failed (%s); training without it",
+                            str(error).strip().splitlines()[0][:200])
+                self.train_model = self.eager_model
+                return self.train_model(x, y)[1]
 
     def _agree(self, flag: bool) -> bool:
         """Rank 0's answer on every rank (clocks differ; ranks must stop on the same step)."""
@@ -343,9 +379,14 @@ class Trainer:
 
     def fit(self, stop_at: int | None = None) -> TrainResult:
         """Train until max_steps (or stop_at, an earlier step, keeping the same schedule)."""
+        with deterministic_kernels(self.cfg.compile):
+            return self._fit(stop_at)
+
+    def _fit(self, stop_at: int | None) -> TrainResult:
         cfg = self.cfg
         last_step = min(cfg.max_steps, stop_at or cfg.max_steps)
         self.model.train()
+        first_step = self.step
         started = window_start = time.perf_counter()
         window_tokens, total_tokens, loss, stopped_early = 0, 0, math.nan, False
         log.info("training %.2fM parameters on %s (%s) for %d steps",
@@ -363,8 +404,10 @@ class Trainer:
                 window_start, window_tokens = now, 0
                 self.callback({"kind": "train", "step": self.step, "train_loss": loss,
                                "lr": lr, "tokens_per_s": tokens_per_s})
-                log.info("step %d/%d | loss %.4f | lr %.2e | %.0f tok/s", self.step,
-                         cfg.max_steps, loss, lr, tokens_per_s)
+                log.info("step %d/%d | loss %.4f | lr %.2e | %.0f tok/s | %s left", self.step,
+                         last_step, loss, lr, tokens_per_s,
+                         time_left(now - started, self.step - first_step, last_step - self.step,
+                                   cfg.max_seconds))
             out_of_time = self._agree(0 < cfg.max_seconds <= time.perf_counter() - started)
             last = self.step == last_step or out_of_time
             if self.step % cfg.eval_interval == 0 or last:
@@ -384,6 +427,14 @@ class Trainer:
             stopped_early=stopped_early, seconds=seconds,
             tokens_per_s=total_tokens / max(seconds, 1e-9),
             best_dir=self.best_dir, latest_dir=self.latest_dir, history=self.history)
+
+
+def time_left(elapsed: float, steps_done: int, steps_left: int, max_seconds: float) -> str:
+    """The loop's remaining time at its rate so far, capped by the time budget: '3m05s'."""
+    seconds = elapsed / max(steps_done, 1) * steps_left
+    if max_seconds > 0:
+        seconds = min(seconds, max_seconds - elapsed)
+    return duration(seconds)
 
 
 def windows_trainer(model: GPT, train_tokens: np.ndarray, val_tokens: np.ndarray,

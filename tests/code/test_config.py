@@ -138,8 +138,12 @@ def test_the_dvc_stage_entry_point_names_the_same_steps_and_kinds():
     assert (DVC_STEPS, tuple(DATA_KINDS)) == (entry.STEPS, entry.KINDS)
 
 
-# What each write-up states, which its recipe must say too (../shared/seeds/).
+# What each write-up states, which its recipe must say too (../shared/seeds/); and what makes
+# the one-minute preset what it is.
 WRITE_UPS = {
+    "one-minute": {"train.max_seconds": 60, "model.arch": "modern", "train.optimizer": "muon",
+                   "model.n_embd": 128},
+    "modern-muon": {"model.arch": "modern", "model.qk_norm": True, "train.optimizer": "muon"},
     "bpe-mlops": {"tokenizer.kind": "bpe", "train.checkpoint_interval": 250},
     "char-shakespeare": {"tokenizer.kind": "char", "model.n_layer": 6, "model.n_head": 6,
                          "model.n_embd": 384, "model.block_size": 256, "train.batch_size": 64,

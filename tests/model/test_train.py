@@ -77,6 +77,48 @@ def test_numbered_checkpoints_keep_the_newest_and_resume_exactly(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_compiled_training_resumes_exactly_and_stays_close_to_eager(tmp_path):
+    cfg = small_config(compile=True, dtype="bfloat16")
+
+    def trainer(out: str, config: TrainConfig = cfg):
+        return windows_trainer(new_model(dropout=0.0), tokens(3000), tokens(500, 1), config,
+                               tmp_path / out)
+
+    straight = trainer("a")
+    straight.fit()
+    assert straight.train_model is not straight.eager_model  # it did compile
+    first = trainer("b")
+    first.fit(stop_at=6)
+    torch.manual_seed(999)
+    second = trainer("b")
+    second.resume()
+    second.fit()
+    eager = trainer("c", small_config(dtype="bfloat16"))
+    eager.fit()
+    a, b, c = (t.model.state_dict() for t in (straight, second, eager))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert max((a[k] - c[k]).abs().max().item() for k in a) < 0.02  # bf16 rounding apart
+
+
+def test_training_goes_on_uncompiled_when_compilation_fails(tmp_path, monkeypatch, caplog):
+    import torch._inductor.config as inductor
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(inductor, "fx_graph_cache", False)
+    monkeypatch.setattr(inductor.cpp, "cxx", (None, str(tmp_path / "no-such-compiler")))
+    compiled = windows_trainer(new_model(), tokens(3000), tokens(500, 1),
+                               small_config(compile=True), tmp_path / "a")
+    compiled.fit()
+    torch._dynamo.reset()
+    eager = windows_trainer(new_model(), tokens(3000), tokens(500, 1), small_config(),
+                            tmp_path / "b")
+    eager.fit()
+    assert compiled.train_model is compiled.eager_model
+    assert "torch.compile failed" in caplog.text
+    a, b = compiled.model.state_dict(), eager.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_orthogonalize_pushes_every_singular_value_towards_one():
     torch.manual_seed(0)
     for shape in [(64, 32), (32, 64)]:  # tall and wide
