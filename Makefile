@@ -21,6 +21,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export GX_ANALYTICS_ENABLED ?= false
 export DVC_NO_ANALYTICS ?= 1
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION ?= false
+export PREFECT_LOGGING_EXTRA_LOGGERS ?= tinygpt
 
 .PHONY: setup run test lint clean mlflow-ui bench stack-up stack-down stack-status
 
@@ -32,8 +33,9 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# Arguments for `tinygpt retrain`: make run ARGS="--set train.max_steps=200 --recipe NAME"
 run: setup
-	$(BIN)/tinygpt retrain
+	$(BIN)/tinygpt retrain $(ARGS)
 
 # Benchmarks against peers (several minutes each; quality includes a 15-minute run).
 bench: setup
@@ -48,7 +50,7 @@ bench: setup
 	$(BIN)/python bench/serve_load.py
 
 mlflow-ui: setup
-	PATH=$(CURDIR)/$(BIN):$$PATH sh mlflow/ui.sh
+	$(BIN)/tinygpt ui mlflow
 
 # Debian's Chromium for the browser test (Playwright drives it; it never downloads a browser).
 CHROMIUM := /usr/bin/chromium

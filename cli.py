@@ -10,7 +10,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from gpt.config import DATA_KINDS, WEIGHT_FORMATS
+from gpt.config import DATA_KINDS, WEIGHT_FORMATS, Params
 from gpt.tokenizer import TOKENIZER_KINDS
 from stack import apply_env
 from stack.remote import ensure_remote
@@ -26,21 +26,30 @@ ENVIRONMENT = {
     "GX_ANALYTICS_ENABLED": "false",
     "DVC_NO_ANALYTICS": "1",
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    # Our loggers' lines (steps, training progress) also go to the Prefect run's logs, live.
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "tinygpt",
 }
+# The data mirror beside the checkout, used when the corpus cannot be downloaded (as `make`).
+MIRROR = Path("..").resolve() / "shared" / "data"
+UI_PORTS = {"mlflow": 5000, "prefect": 4200}
 # Commands that talk to MLflow, Prefect or the DVC remote: with a team stack up
 # (.stack/stack.env, `tinygpt stack up`) they talk to its servers; without one, nothing changes.
 RECIPE_HELP = ("lay recipes/NAME.yaml over params.yaml, under --set (`tinygpt recipes` "
                "lists them)")
-STACK_CLIENTS = {"retrain", "finetune", "promote", "history", "serve", "gc", "reproduce"}
+STACK_CLIENTS = {"retrain", "finetune", "promote", "history", "serve", "gc", "reproduce",
+                 "status"}
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-new-tokens", type=int)
-    parser.add_argument("--temperature", type=float)
-    parser.add_argument("--top-k", type=int)
-    parser.add_argument("--top-p", type=float)
-    parser.add_argument("--repetition-penalty", type=float)
-    parser.add_argument("--seed", type=int)
+    """The sample section's settings; each unset one keeps params.yaml's value."""
+    parser.add_argument("--max-new-tokens", type=int, help="tokens to generate at most")
+    parser.add_argument("--temperature", type=float, help="0 is greedy; higher is more varied")
+    parser.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
+    parser.add_argument("--top-p", type=float,
+                        help="sample among the fewest tokens whose probability reaches p")
+    parser.add_argument("--repetition-penalty", type=float,
+                        help="> 1 makes tokens already in the context less likely")
+    parser.add_argument("--seed", type=int, help="same seed and settings, same text")
 
 
 def _add_params_options(parser: argparse.ArgumentParser) -> None:
@@ -51,27 +60,33 @@ def _add_params_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinygpt", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, print the whole traceback, not one line")
     commands = parser.add_subparsers(dest="command", required=True)
 
     tokenizer = commands.add_parser("tokenizer", help="tokenizer commands")
     tok_commands = tokenizer.add_subparsers(dest="tokenizer_command", required=True)
     tok_train = tok_commands.add_parser("train", help="train a tokenizer on a text file")
-    tok_train.add_argument("--input", type=Path, required=True)
+    tok_train.add_argument("--input", type=Path, required=True, help="a UTF-8 text file")
     tok_train.add_argument("--vocab-size", type=int, required=True,
                            help="the vocabulary's size; for word and regex, a cap")
-    tok_train.add_argument("--kind", choices=list(TOKENIZER_KINDS), default="bpe")
+    tok_train.add_argument("--kind", choices=list(TOKENIZER_KINDS), default="bpe",
+                           help="byte-level BPE (default), characters, or word-level")
     tok_train.add_argument("--min-frequency", type=int, default=1,
                            help="word and regex: rarer pieces become <|unk|>")
-    tok_train.add_argument("--out", type=Path, required=True)
+    tok_train.add_argument("--out", type=Path, required=True,
+                           help="folder for the tokenizer's files")
 
     train = commands.add_parser("train", help="quick path: train tokenizer + model on a text file")
-    train.add_argument("--input", type=Path, required=True)
-    train.add_argument("--out", type=Path, required=True)
+    train.add_argument("--input", type=Path, required=True, help="a UTF-8 text file")
+    train.add_argument("--out", type=Path, required=True,
+                       help="folder for checkpoints, tokenizer and metrics.json")
     _add_params_options(train)
 
     generate = commands.add_parser("generate", help="sample text from a checkpoint")
-    generate.add_argument("prompt")
-    generate.add_argument("--checkpoint", type=Path, required=True)
+    generate.add_argument("prompt", help="the text to continue")
+    generate.add_argument("--checkpoint", type=Path, required=True,
+                          help="a checkpoint folder, or a run folder holding best/")
     _add_sampling_options(generate)
     generate.add_argument("--weights", choices=WEIGHT_FORMATS, default="auto",
                           help="decode with the weights in this format (gpt/quantize.py; "
@@ -80,8 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="end with the decode rate and the weights' size")
 
     export = commands.add_parser("export-hf", help="write a Hugging Face GPT-2 folder")
-    export.add_argument("--checkpoint", type=Path, required=True)
-    export.add_argument("--out", type=Path, required=True)
+    export.add_argument("--checkpoint", type=Path, required=True,
+                        help="a checkpoint folder, or a run folder holding best/")
+    export.add_argument("--out", type=Path, required=True,
+                        help="folder for config.json, model.safetensors and tokenizer files")
 
     retrain = commands.add_parser("retrain", help="run the whole pipeline as a Prefect flow")
     _add_params_options(retrain)
@@ -95,14 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     finetune = commands.add_parser(
         "finetune", help="prompt -> completion fine-tuning as a Prefect flow (params: sft)")
     _add_params_options(finetune)
-    finetune.add_argument("--force-promote", action="store_true")
-    finetune.add_argument("--fresh", action="store_true")
+    finetune.add_argument("--force-promote", action="store_true",
+                          help="move the champion alias even if the new model is worse")
+    finetune.add_argument("--fresh", action="store_true",
+                          help="start training over instead of resuming an interrupted run")
     finetune.add_argument("--recipe", help=RECIPE_HELP)
 
     commands.add_parser("recipes", help="list the recipes (recipes/NAME.yaml), one line each")
 
     validate = commands.add_parser("validate", help="ingest + validate a corpus, nothing else")
-    validate.add_argument("path")
+    validate.add_argument("path", help="a text file, a folder of them, or a JSONL file")
     validate.add_argument("--kind", choices=DATA_KINDS, default="text",
                           help="text corpus (default) or prompt/completion JSONL")
     _add_params_options(validate)
@@ -123,8 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_params_options(history)
 
     serve = commands.add_parser("serve", help="serve the registry's champion over HTTP")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve.add_argument("--model", action="append", default=[], dest="models",
                        help="registry URI (default: models:/<registry.model_name>@champion) "
                             "or a checkpoint folder (tinygpt train's output); repeat it to "
@@ -137,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="generations running at once")
     serve.add_argument("--max-queue", type=int, default=8,
                        help="requests waiting for a slot before 429")
+    serve.add_argument("--upload-folder-mb", type=int, default=200,
+                       help="accepted uploads (each a run's data) stay in uploads/ up to this "
+                            "total; past it, an upload gets a 413")
     serve.add_argument("--cors-origin", action="append", default=[], dest="cors_origins",
                        help="an origin (https://host:port) whose pages may call the API; "
                             "repeatable; none by default")
@@ -161,7 +184,63 @@ def build_parser() -> argparse.ArgumentParser:
     stack_commands.add_parser("down", help="stop every service; tinygpt runs embedded again")
     stack_commands.add_parser("status", help="one line per service; exit 1 unless all are up")
     stack_commands.add_parser("env", help="print the stack's variables as `export` lines")
+
+    status = commands.add_parser(
+        "status", help="the champion, what the workspace holds, dvc status, the last runs, "
+                       "and whether the servers answer")
+    _add_params_options(status)
+
+    env = commands.add_parser(
+        "env", help="print the project's environment as `export` lines for a shell",
+        description="Every variable tinygpt runs its tools with (the venv's PATH, PREFECT_HOME, "
+                    "the MLflow store, the data mirror; a team stack's when one is up).")
+    _add_params_options(env)
+
+    ui = commands.add_parser(
+        "ui", help="start the MLflow or Prefect UI on the project's store",
+        description="Runs `mlflow ui` or `prefect server start` in the foreground with the "
+                    "project's settings, so it shows this checkout's runs; with a team stack "
+                    "up, prints the stack's UI instead.")
+    ui.add_argument("tool", choices=UI_PORTS, help="which UI")
+    ui.add_argument("--port", type=int, help="port on 127.0.0.1 (mlflow 5000, prefect 4200)")
+    _add_params_options(ui)
+    _add_examples(commands)
     return parser
+
+
+# One example per subcommand, shown at the end of its --help.
+EXAMPLES = {
+    "tokenizer": "tinygpt tokenizer train --input corpus.txt --vocab-size 8192 --out tok/",
+    "tokenizer train": "tinygpt tokenizer train --input corpus.txt --vocab-size 8192 --out tok/",
+    "train": "tinygpt train --input corpus.txt --out runs/quick --set train.max_steps=200",
+    "generate": 'tinygpt generate "ROMEO:" --checkpoint data/model/best --seed 1 --stats',
+    "export-hf": "tinygpt export-hf --checkpoint data/model/best --out hf/",
+    "retrain": "tinygpt retrain --set train.max_steps=200 (make run ARGS=\"...\" does the same)",
+    "finetune": "tinygpt finetune --set sft.init=models:/tinygpt@champion",
+    "recipes": "tinygpt recipes, then tinygpt retrain --recipe NAME",
+    "validate": "tinygpt validate pairs.jsonl --kind sft",
+    "promote": "tinygpt promote --version 3 (or --rollback)",
+    "history": "tinygpt history --alias champion",
+    "serve": "tinygpt serve --port 8000 --weights int8",
+    "gc": "tinygpt gc, then tinygpt gc --apply",
+    "reproduce": "tinygpt reproduce --version champion --retrain",
+    "stack": "tinygpt stack up, then tinygpt stack status",
+    "stack up": "tinygpt stack up",
+    "stack down": "tinygpt stack down",
+    "stack status": "tinygpt stack status",
+    "stack env": 'eval "$(tinygpt stack env)"',
+    "env": 'eval "$(.venv/bin/tinygpt env)"; mlflow --version',
+    "ui": "tinygpt ui mlflow --port 5000",
+    "status": "tinygpt status",
+}
+
+
+def _add_examples(commands: argparse._SubParsersAction, prefix: str = "") -> None:
+    for name, sub in commands.choices.items():
+        sub.epilog = f"example: {EXAMPLES[prefix + name]}"
+        for action in sub._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _add_examples(action, f"{prefix}{name} ")
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> None:
@@ -263,10 +342,10 @@ def print_summary(summary: dict) -> None:
         prefect_ui = os.environ.get("PREFECT_API_URL", "").removesuffix("/api")
         print(f"open the UIs:\n  MLflow  {summary['tracking_uri']}\n  Prefect {prefect_ui}")
         return
+    tinygpt = os.path.relpath(Path(sys.executable).parent / "tinygpt")
     print("open the UIs:\n"
-          f"  mlflow ui --backend-store-uri {summary['tracking_uri']} --host 127.0.0.1 "
-          "--port 5000    # http://127.0.0.1:5000\n"
-          "  prefect server start --host 127.0.0.1 --port 4200   # http://127.0.0.1:4200")
+          f"  {tinygpt} ui mlflow    # http://127.0.0.1:5000\n"
+          f"  {tinygpt} ui prefect   # http://127.0.0.1:4200")
 
 
 def cmd_retrain(args: argparse.Namespace) -> None:
@@ -318,12 +397,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_promote(args: argparse.Namespace) -> None:
+def registry_params(args: argparse.Namespace) -> Params:
+    """The run's parameters, once their MLflow server (if the store is one) answers: a server
+    that is down is one line at once, not minutes of the client's retries."""
     from gpt.config import load_params
+    from registry import check_reachable
+
+    params = load_params(args.params, args.overrides)
+    check_reachable(params)
+    return params
+
+
+def cmd_promote(args: argparse.Namespace) -> None:
     from tasks.lock import run_lock
     from tasks.promote import promote, rollback
 
-    params = load_params(args.params, args.overrides)
+    params = registry_params(args)
     with run_lock():
         if args.rollback:
             done = rollback(params)
@@ -345,10 +434,9 @@ def cmd_recipes(_args: argparse.Namespace) -> None:
 
 
 def cmd_history(args: argparse.Namespace) -> None:
-    from gpt.config import load_params
     from registry import alias_history
 
-    params = load_params(args.params, args.overrides)
+    params = registry_params(args)
     moves = alias_history(params, args.model or params.model_name, args.alias)
     if not moves:
         print(f"no recorded alias moves for {args.model or params.model_name}")
@@ -362,11 +450,10 @@ def cmd_history(args: argparse.Namespace) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
-    from gpt.config import load_params
     from tasks.lock import run_lock
     from tasks.reproduce import reproduce, retrain_and_compare
 
-    params = load_params(args.params, args.overrides)
+    params = registry_params(args)
     with run_lock():
         restored = reproduce(params, args.version)
         for path, digest in restored["files"]:
@@ -389,12 +476,12 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 
 
 def cmd_gc(args: argparse.Namespace) -> None:
-    from gpt.config import load_params
     from tasks.gc import gc
     from tasks.lock import run_lock
 
+    params = registry_params(args)
     with run_lock():
-        found = gc(load_params(args.params, args.overrides), apply=args.apply)
+        found = gc(params, apply=args.apply)
     for what, lines in found.items():
         print(f"{what}: {len(lines) or 'none'}")
         for line in lines:
@@ -411,15 +498,85 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from serve.app import Settings, create_app
 
     params = load_params(args.params, args.overrides)
+    if port_in_use(args.port, args.host):
+        raise OSError(f"port {args.port} is taken on {args.host}: stop what uses it or pick "
+                      f"another with --port")
     use_store(params)  # only set, not contacted: the service waits for the registry
     uris = tuple(args.models) or (
         f"models:/{params.model_name}@{params.registry.champion_alias}",)
     app = create_app(Settings(model_uris=uris, weights=args.weights,
                               poll_seconds=args.poll_seconds,
                               max_concurrency=args.max_concurrency, max_queue=args.max_queue,
+                              max_upload_dir_bytes=args.upload_folder_mb * 2**20,
                               cors_origins=tuple(args.cors_origins)))
     print(f"serving {', '.join(uris)} on http://{args.host}:{args.port}/")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+
+
+def project_environment(params_file: Path | None = None) -> dict[str, str]:
+    """The variables the project's tools need here: the venv's bin first on PATH, the embedded
+    defaults, the data mirror beside the checkout (as the Makefile sets it), the MLflow store of
+    params.yaml as an absolute URI, and a team stack's variables when one is up. Values already
+    in the environment win."""
+    from gpt.config import load_params
+    from registry import tracking_uri
+    from stack import read_env
+
+    values = dict(ENVIRONMENT)
+    if MIRROR.is_dir():
+        values["TINYGPT_DATA_MIRROR"] = str(MIRROR)
+    values["MLFLOW_TRACKING_URI"] = tracking_uri(load_params(params_file))
+    values.update(read_env())
+    values.update({key: os.environ[key] for key in values if key in os.environ})
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    values["PATH"] = path if bin_dir in path.split(os.pathsep) else f"{bin_dir}:{path}"
+    return values
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from stack.services import POOL
+    from tasks.status import status_report
+
+    for section, lines in status_report(registry_params(args), POOL).items():
+        print(f"{section + ':':<11}{lines[0]}")
+        for line in lines[1:]:
+            print(f"{'':<11}{line}")
+
+
+def cmd_env(args: argparse.Namespace) -> None:
+    from stack.envfile import export_lines
+
+    print("\n".join(export_lines(project_environment(args.params))))
+
+
+def cmd_ui(args: argparse.Namespace) -> None:
+    """Replace this process with the tool's UI server, on the project's settings."""
+    env = project_environment(args.params)
+    port = str(args.port or UI_PORTS[args.tool])
+    stack_url = {"mlflow": env.get("MLFLOW_TRACKING_URI", ""),
+                 "prefect": env.get("PREFECT_API_URL", "").removesuffix("/api")}[args.tool]
+    if stack_url.startswith("http"):
+        print(f"the team stack serves the {args.tool} UI at {stack_url}")
+        return
+    bin_dir = Path(sys.executable).parent
+    if args.tool == "mlflow":
+        command = [str(bin_dir / "mlflow"), "ui", "--backend-store-uri",
+                   env["MLFLOW_TRACKING_URI"], "--host", "127.0.0.1", "--port", port]
+    else:
+        command = [str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1",
+                   "--port", port]
+    if port_in_use(int(port)):
+        raise OSError(f"port {port} is taken on 127.0.0.1: pick another with --port")
+    print(f"{args.tool} UI: http://127.0.0.1:{port}  (Ctrl-C stops it)", flush=True)
+    os.execve(command[0], command, env)
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        return probe.connect_ex((host if host != "0.0.0.0" else "127.0.0.1", port)) == 0
 
 
 def cmd_stack(args: argparse.Namespace) -> int | None:
@@ -450,6 +607,9 @@ COMMANDS = {
     ("train", None): cmd_train,
     ("generate", None): cmd_generate,
     ("export-hf", None): cmd_export_hf,
+    ("env", None): cmd_env,
+    ("status", None): cmd_status,
+    ("ui", None): cmd_ui,
     ("stack", "up"): cmd_stack,
     ("stack", "down"): cmd_stack,
     ("stack", "status"): cmd_stack,
@@ -461,6 +621,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for key, value in ENVIRONMENT.items():
         os.environ.setdefault(key, value)
+    if MIRROR.is_dir():
+        os.environ.setdefault("TINYGPT_DATA_MIRROR", str(MIRROR))
     if args.command in STACK_CLIENTS:
         apply_env()  # the team stack's variables, when one is up; those already set win
         ensure_remote()  # and its DVC remote, in a checkout that has only the env file
@@ -472,14 +634,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args) or 0
     except (ValueError, OSError, RuntimeError) as err:  # one clear line, no traceback
-        print(f"tinygpt: error: {err}", file=sys.stderr)
+        error, message = err, str(err)
     except KeyboardInterrupt:
         print("tinygpt: interrupted", file=sys.stderr)
+        return 1
     except Exception as err:  # unexpected: one line here, the traceback in the log file
         ERROR_LOG.parent.mkdir(parents=True, exist_ok=True)
         ERROR_LOG.write_text(traceback.format_exc(), encoding="utf-8")
-        print(f"tinygpt: error: {type(err).__name__}: {err} (traceback in {ERROR_LOG})",
-              file=sys.stderr)
+        error, message = err, f"{type(err).__name__}: {err} (traceback in {ERROR_LOG})"
+    if args.debug:
+        traceback.print_exception(error)
+    print(f"tinygpt: error: {message}", file=sys.stderr)
     return 1
 
 

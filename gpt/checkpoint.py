@@ -91,7 +91,11 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> GPT
     """Rebuild a GPT from config.json alone and load its safetensors weights."""
     folder = resolve_checkpoint(directory)
     model = GPT(load_config(folder))
-    state = load_file(str(folder / WEIGHTS_FILE))
+    try:
+        state = load_file(str(folder / WEIGHTS_FILE))
+    except SafetensorError as err:
+        raise ValueError(f"{folder / WEIGHTS_FILE} is damaged ({err}); restore it: "
+                         f"`tinygpt reproduce --version N` or `dvc pull`") from None
     if model.config.tie_embeddings:
         state[TIED_KEY] = state["transformer.wte.weight"]
     model.load_state_dict(state, strict=True)

@@ -9,15 +9,19 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
+import fastapi_offline
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 from serve.generation import Gate, Metrics
 from serve.model_holder import ModelHolder
-from serve.routes import corpus, generate, status
+from serve.routes import corpus, generate, openai, status
 from serve.routes.deps import too_large
 from serve.settings import Settings
 
@@ -27,7 +31,8 @@ __all__ = ["Settings", "create_app"]
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service, its shared objects on `app.state`; the model loads when it starts."""
     settings = settings or Settings()
-    app = FastAPI(title="tinygpt", lifespan=_follow_model)
+    app = FastAPI(title="tinygpt", lifespan=_follow_model, docs_url=None, redoc_url=None)
+    _serve_docs_offline(app)
     app.state.settings = settings
     holders = [ModelHolder(uri, settings.poll_seconds, settings.weights)
                for uri in settings.model_uris]
@@ -43,9 +48,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["GET", "POST"], allow_headers=["Content-Type"])
     app.exception_handler(RequestValidationError)(_invalid_request)
-    for module in (generate, status, corpus):
+    for module in (generate, openai, status, corpus):
         app.include_router(module.router)
     return app
+
+
+# Swagger UI's and ReDoc's scripts and styles, as a package ships them: /docs and /redoc work
+# with no network (FastAPI's defaults load them from a CDN).
+DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
+
+
+def _serve_docs_offline(app: FastAPI) -> None:
+    app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="tinygpt API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon.png")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url=app.openapi_url, title="tinygpt API",
+                              redoc_js_url="/docs-assets/redoc.standalone.js",
+                              redoc_favicon_url="/docs-assets/favicon.png",
+                              with_google_fonts=False)
 
 
 @asynccontextmanager
@@ -78,8 +106,11 @@ async def _limit_and_observe(request: Request,
     return response
 
 
-async def _invalid_request(_request: Request, err: RequestValidationError) -> JSONResponse:
-    """A 422 whose detail names each bad field (dotted, without the leading "body")."""
+async def _invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
+    """A 422 whose detail names each bad field (dotted, without the leading "body"); under
+    /v1/, OpenAI's 400."""
+    if request.url.path.startswith("/v1/"):
+        return openai.invalid_body(list(err.errors()))
     detail = []
     for item in err.errors():
         loc = [str(p) for p in item.get("loc", ()) if p != "body"]

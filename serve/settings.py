@@ -17,6 +17,8 @@ class Settings:
     max_body_bytes: int = 64 * 1024     # JSON requests
     max_upload_bytes: int = 5 * 1024 * 1024
     upload_dir: Path = Path("uploads")
+    # Accepted uploads stay (each is its run's data); past this total, uploads get a 413.
+    max_upload_dir_bytes: int = 200 * 1024 * 1024
     retrain_deployment: str = "retrain/on-demand"
     cors_origins: tuple[str, ...] = ()  # origins whose pages may call the API (CORS)
 

@@ -9,6 +9,7 @@ evaluation and the registry tags need.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,11 @@ import gpt.sft
 from gpt.config import Params
 from gpt.data import CorpusError, token_dtype, write_token_shards
 from gpt.files import atomic_directory, sha256_file, sha256_json, sha256_tree, write_json
+from gpt.progress import Progress
 from gpt.tokenizer import ENDOFTEXT, Tokenizer, load_tokenizer
 from tasks.common import MANIFEST, documents, split_records, step_cache_key, validated_path
+
+log = logging.getLogger("tinygpt.encode")
 
 SFT_SPLITS = ("train", "val", "test")
 
@@ -31,7 +35,9 @@ def encode_documents(tokenizer: Tokenizer, docs: list[tuple[str, int]]) -> np.nd
     """All documents' ids in one array, <|endoftext|> after each document but the last."""
     eot = tokenizer.special_tokens.get(ENDOFTEXT)
     ids: list[int] = []
+    progress = Progress(log, "encoding", len(docs), "documents")
     for i, (text, _) in enumerate(docs):
+        progress.update(i)
         if i and eot is not None:
             ids.append(eot)
         ids.extend(tokenizer.encode(text))

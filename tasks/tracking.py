@@ -14,9 +14,23 @@ from typing import Any
 from gpt.config import Params
 from registry import RegistryUnavailable, client, tracking_uri
 
+# What an eval during training measures is an estimate (train.eval_iters batches); the names
+# say so, apart from the full evaluation's val_loss, val_bits_per_byte (what promotion compares).
+ESTIMATES = {"val_loss": "val_loss_estimate", "val_perplexity": "val_perplexity_estimate",
+             "best_val_loss": "best_val_loss_estimate"}
+
+
+def metric_names(event: dict[str, Any]) -> dict[str, str]:
+    """The MLflow name of each number of a trainer event: a train event's as they are, an
+    eval's estimates as estimates (its train_loss is the train events' curve already)."""
+    if event["kind"] == "eval":
+        return {key: name for key, name in ESTIMATES.items() if key in event}
+    return {key: key for key in event if key not in ("kind", "step")}
+
 
 def metric_logger(params: Params, run_id: str | None):
-    """A trainer callback that logs each event's numbers to the run at the event's step."""
+    """A trainer callback that logs each event's numbers to the run at the event's step, as it
+    happens (the MLflow UI draws the curves during the run)."""
     if run_id is None:
         return None
     from mlflow.entities import Metric
@@ -26,9 +40,8 @@ def metric_logger(params: Params, run_id: str | None):
 
     def log(event: dict[str, Any]) -> None:
         now = int(time.time() * 1000)
-        prefix = "" if event["kind"] == "train" else "eval_"
-        metrics = [Metric(f"{prefix}{k}", float(v), now, event["step"])
-                   for k, v in event.items() if k not in ("kind", "step")]
+        metrics = [Metric(name, float(event[key]), now, event["step"])
+                   for key, name in metric_names(event).items()]
         try:
             mlflow_client.log_batch(run_id, metrics=metrics)
         except MlflowException as err:  # after MLflow's own retries: the server is gone

@@ -119,7 +119,7 @@ TRAINERS = {"text": corpus_trainer, "sft": pairs_trainer}
 def write_loss_curve(history: list[dict[str, Any]], csv_path: Path, png_path: Path) -> None:
     with atomic_file(csv_path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["step", "train_loss", "val_loss"])
+        writer.writerow(["step", "train_loss", "val_loss_estimate"])
         for event in history:
             writer.writerow([event["step"], f"{event['train_loss']:.5f}",
                              f"{event['val_loss']:.5f}"])
@@ -131,7 +131,8 @@ def write_loss_curve(history: list[dict[str, Any]], csv_path: Path, png_path: Pa
     fig, ax = plt.subplots(figsize=(6, 4))
     steps = [e["step"] for e in history]
     ax.plot(steps, [e["train_loss"] for e in history], marker="o", label="train")
-    ax.plot(steps, [e["val_loss"] for e in history], marker="o", label="val")
+    ax.plot(steps, [e["val_loss"] for e in history], marker="o",
+            label="val (estimate on train.eval_iters batches)")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
     ax.legend()
@@ -199,7 +200,7 @@ def fit(params: Params, staging: Path, run_id: str | None, resume: bool) -> dict
         log.info("resuming an interrupted run from step %d (same data and parameters; "
                  "--fresh starts over)", resumed_from)
     result = trainer.fit()
-    return {"steps": result.steps, "best_val_loss": result.best_val_loss,
+    return {"steps": result.steps, "best_val_loss_estimate": result.best_val_loss,
             "train_seconds": round(result.seconds, 2),
             "tokens_per_s": round(result.tokens_per_s, 1),
             "stopped_early": result.stopped_early, "parameters": trainer.model.num_params(),

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 
-# Prefect, Great Expectations, DVC and MLflow: private state for the test session, quiet.
+from cli import ENVIRONMENT  # cheap: it imports none of the tools
+
+# Prefect, Great Expectations, DVC and MLflow as `tinygpt` runs them (set before any of them
+# is imported), with private state for the test session.
+os.environ.update(ENVIRONMENT)
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="tinygpt-prefect-")
-os.environ.update({
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "60",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "GX_ANALYTICS_ENABLED": "false",
-    "DVC_NO_ANALYTICS": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-})
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("MLFLOW_REGISTRY_URI", None)
 os.environ["TINYGPT_STACK"] = "off"  # a stack up in this checkout must not reach the tests

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from functools import lru_cache
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import regex
 
+from gpt.progress import Progress
 from gpt.tokenizer.base import (
     ENDOFTEXT,
     MAX_VOCAB,
@@ -27,6 +29,8 @@ from gpt.tokenizer.base import (
     Tokenizer,
     _check_specials,
 )
+
+log = logging.getLogger("tinygpt.tokenizer")
 
 # GPT-2's pre-tokenizer: contractions, letter runs, digit runs, punctuation runs, whitespace.
 # A merge never crosses a chunk boundary, so " the" and "the," stay separate words.
@@ -242,7 +246,9 @@ def _learn_merges(words: list[list[int]], counts: list[int], n_merges: int) -> l
     heap = [(-count, pair) for pair, count in pair_counts.items()]
     heapq.heapify(heap)
     merges: list[Pair] = []
+    progress = Progress(log, "BPE training", n_merges, "merges")
     while len(merges) < n_merges and heap:
+        progress.update(len(merges))
         neg_count, pair = heapq.heappop(heap)
         count = pair_counts.get(pair, 0)
         if count <= 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -38,11 +39,17 @@ async def upload_corpus(request: Request, filename: str = "corpus.txt") -> JSONR
     """Keep the upload only when a run was started on it: that run reads the file later."""
     settings: Settings = request.app.state.settings
     settings.upload_dir.mkdir(parents=True, exist_ok=True)
+    room = settings.max_upload_dir_bytes - folder_bytes(settings.upload_dir)
+    if room < min(settings.max_upload_bytes, int(request.headers.get("content-length", 1))):
+        return JSONResponse({"detail": f"the upload folder is full: its accepted uploads fill "
+                             f"{settings.max_upload_dir_bytes // 2**20} MB "
+                             f"(--upload-folder-mb); remove old ones from "
+                             f"{settings.upload_dir.name}/"}, status_code=413)
     path = upload_path(settings.upload_dir, filename)
     try:
-        await save_upload(request.stream(), path, settings.max_upload_bytes)
+        await save_upload(request.stream(), path, min(settings.max_upload_bytes, room))
     except UploadTooLarge:
-        return too_large(settings.max_upload_bytes)
+        return too_large(min(settings.max_upload_bytes, room))
     run = None
     try:
         problem = await asyncio.to_thread(validate_upload, path, filename)
@@ -60,6 +67,10 @@ async def upload_corpus(request: Request, filename: str = "corpus.txt") -> JSONR
             path.unlink()
     return JSONResponse({"valid": True, "run_id": run["id"], "state": run["state"]},
                         status_code=202)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
 
 
 @router.post("/build_tokenizer")

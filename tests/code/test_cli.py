@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import re
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from cli import main
+from cli import build_parser, main
 from tests.conftest import ROOT
 
+BIN = Path(sys.executable).parent
 TINY = ["--set", "tokenizer.vocab_size=300", "--set", "model.n_layer=1", "--set",
         "model.n_embd=32", "--set", "model.n_head=2", "--set", "model.block_size=32",
         "--set", "train.max_steps=6", "--set", "train.eval_interval=3", "--set",
@@ -134,3 +141,122 @@ def test_same_data_and_seed_train_the_same_model(trained_run, tmp_path):
     assert first["val_loss"] == second["val_loss"]
     a = (trained_run / "run" / "best" / "model.safetensors").read_bytes()
     assert a == (tmp_path / "again" / "best" / "model.safetensors").read_bytes()
+
+
+def wrong_invocations(tmp_path, busy_port: int) -> list[tuple[list[str], str]]:
+    """Mistakes a newcomer makes, each with the one line that must answer it."""
+    (tmp_path / "list-section.yaml").write_text("model: [1, 2]\n")
+    (tmp_path / "broken.yaml").write_text("model:\n  n_layer: 2\n bad: : x\n")
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "model.safetensors").write_bytes(b"not safetensors at all")
+    (damaged / "config.json").write_text("{}")
+    closed = f"http://127.0.0.1:{free_port()}"
+    return [
+        (["promote", "--version", "99"], "tinygpt has no version 99; it has no versions yet"),
+        (["promote", "--version", "newest"], "tinygpt has no version or alias 'newest'"),
+        (["reproduce", "--version", "7"], "tinygpt has no version 7"),
+        (["generate", "hi", "--checkpoint", str(damaged)],
+         f"{damaged}/model.safetensors is damaged"),
+        (["retrain", "--params", str(tmp_path / "list-section.yaml")],
+         "model: must be a section of key: value lines, got list [1, 2]"),
+        (["retrain", "--params", str(tmp_path / "broken.yaml")],
+         "broken.yaml: not valid YAML at line 3, column 2"),
+        (["retrain", "--set", "data.val_fraction=abc"], "data.val_fraction must be float"),
+        (["retrain", "--set", "train.max_step=3"], "did you mean train.max_steps?"),
+        (["retrain", "--params", str(tmp_path / "nowhere.yaml")], "does not exist"),
+        (["serve", "--port", str(busy_port)], f"port {busy_port} is taken on 127.0.0.1"),
+        (["history", "--set", f"registry.tracking_uri={closed}"], f"{closed} does not answer"),
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_wrong_invocations_are_answered_in_one_line_within_seconds(tmp_path, monkeypatch,
+                                                                   capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        for argv, message in wrong_invocations(tmp_path, busy.getsockname()[1]):
+            started = time.perf_counter()
+            code = main(argv)
+            seconds = time.perf_counter() - started
+            err = capsys.readouterr().err.strip()
+            assert code == 1, argv
+            assert err.startswith("tinygpt: error: ") and "\n" not in err, (argv, err)
+            assert message in err, (argv, err)
+            assert seconds < 10, (argv, seconds)
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--debug", "retrain", "--set", "data.val_fraction=abc"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err
+    assert err.strip().splitlines()[-1].startswith("tinygpt: error: data.val_fraction")
+
+
+def test_a_wrong_set_is_refused_before_prefect_is_contacted(tmp_path):
+    """With PREFECT_API_URL on a closed port, the mistake is still the answer, at once."""
+    env = {**os.environ, "PREFECT_API_URL": f"http://127.0.0.1:{free_port()}/api"}
+    started = time.perf_counter()
+    done = subprocess.run([str(BIN / "tinygpt"), "retrain", "--set", "data.val_fraction=abc"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip() == ("tinygpt: error: data.val_fraction must be float, "
+                                   "got 'abc'")
+    assert time.perf_counter() - started < 10
+
+
+def subcommands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
+                ) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser, str | None]]:
+    """(path, parser, the help its parent lists) of every subcommand, nested ones too."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            listed = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, sub in action.choices.items():
+                yield (*prefix, name), sub, listed.get(name)
+                yield from subcommands(sub, (*prefix, name))
+
+
+def test_every_subcommand_and_option_has_help_and_an_example():
+    for path, sub, listed in subcommands(build_parser()):
+        assert listed, f"tinygpt {' '.join(path)} has no help line"
+        assert sub.epilog and sub.epilog.startswith("example: "), path
+        assert "tinygpt" in sub.epilog, path
+        for action in sub._actions:
+            if not isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
+                name = action.option_strings or action.dest
+                assert action.help, f"tinygpt {' '.join(path)} {name} has no help"
+
+
+def readme_commands() -> list[list[str]]:
+    """The subcommand path of each `tinygpt ...` line in README's code blocks."""
+    known = {path for path, _, _ in subcommands(build_parser())}
+    found, in_code = [], False
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        words = line.strip().split()
+        if not in_code or words[:1] != ["tinygpt"]:
+            continue
+        path = tuple(words[1:3]) if tuple(words[1:3]) in known else tuple(words[1:2])
+        found.append(list(path))
+    return found
+
+
+def test_readme_names_every_subcommand_and_each_answers_help(capsys):
+    paths = readme_commands()
+    top = {path[0] for path, _, _ in subcommands(build_parser())}
+    assert top <= {path[0] for path in paths}, top - {path[0] for path in paths}
+    for path in paths:
+        with pytest.raises(SystemExit) as done:
+            main([*path, "--help"])
+        assert done.value.code == 0, path
+        assert "example: " in capsys.readouterr().out, path

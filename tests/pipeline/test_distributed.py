@@ -16,7 +16,7 @@ def test_a_two_process_run_trains_registers_and_reports_once(project):
     train = json.loads((project / "metrics" / "train.json").read_text())
     assert train["nproc"] == 2 and train["steps"] == 30
     mlflow_client = client(load_params())
-    history = mlflow_client.get_metric_history(summary["run_id"], "eval_val_loss")
+    history = mlflow_client.get_metric_history(summary["run_id"], "val_loss_estimate")
     assert [m.step for m in history] == [10, 20, 30]  # rank 0 only: no duplicates
     assert mlflow_client.get_run(summary["run_id"]).data.params["train.nproc"] == "2"
     assert not (project / "data" / ".model.staging").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -69,9 +70,9 @@ def test_first_run_logs_metrics_params_and_artifacts_to_one_mlflow_run(first_run
     run = mlflow_client.get_run(first_run["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["train.max_steps"] == "30"
-    history = mlflow_client.get_metric_history(first_run["run_id"], "eval_val_loss")
+    history = mlflow_client.get_metric_history(first_run["run_id"], "val_loss_estimate")
     assert [m.step for m in history] == [10, 20, 30]
-    perplexity = mlflow_client.get_metric_history(first_run["run_id"], "eval_val_perplexity")
+    perplexity = mlflow_client.get_metric_history(first_run["run_id"], "val_perplexity_estimate")
     assert [round(m.value, 3) for m in perplexity] == [round(math.exp(m.value), 3)
                                                         for m in history]  # at every eval
     artifacts = {a.path for a in mlflow_client.list_artifacts(first_run["run_id"])}
@@ -87,6 +88,34 @@ def test_the_flow_run_publishes_a_markdown_summary(first_run):
     assert artifact is not None and artifact.type == "markdown"
     assert f"version **{first_run['version']}**" in artifact.data
     assert "val_bits_per_byte" in artifact.data and "no champion yet" in artifact.data
+
+
+def test_steps_and_training_progress_reach_the_flow_run_logs(first_run):
+    """What the terminal shows, the Prefect UI's run page shows too (PREFECT_LOGGING_EXTRA_
+    LOGGERS=tinygpt, as `tinygpt` and the Makefile set it)."""
+    import asyncio
+    import time
+    import uuid
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    flow_run_id = registry().get_run(first_run["run_id"]).data.tags["prefect.flow_run_id"]
+    only_this_run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[uuid.UUID(flow_run_id)]))
+
+    async def messages() -> list[str]:
+        async with get_client() as prefect:
+            return [entry.message for entry in await prefect.read_logs(log_filter=only_this_run)]
+
+    deadline = time.monotonic() + 20
+    while True:  # logs reach the API in batches
+        found = asyncio.run(messages())
+        if any(re.match(r"step \d+/30 \| loss .* left$", m) for m in found) or (
+                time.monotonic() > deadline):
+            break
+        time.sleep(1)
+    assert any(re.match(r"step \d+/30 \| loss .* left$", m) for m in found), found[:20]
+    assert "step train" in found and "step register" in found
 
 
 def test_registered_pyfunc_loads_from_the_champion_alias_and_generates(first_run):
@@ -125,6 +154,20 @@ def test_dvc_is_clean_after_a_run_and_pull_restores_identical_files(second_run, 
     shutil.rmtree(".dvc/cache")
     dvc("pull", "-q", *STAGES, cwd=project)
     assert output_digests() == before
+
+
+def test_status_names_the_champion_and_the_version_the_workspace_holds(second_run, capsys):
+    from cli import main
+
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    champion = registry().get_model_version("tinygpt", "1").tags["val_bits_per_byte"]
+    assert f"champion:  tinygpt version 1: val bits/byte {champion}, registered " in out
+    assert "workspace: data/ and the model are version 2's (not the champion)" in out
+    assert re.search(r"^dvc: .*(match dvc.lock|differ from dvc.lock)", out, re.MULTILINE)
+    runs = out.split("last runs:")[1].split("services:")[0]
+    assert runs.count("FINISHED") >= 2
+    assert "services:  MLflow: embedded store sqlite:///" in out
 
 
 def test_reproduce_brings_back_an_older_version(second_run, project):

@@ -149,3 +149,21 @@ def test_a_champion_that_cannot_load_makes_health_degraded(registry, tmp_path):
         assert wait_for(f"{url}/health", timeout=30).json()["status"] == "ok"
     finally:
         proc.stop()
+
+
+def test_a_full_upload_folder_refuses_uploads_with_a_413(registry, tmp_path):
+    """Accepted uploads stay as their runs' data, so the folder has a cap of its own."""
+    (tmp_path / "uploads").mkdir()
+    (tmp_path / "uploads" / "accepted-earlier.txt").write_bytes(b"x" * MB)
+    proc, url = start_service(registry.uri, tmp_path, "--upload-folder-mb", "1",
+                              env={"PREFECT_API_URL": None})
+    try:
+        wait_for(f"{url}/health")
+        response = httpx.post(f"{url}/corpus", params={"filename": "more.txt"},
+                              content=b"To be, or not to be\n", timeout=30)
+    finally:
+        proc.stop()
+    assert response.status_code == 413
+    assert response.json()["detail"].startswith("the upload folder is full: its accepted "
+                                                "uploads fill 1 MB (--upload-folder-mb)")
+    assert [p.name for p in (tmp_path / "uploads").iterdir()] == ["accepted-earlier.txt"]

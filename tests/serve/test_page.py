@@ -121,3 +121,32 @@ def test_good_upload_starts_a_retraining_run_and_shows_its_state(browser_page, a
     expect(page.locator("#corpus-status")).to_contain_text("retraining run", timeout=60_000)
     expect(page.locator("#corpus-status")).to_contain_text("Scheduled")
     page.screenshot(path=str(artifacts_dir / "playground-upload.png"), full_page=True)
+
+
+@pytest.mark.parametrize(("path", "shown"), [("/docs", ".swagger-ui .info .title"),
+                                             ("/redoc", "h1")])
+def test_api_docs_render_with_the_network_blocked(page_service, artifacts_dir, path, shown):
+    """Swagger UI and ReDoc load their scripts and styles from the service, not a CDN (ReDoc's
+    footer still asks redoc.ly for its logo, an image the page renders without)."""
+    elsewhere = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+
+            def only_the_service(route):
+                if route.request.url.startswith(page_service):
+                    return route.continue_()
+                if route.request.resource_type != "image":
+                    elsewhere.append(route.request.url)
+                return route.abort()
+
+            page.route("**/*", only_the_service)
+            page.goto(f"{page_service}{path}")
+            expect(page.locator(shown).first).to_contain_text("tinygpt", timeout=30_000)
+            expect(page.get_by_text("/generate/stream").first).to_be_visible()
+            name = path.strip("/")
+            page.screenshot(path=str(artifacts_dir / f"offline-{name}.png"))
+        finally:
+            browser.close()
+    assert elsewhere == []

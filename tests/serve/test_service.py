@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -323,3 +324,20 @@ def test_a_checkpoint_folder_is_served_without_a_registry(registry, tmp_path):
         assert httpx.get(f"{url}/metrics").status_code == 200
     finally:
         proc.stop()
+
+
+def test_sigterm_stops_the_service_cleanly(registry, tmp_path):
+    """What a service manager sends: the lifespan's shutdown runs, the port is released. (uvicorn
+    re-raises the signal once it has shut down, so the status says SIGTERM, as systemd expects.)"""
+    import signal
+
+    proc, url = start_service(registry.uri, tmp_path)
+    try:
+        wait_for(f"{url}/health")
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.proc.wait(timeout=20) in (0, -signal.SIGTERM)
+    finally:
+        proc.stop()
+    assert "Application shutdown complete" in Path(proc.log.name).read_text()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/health", timeout=2)

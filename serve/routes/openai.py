@@ -1,0 +1,187 @@
+"""OpenAI's completions API over the served models: `POST /v1/completions` (whole, or streamed
+as server-sent `data:` chunks ending in `data: [DONE]`) and `GET /v1/models`, so the official
+`openai` client works against `tinygpt serve` unchanged.
+
+A request becomes a `GenerateRequest`, so the bounds, the queue and the causes of refusal are
+those of /generate; only their shape follows OpenAI (`{"error": {"message", "type", "param"}}`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from serve.generation import Busy, Gate, GenerateRequest, Generation, Metrics
+from serve.routes.deps import GateDep, HolderDep, HoldersDep, MetricsDep
+from serve.routes.generate import BUSY, start_generation
+
+router = APIRouter(prefix="/v1")
+ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 413: "invalid_request_error",
+               422: "invalid_request_error", 429: "rate_limit_error", 503: "server_error"}
+
+
+class CompletionRequest(BaseModel):
+    """OpenAI's fields. Those we do not implement are accepted only at their neutral value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(max_length=1000)
+    prompt: str | list[str] = ""
+    max_tokens: int | None = 16
+    temperature: float | None = 1.0
+    top_p: float | None = 1.0
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    n: int = Field(1, ge=1, le=1)
+    best_of: int | None = Field(None, ge=1, le=1)
+    echo: bool = Field(False, le=False)
+    logprobs: int | None = Field(None, le=0)
+    presence_penalty: float | None = Field(0.0, ge=0.0, le=0.0)
+    frequency_penalty: float | None = Field(0.0, ge=0.0, le=0.0)
+    user: str | None = None
+
+    def as_generate(self) -> GenerateRequest:
+        """The same request in /generate's terms, checked by its bounds."""
+        if isinstance(self.prompt, list) and len(self.prompt) != 1:
+            raise OpenAIError(400, "prompt: send one prompt per request", "prompt")
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop or []
+        fields = {"prompt": self.prompt if isinstance(self.prompt, str) else self.prompt[0],
+                  "max_new_tokens": 16 if self.max_tokens is None else self.max_tokens,
+                  "temperature": 1.0 if self.temperature is None else self.temperature,
+                  "top_p": self.top_p, "top_k": None, "stop": stop, "seed": self.seed}
+        try:
+            return GenerateRequest.model_validate(fields, strict=False)
+        except ValidationError as err:
+            item = err.errors()[0]
+            field = {"max_new_tokens": "max_tokens"}.get(str(item["loc"][0]), str(item["loc"][0]))
+            raise OpenAIError(400, f"{field}: {item['msg']}", field) from None
+
+
+class OpenAIError(Exception):
+    """An error in the shape OpenAI's API answers with (and its client raises from)."""
+
+    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param = status, message, param
+
+    def payload(self) -> dict[str, Any]:
+        return {"error": {"message": self.message,
+                          "type": ERROR_TYPES.get(self.status, "server_error"),
+                          "param": self.param, "code": None}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.payload(), status_code=self.status)
+
+    @classmethod
+    def from_http(cls, err: HTTPException) -> OpenAIError:
+        """/generate's refusal (a 422 naming a field, a 503 while loading) in OpenAI's shape."""
+        detail = err.detail
+        if isinstance(detail, list) and detail:
+            param = detail[0]["field"]
+            return cls(400, f"{param}: {detail[0]['message']}", param)
+        message = detail if isinstance(detail, str) else json.dumps(detail)
+        return cls(err.status_code, message)
+
+
+def invalid_body(errors: list[dict[str, Any]]) -> JSONResponse:
+    """A body that is not a CompletionRequest: a 400 naming the first bad field."""
+    item = errors[0]
+    loc = [str(p) for p in item.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    return OpenAIError(400, f"{param or 'body'}: {item.get('msg', 'invalid')}", param).response()
+
+
+@router.get("/models")
+async def models(holders: HoldersDep) -> dict[str, Any]:
+    """The served models, the default first; `created` is when the served version loaded."""
+    return {"object": "list", "data": [
+        {"id": name, "object": "model", "owned_by": "tinygpt",
+         "created": int(holder.current.loaded_at) if holder.current else 0}
+        for name, holder in holders.items()]}
+
+
+@router.post("/completions", response_model=None)
+async def completions(body: CompletionRequest, request: Request, holders: HoldersDep,
+                      holder: HolderDep, gate: GateDep, metrics: MetricsDep
+                      ) -> dict[str, Any] | JSONResponse | StreamingResponse:
+    try:
+        request_ = body.as_generate()
+        named = holders.get(body.model)  # OpenAI's clients always name a model
+        if named is None:
+            raise OpenAIError(404, f"model: no served model {body.model!r}; this service "
+                                   f"serves {', '.join(holders)}", "model")
+        generation = start_generation(request_, holders, named, metrics)
+        if body.stream:
+            if gate.full():
+                raise OpenAIError(429, BUSY)
+            return StreamingResponse(chunks(generation, body.model, request, gate, metrics),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        try:
+            async with gate.slot():
+                text = await asyncio.to_thread(lambda: "".join(generation.pieces()))
+        except Busy:
+            raise OpenAIError(429, BUSY) from None
+    except HTTPException as err:
+        return OpenAIError.from_http(err).response()
+    except OpenAIError as err:
+        return err.response()
+    metrics.tokens.inc(generation.completion_tokens)
+    return {**envelope(body.model),
+            "choices": [choice(text, finish_reason(generation))],
+            "usage": usage(generation)}
+
+
+async def chunks(generation: Generation, model: str, request: Request, gate: Gate,
+                 metrics: Metrics) -> AsyncIterator[str]:
+    """OpenAI's stream: one chunk per piece, a last one with the finish reason and usage."""
+    head = envelope(model)
+    try:
+        async with gate.slot():
+            pieces = generation.pieces()
+            while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
+                if await request.is_disconnected():
+                    return
+                yield data({**head, "choices": [choice(piece, None)]})
+            yield data({**head, "choices": [choice("", finish_reason(generation))],
+                        "usage": usage(generation)})
+    except Busy:
+        yield data(OpenAIError(429, BUSY).payload())
+    finally:
+        generation.cancelled.set()
+        metrics.tokens.inc(generation.completion_tokens)
+    yield "data: [DONE]\n\n"
+
+
+def envelope(model: str) -> dict[str, Any]:
+    return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
+            "created": int(time.time()), "model": model}
+
+
+def choice(text: str, reason: str | None) -> dict[str, Any]:
+    return {"text": text, "index": 0, "logprobs": None, "finish_reason": reason}
+
+
+def finish_reason(generation: Generation) -> str:
+    """"length" when max_tokens ran out, else "stop" (a stop string or the end of text)."""
+    return ("length" if generation.completion_tokens >= generation.params.max_new_tokens
+            else "stop")
+
+
+def usage(generation: Generation) -> dict[str, int]:
+    return {"prompt_tokens": generation.prompt_tokens,
+            "completion_tokens": generation.completion_tokens,
+            "total_tokens": generation.prompt_tokens + generation.completion_tokens}
+
+
+def data(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload)}\n\n"

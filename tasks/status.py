@@ -1,0 +1,121 @@
+"""`tinygpt status`: where this checkout stands, in a few lines.
+
+The champion (version, score, when, from which data); which registered version the workspace's
+dvc.lock is (or that it is none); `dvc status` in one line; the last runs; and whether the
+servers the checkout is pointed at answer. Nothing here changes anything.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from gpt.config import Params
+from gpt.files import sha256_file
+from registry import alias_version, client, tracking_uri
+from tasks.version import LOCK_FILE
+
+
+def when(millis: int | None) -> str:
+    if not millis:
+        return "?"
+    return datetime.fromtimestamp(millis / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def champion_line(params: Params, mlflow_client) -> str:
+    alias = params.registry.champion_alias
+    found = alias_version(mlflow_client, params.model_name, alias)
+    if found is None:
+        return f"{params.model_name} has no {alias} yet: `make run` trains and promotes one"
+    tags = found.tags
+    score = tags.get("val_bits_per_byte") or tags.get("exact_match", "?")
+    return (f"{params.model_name} version {found.version}: val bits/byte {score}, registered "
+            f"{when(found.creation_timestamp)}, data {tags.get('data_digest', '?')[:12]}")
+
+
+def workspace_line(params: Params, mlflow_client) -> str:
+    """Which registered version the workspace's dvc.lock is, found by its digest tag."""
+    if not Path(LOCK_FILE).is_file():
+        return "no dvc.lock: no run has finished in this checkout"
+    digest = sha256_file(LOCK_FILE)
+    versions = mlflow_client.search_model_versions(f"name = '{params.model_name}'")
+    matching = [v for v in versions if v.tags.get("dvc_lock_digest") == digest]
+    if not matching:
+        return "dvc.lock matches no registered version (a run that did not register)"
+    version = max(matching, key=lambda v: int(v.version))
+    champion = alias_version(mlflow_client, params.model_name, params.registry.champion_alias)
+    role = ("the champion" if champion and champion.version == version.version
+            else "not the champion")
+    return f"data/ and the model are version {version.version}'s ({role})"
+
+
+def dvc_line() -> str:
+    """`dvc status` in one line: up to date, or which stages differ from dvc.lock."""
+    done = subprocess.run([str(Path(sys.executable).parent / "dvc"), "status"],
+                          capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        return f"dvc status failed: {(done.stderr.strip().splitlines() or ['?'])[-1][:200]}"
+    stages = [line.rstrip(":") for line in done.stdout.splitlines()
+              if line.endswith(":") and not line[:1].isspace()]
+    if not stages:
+        return "data, model and metrics match dvc.lock"
+    return (f"{len(stages)} stage(s) differ from dvc.lock ({', '.join(stages[:8])}): "
+            f"`dvc status` says how")
+
+
+def runs_lines(params: Params, mlflow_client, count: int = 5) -> list[str]:
+    experiment = mlflow_client.get_experiment_by_name(params.registry.experiment)
+    if experiment is None:
+        return ["no runs yet"]
+    runs = mlflow_client.search_runs([experiment.experiment_id], max_results=count,
+                                     order_by=["attributes.start_time DESC"])
+    return [f"{when(run.info.start_time)}  {run.info.status:<9} {run.info.run_name}"
+            for run in runs] or ["no runs yet"]
+
+
+def answers(url: str) -> str:
+    import httpx
+
+    try:
+        reply = httpx.get(url, timeout=3)
+    except httpx.HTTPError as err:
+        return f"DOWN ({type(err).__name__})"
+    return "up" if reply.status_code < 500 else f"DOWN (HTTP {reply.status_code})"
+
+
+def services_lines(params: Params, pool: str) -> list[str]:
+    uri = tracking_uri(params)
+    mlflow = (f"MLflow server {uri}: {answers(uri.rstrip('/') + '/health')}"
+              if uri.startswith("http") else f"MLflow: embedded store {uri}")
+    api = os.environ.get("PREFECT_API_URL", "").rstrip("/")
+    if not api:
+        return [mlflow, "Prefect: embedded (a temporary server per run; `tinygpt ui prefect` "
+                        "shows past runs)"]
+    return [mlflow, f"Prefect server {api}: {answers(api + '/health')}",
+            f"workers of pool {pool}: {workers(api, pool)}"]
+
+
+def workers(api: str, pool: str) -> str:
+    import httpx
+
+    try:
+        found = httpx.post(f"{api}/work_pools/{pool}/workers/filter", json={}, timeout=3)
+        found.raise_for_status()
+    except httpx.HTTPError as err:
+        return f"unknown ({type(err).__name__})"
+    online = [w["name"] for w in found.json() if w.get("status") == "ONLINE"]
+    return f"{len(online)} online" + (f" ({', '.join(online)})" if online else
+                                      ": `tinygpt stack up` starts one")
+
+
+def status_report(params: Params, pool: str) -> dict[str, list[str]]:
+    """Every section of the report, as lines; pool is the work pool the deployments use."""
+    mlflow_client = client(params)
+    return {"champion": [champion_line(params, mlflow_client)],
+            "workspace": [workspace_line(params, mlflow_client)],
+            "dvc": [dvc_line()],
+            "last runs": runs_lines(params, mlflow_client),
+            "services": services_lines(params, pool)}
