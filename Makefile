@@ -22,6 +22,7 @@ export GX_ANALYTICS_ENABLED ?= false
 export DVC_NO_ANALYTICS ?= 1
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION ?= false
 export PREFECT_LOGGING_EXTRA_LOGGERS ?= tinygpt
+export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW ?= ignore
 
 .PHONY: setup run test lint clean mlflow-ui bench stack-up stack-down stack-status
 

@@ -26,8 +26,10 @@ ENVIRONMENT = {
     "GX_ANALYTICS_ENABLED": "false",
     "DVC_NO_ANALYTICS": "1",
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-    # Our loggers' lines (steps, training progress) also go to the Prefect run's logs, live.
+    # Our loggers' lines (steps, training progress) also go to the Prefect run's logs, live;
+    # outside a flow run (tinygpt train) they stay on the terminal only, without a warning.
     "PREFECT_LOGGING_EXTRA_LOGGERS": "tinygpt",
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
 }
 # The data mirror beside the checkout, used when the corpus cannot be downloaded (as `make`).
 MIRROR = Path("..").resolve() / "shared" / "data"

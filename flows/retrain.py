@@ -46,6 +46,9 @@ from tasks.validate import validate_task
 from tasks.version import LOCK_FILE, restore_outputs, snapshot, version_task
 
 log = logging.getLogger("tinygpt.flow")
+# Our progress lines (steps, BPE, encoding, training) are INFO: keep them wherever the flow runs
+# (a worker's flow-run process configures logging as Prefect does, with the root at WARNING).
+logging.getLogger("tinygpt").setLevel(logging.INFO)
 
 
 class StepTimer:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from safetensors.torch import load_file
 from gpt.checkpoint import atomic_directory, load_model
 from gpt.model import GPT, GPTConfig
 from gpt.muon import orthogonalize
-from gpt.train import TrainConfig, build_optimizer, lr_at, windows_trainer
+from gpt.train import TrainConfig, Trainer, build_optimizer, lr_at, windows_trainer
 
 
 def tokens(n: int, seed: int = 0) -> np.ndarray:
@@ -45,20 +46,23 @@ def test_resume_is_exact(tmp_path, stride, optimizer):
         return windows_trainer(new_model(), tokens(3000), tokens(500, 1), cfg, tmp_path / out,
                                stride=stride)
 
+    straight, second = straight_and_resumed(trainer)
+    a, b = straight.model.state_dict(), second.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert second.step == straight.step == 12
+
+
+def straight_and_resumed(trainer: Callable[[str], Trainer]) -> tuple[Trainer, Trainer]:
+    """A run straight through, and the same run stopped at step 6 and resumed as a new process
+    would resume it: new model, new optimizer, different RNG state."""
     straight = trainer("a")
     straight.fit()
-
-    first = trainer("b")
-    first.fit(stop_at=6)
-    # A new process would start from scratch: new model, new optimizer, different RNG state.
+    trainer("b").fit(stop_at=6)
     torch.manual_seed(999)
     second = trainer("b")
     second.resume()
     second.fit()
-
-    a, b = straight.model.state_dict(), second.model.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert second.step == straight.step == 12
+    return straight, second
 
 
 def test_numbered_checkpoints_keep_the_newest_and_resume_exactly(tmp_path):
@@ -84,15 +88,8 @@ def test_compiled_training_resumes_exactly_and_stays_close_to_eager(tmp_path):
         return windows_trainer(new_model(dropout=0.0), tokens(3000), tokens(500, 1), config,
                                tmp_path / out)
 
-    straight = trainer("a")
-    straight.fit()
+    straight, second = straight_and_resumed(trainer)
     assert straight.train_model is not straight.eager_model  # it did compile
-    first = trainer("b")
-    first.fit(stop_at=6)
-    torch.manual_seed(999)
-    second = trainer("b")
-    second.resume()
-    second.fit()
     eager = trainer("c", small_config(dtype="bfloat16"))
     eager.fit()
     a, b, c = (t.model.state_dict() for t in (straight, second, eager))

@@ -70,7 +70,10 @@ class Run:
 
 
 def registry(project: Path) -> MlflowClient:
-    return MlflowClient(f"sqlite:///{project / 'mlflow' / 'mlflow.db'}")
+    """The project's store, its registry named too: otherwise MlflowClient takes the registry
+    an earlier test set for this process."""
+    store = f"sqlite:///{project / 'mlflow' / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=store, registry_uri=store)
 
 
 def versions(project: Path) -> list:

@@ -125,28 +125,25 @@ def test_good_upload_starts_a_retraining_run_and_shows_its_state(browser_page, a
 
 @pytest.mark.parametrize(("path", "shown"), [("/docs", ".swagger-ui .info .title"),
                                              ("/redoc", "h1")])
-def test_api_docs_render_with_the_network_blocked(page_service, artifacts_dir, path, shown):
+def test_api_docs_render_with_the_network_blocked(browser_page, page_service, artifacts_dir,
+                                                  path, shown):
     """Swagger UI and ReDoc load their scripts and styles from the service, not a CDN (ReDoc's
     footer still asks redoc.ly for its logo, an image the page renders without)."""
     elsewhere = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
+    page = browser_page.context.browser.new_page(viewport={"width": 1100, "height": 900})
+    try:
+        def only_the_service(route):
+            if route.request.url.startswith(page_service):
+                return route.continue_()
+            if route.request.resource_type != "image":
+                elsewhere.append(route.request.url)
+            return route.abort()
 
-            def only_the_service(route):
-                if route.request.url.startswith(page_service):
-                    return route.continue_()
-                if route.request.resource_type != "image":
-                    elsewhere.append(route.request.url)
-                return route.abort()
-
-            page.route("**/*", only_the_service)
-            page.goto(f"{page_service}{path}")
-            expect(page.locator(shown).first).to_contain_text("tinygpt", timeout=30_000)
-            expect(page.get_by_text("/generate/stream").first).to_be_visible()
-            name = path.strip("/")
-            page.screenshot(path=str(artifacts_dir / f"offline-{name}.png"))
-        finally:
-            browser.close()
+        page.route("**/*", only_the_service)
+        page.goto(f"{page_service}{path}")
+        expect(page.locator(shown).first).to_contain_text("tinygpt", timeout=30_000)
+        expect(page.get_by_text("/generate/stream").first).to_be_visible()
+        page.screenshot(path=str(artifacts_dir / f"offline-{path.strip('/')}.png"))
+    finally:
+        page.close()
     assert elsewhere == []
