@@ -39,7 +39,7 @@ UI_PORTS = {"mlflow": 5000, "prefect": 4200}
 RECIPE_HELP = ("lay recipes/NAME.yaml over params.yaml, under --set (`tinygpt recipes` "
                "lists them)")
 STACK_CLIENTS = {"retrain", "finetune", "promote", "history", "serve", "gc", "reproduce",
-                 "status"}
+                 "status", "worker"}
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
@@ -187,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     stack_commands.add_parser("status", help="one line per service; exit 1 unless all are up")
     stack_commands.add_parser("env", help="print the stack's variables as `export` lines")
 
+    worker = commands.add_parser(
+        "worker", help="run the Prefect worker for this checkout's deployments (foreground)",
+        description="`prefect worker start` on the project's settings, with this checkout as "
+                    "the deployments' working directory; SIGTERM stops it as Ctrl-C does. It "
+                    "needs a Prefect server (PREFECT_API_URL, or a team stack).")
+    worker.add_argument("--pool", default="tinygpt", help="the work pool (prefect.yaml's)")
+    _add_params_options(worker)
+
     status = commands.add_parser(
         "status", help="the champion, what the workspace holds, dvc status, the last runs, "
                        "and whether the servers answer")
@@ -201,8 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     ui = commands.add_parser(
         "ui", help="start the MLflow or Prefect UI on the project's store",
         description="Runs `mlflow ui` or `prefect server start` in the foreground with the "
-                    "project's settings, so it shows this checkout's runs; with a team stack "
-                    "up, prints the stack's UI instead.")
+                    "project's settings, so it shows this checkout's runs; when the checkout "
+                    "uses a server (a team stack), prints its address instead.")
     ui.add_argument("tool", choices=UI_PORTS, help="which UI")
     ui.add_argument("--port", type=int, help="port on 127.0.0.1 (mlflow 5000, prefect 4200)")
     _add_params_options(ui)
@@ -234,6 +242,7 @@ EXAMPLES = {
     "env": 'eval "$(.venv/bin/tinygpt env)"; mlflow --version',
     "ui": "tinygpt ui mlflow --port 5000",
     "status": "tinygpt status",
+    "worker": "PREFECT_API_URL=http://127.0.0.1:4200/api tinygpt worker",
 }
 
 
@@ -536,6 +545,26 @@ def project_environment(params_file: Path | None = None) -> dict[str, str]:
     return values
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    """The worker as a child in its own session: a stop request (SIGTERM from a service
+    manager, or Ctrl-C) reaches it once, as the SIGINT it shuts down cleanly on."""
+    import signal
+    import subprocess
+
+    env = {**os.environ, **project_environment(args.params)}
+    if not env.get("PREFECT_API_URL"):
+        raise RuntimeError("a worker needs a Prefect server: `tinygpt stack up` starts one "
+                           "with a worker, or run `tinygpt ui prefect` and export "
+                           "PREFECT_API_URL=http://127.0.0.1:4200/api")
+    env["TINYGPT_PROJECT_DIR"] = str(Path.cwd())  # prefect.yaml's working directory
+    worker = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "worker", "start",
+                               "--pool", args.pool, "--type", "process"], env=env,
+                              start_new_session=True)
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, lambda *_: worker.send_signal(signal.SIGINT))
+    return worker.wait()
+
+
 def cmd_status(args: argparse.Namespace) -> None:
     from stack.services import POOL
     from tasks.status import status_report
@@ -554,12 +583,12 @@ def cmd_env(args: argparse.Namespace) -> None:
 
 def cmd_ui(args: argparse.Namespace) -> None:
     """Replace this process with the tool's UI server, on the project's settings."""
-    env = project_environment(args.params)
+    env = {**os.environ, **project_environment(args.params)}
     port = str(args.port or UI_PORTS[args.tool])
     stack_url = {"mlflow": env.get("MLFLOW_TRACKING_URI", ""),
                  "prefect": env.get("PREFECT_API_URL", "").removesuffix("/api")}[args.tool]
     if stack_url.startswith("http"):
-        print(f"the team stack serves the {args.tool} UI at {stack_url}")
+        print(f"this checkout uses the {args.tool} server at {stack_url}: its UI is there")
         return
     bin_dir = Path(sys.executable).parent
     if args.tool == "mlflow":
@@ -611,6 +640,7 @@ COMMANDS = {
     ("export-hf", None): cmd_export_hf,
     ("env", None): cmd_env,
     ("status", None): cmd_status,
+    ("worker", None): cmd_worker,
     ("ui", None): cmd_ui,
     ("stack", "up"): cmd_stack,
     ("stack", "down"): cmd_stack,

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serve.generation import Busy, Gate, GenerateRequest, Generation, Metrics
-from serve.routes.deps import GateDep, HolderDep, HoldersDep, MetricsDep
+from serve.routes.deps import GateDep, HoldersDep, MetricsDep
 from serve.routes.generate import BUSY, start_generation
 
 router = APIRouter(prefix="/v1")
@@ -111,15 +111,16 @@ async def models(holders: HoldersDep) -> dict[str, Any]:
 
 @router.post("/completions", response_model=None)
 async def completions(body: CompletionRequest, request: Request, holders: HoldersDep,
-                      holder: HolderDep, gate: GateDep, metrics: MetricsDep
+                      gate: GateDep, metrics: MetricsDep
                       ) -> dict[str, Any] | JSONResponse | StreamingResponse:
+    """OpenAI's clients always name the model, so there is no default one here."""
     try:
-        request_ = body.as_generate()
-        named = holders.get(body.model)  # OpenAI's clients always name a model
+        asked = body.as_generate()
+        named = holders.get(body.model)
         if named is None:
             raise OpenAIError(404, f"model: no served model {body.model!r}; this service "
                                    f"serves {', '.join(holders)}", "model")
-        generation = start_generation(request_, holders, named, metrics)
+        generation = start_generation(asked, holders, named, metrics)
         if body.stream:
             if gate.full():
                 raise OpenAIError(429, BUSY)

@@ -70,3 +70,42 @@ def test_ui_on_a_taken_port_is_one_line_and_exit_1(tmp_path):
     assert done.returncode == 1
     assert done.stderr.strip() == (f"tinygpt: error: port {port} is taken on 127.0.0.1: pick "
                                    f"another with --port")
+
+
+def test_worker_needs_a_prefect_server_and_says_so(tmp_path):
+    env = {**BARE, "PREFECT_HOME": str(tmp_path / ".prefect")}
+    done = subprocess.run([str(BIN / "tinygpt"), "worker"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip().startswith("tinygpt: error: a worker needs a Prefect server")
+
+
+def test_worker_comes_online_and_stops_cleanly_on_sigterm(prefect_harness, tmp_path):
+    """What a service manager does: start it, later send SIGTERM; it must go, and go cleanly."""
+    import os
+    import signal
+    import time
+
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    env = {**os.environ, "PREFECT_API_URL": api}
+    proc = Process([str(BIN / "tinygpt"), "worker", "--pool", "sigterm-test"], env, tmp_path,
+                   tmp_path / "worker.log")
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            found = httpx.post(f"{api}/work_pools/sigterm-test/workers/filter", json={},
+                               timeout=10)
+            if found.status_code == 200 and any(w["status"] == "ONLINE" for w in found.json()):
+                break
+            assert proc.proc.poll() is None and time.monotonic() < deadline, (
+                tmp_path / "worker.log").read_text()[-2000:]
+            time.sleep(1)
+        proc.proc.send_signal(signal.SIGTERM)  # to tinygpt alone, as systemd's stop does
+        code = proc.proc.wait(timeout=60)
+    finally:
+        proc.stop()
+    log = (tmp_path / "worker.log").read_text()
+    assert code == 0, log[-2000:]
+    assert "Traceback" not in log, log[-2000:]
