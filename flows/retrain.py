@@ -42,7 +42,7 @@ from tasks.promote import promote_task
 from tasks.register import register_task
 from tasks.tokenize import tokenize_task
 from tasks.train import train_task
-from tasks.validate import validate_task
+from tasks.validate import STATIC_REPORT, validate_task
 from tasks.version import LOCK_FILE, restore_outputs, snapshot, version_task
 
 log = logging.getLogger("tinygpt.flow")
@@ -99,6 +99,9 @@ def _attach_reports(params: Params, run_id: str) -> None:
     docs = params.path("reports") / "data_docs"
     if docs.is_dir():
         client(params).log_artifacts(run_id, str(docs), "data_docs")
+    page = params.path("reports") / STATIC_REPORT
+    if page.is_file():
+        client(params).log_artifact(run_id, str(page))
 
 
 class PrefectUnavailable(RuntimeError):

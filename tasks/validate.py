@@ -3,12 +3,14 @@
 Each kind has its suite, defined here in code: a text corpus's columns, lengths and control
 characters; prompt -> completion records' fields, splits and lengths in tokens. A failure
 raises DataValidationError naming every failed expectation with a few offending rows, and the
-Data Docs HTML report is written either way. Great Expectations is imported inside the
-functions: it takes seconds to import.
+reports are written either way: Great Expectations' Data Docs (whose pages load their scripts
+and styles from CDNs) and validation.html, one self-contained page that opens offline. Great
+Expectations is imported inside the functions: it takes seconds to import.
 """
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import shutil
@@ -89,6 +91,33 @@ def run_suite(frame: pd.DataFrame, make_suite: Callable[[], Any], docs_dir: Path
         actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["tinygpt"])]))
     result = checkpoint.run(batch_parameters={"dataframe": frame})
     return next(iter(result.run_results.values()))
+
+
+STATIC_REPORT = "validation.html"
+_STYLE = ("body{font:14px system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:"
+          "collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+          ".ok{color:#176a2c}.failed{color:#b00020;font-weight:bold}")
+
+
+def write_static_report(result, rows: int, path: Path) -> Path:
+    """One HTML page with every expectation's outcome, no scripts, no outside styles."""
+    lines = []
+    for item in result.results:
+        config, details = item.expectation_config, item.result or {}
+        observed = details.get("observed_value", details.get("unexpected_count", ""))
+        outcome = "ok" if item.success else "failed"
+        arguments = ", ".join(f"{k}={v}" for k, v in config.kwargs.items() if k != "batch_id")
+        lines.append(f"<tr><td class={outcome}>{outcome}</td><td>{html.escape(config.type)}"
+                     f"</td><td>{html.escape(arguments)}</td><td>{html.escape(str(observed))}"
+                     "</td></tr>")
+    verdict = "passed" if result.success else "failed"
+    path.write_text(
+        f"<!doctype html><meta charset=utf-8><title>tinygpt data validation</title>"
+        f"<style>{_STYLE}</style><h1>Data validation {verdict}</h1>"
+        f"<p>{rows} records, {len(result.results)} expectations (Great Expectations).</p>"
+        "<table><tr><th>outcome</th><th>expectation</th><th>arguments</th>"
+        f"<th>observed</th></tr>{''.join(lines)}</table>", encoding="utf-8")
+    return path
 
 
 def describe_failure(result, frame: pd.DataFrame) -> str:
@@ -188,6 +217,7 @@ def validate(params: Params) -> dict[str, Any]:
     frame, make_suite, write_validated = CHECKS[params.kind](params)
     docs_dir = params.path("reports") / "data_docs"
     result = run_suite(frame, make_suite, docs_dir)
+    write_static_report(result, len(frame), params.path("reports") / STATIC_REPORT)
     report = docs_dir / "index.html"
     if not result.success:
         raise DataValidationError(

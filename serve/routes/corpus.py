@@ -113,6 +113,7 @@ async def run_state(request: Request, run_id: uuid.UUID) -> dict[str, Any]:
         require_prefect_api()
         async with get_client() as prefect:
             flow_run = await prefect.read_flow_run(run_id)
+            progress = await latest_progress(prefect, run_id)
     except PrefectNotConfigured as err:
         raise HTTPException(503, detail=str(err)) from None
     except ObjectNotFound:
@@ -121,10 +122,23 @@ async def run_state(request: Request, run_id: uuid.UUID) -> dict[str, Any]:
         raise HTTPException(503, detail=f"Prefect API unreachable: {type(err).__name__}: {err}"
                             ) from None
     answer = {"run_id": str(run_id), "state": flow_run.state.name if flow_run.state else None,
-              "final": bool(flow_run.state and flow_run.state.is_final())}
+              "final": bool(flow_run.state and flow_run.state.is_final()),
+              "progress": progress}
     if flow_run.state and flow_run.state.is_completed():
         answer["outcome"] = await outcome(request.app.state.settings, str(run_id))
     return answer
+
+
+async def latest_progress(prefect, run_id: uuid.UUID) -> str | None:
+    """The run's newest progress line from its Prefect logs: the step it is on ("step train"),
+    or how far training is ("step 120/1000 | loss 3.9 | ... | 3m05s left")."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+
+    logs = await prefect.read_logs(
+        log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])),
+        sort=LogSort.TIMESTAMP_DESC, limit=50)
+    return next((entry.message for entry in logs if entry.message.startswith("step ")), None)
 
 
 async def outcome(settings: Settings, run_id: str) -> dict[str, Any]:

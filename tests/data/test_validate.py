@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,17 @@ def test_every_failed_expectation_is_listed_at_once(tmp_path):
     message = str(err.value)
     assert "unique(doc_id)" in message and "lengths_to_be_between(text)" in message
     assert "control_share" in message
+
+
+def test_a_self_contained_report_lists_every_expectation_and_its_outcome(tmp_path):
+    with pytest.raises(DataValidationError):
+        run(tmp_path, [{"doc_id": "a", "text": "x"}, {"doc_id": "a", "text": "y"}])
+    page = (tmp_path / "reports" / "validation.html").read_text()
+    assert "<h1>Data validation failed</h1>" in page and "2 records" in page
+    assert re.search(r"<td class=failed>failed</td><td>expect_column_values_to_be_unique</td>"
+                     r"<td>column=doc_id", page)
+    assert page.count("<td class=ok>ok</td>") >= 9
+    assert "http" not in page  # nothing to fetch: it opens offline
 
 
 def test_text_files_become_paragraph_records_that_join_back_exactly(tmp_path):

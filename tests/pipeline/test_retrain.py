@@ -76,7 +76,8 @@ def test_first_run_logs_metrics_params_and_artifacts_to_one_mlflow_run(first_run
     assert [round(m.value, 3) for m in perplexity] == [round(math.exp(m.value), 3)
                                                         for m in history]  # at every eval
     artifacts = {a.path for a in mlflow_client.list_artifacts(first_run["run_id"])}
-    assert {"loss_curve.png", "samples.txt", "dvc.lock", "data_docs"} <= artifacts
+    assert {"loss_curve.png", "samples.txt", "dvc.lock", "data_docs",
+            "validation.html"} <= artifacts
     docs = {a.path for a in mlflow_client.list_artifacts(first_run["run_id"], "data_docs")}
     assert "data_docs/index.html" in docs
 
@@ -116,6 +117,20 @@ def test_steps_and_training_progress_reach_the_flow_run_logs(first_run):
         time.sleep(1)
     assert any(re.match(r"step \d+/30 \| loss .* left$", m) for m in found), found[:20]
     assert "step train" in found and "step register" in found
+
+
+def test_the_service_reports_a_run_by_its_newest_progress_line(first_run, tmp_path):
+    """What the page's upload shows while its run goes on: GET /runs/{id} of a real run."""
+    from fastapi.testclient import TestClient
+
+    from serve.app import Settings, create_app
+
+    flow_run_id = registry().get_run(first_run["run_id"]).data.tags["prefect.flow_run_id"]
+    app = create_app(Settings(upload_dir=tmp_path / "uploads"))
+    answer = TestClient(app).get(f"/runs/{flow_run_id}").json()
+    assert answer["state"] == "Completed" and answer["final"]
+    assert answer["progress"].startswith("step ")  # the last one logged: promote
+    assert answer["outcome"]["version"] == first_run["version"]
 
 
 def test_registered_pyfunc_loads_from_the_champion_alias_and_generates(first_run):

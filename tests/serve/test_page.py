@@ -147,3 +147,29 @@ def test_api_docs_render_with_the_network_blocked(browser_page, page_service, ar
     finally:
         page.close()
     assert elsewhere == []
+
+
+def test_the_validation_report_renders_with_the_network_blocked(browser_page, tmp_path,
+                                                                artifacts_dir):
+    """Data Docs fetch their styles from CDNs; validation.html beside them needs nothing."""
+    from tests.data.test_validate import run
+
+    run(tmp_path, [{"doc_id": "a", "text": "hello"}, {"doc_id": "b", "text": "world"}])
+    fetched = []
+    page = browser_page.context.browser.new_page(viewport={"width": 1100, "height": 700})
+    try:
+        def offline(route):
+            if route.request.url.startswith("file://"):
+                return route.continue_()
+            fetched.append(route.request.url)
+            return route.abort()
+
+        page.route("**/*", offline)
+        page.goto((tmp_path / "reports" / "validation.html").as_uri())
+        expect(page.locator("h1")).to_have_text("Data validation passed")
+        expect(page.locator("td.ok").first).to_be_visible()
+        assert page.locator("td.ok").count() >= 10
+        page.screenshot(path=str(artifacts_dir / "offline-validation.png"))
+    finally:
+        page.close()
+    assert fetched == []
