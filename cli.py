@@ -34,6 +34,7 @@ ENVIRONMENT = {
 # The data mirror beside the checkout, used when the corpus cannot be downloaded (as `make`).
 MIRROR = Path("..").resolve() / "shared" / "data"
 UI_PORTS = {"mlflow": 5000, "prefect": 4200}
+BIN = Path(sys.executable).parent  # the venv's tools: mlflow, prefect, dvc, tinygpt
 # Commands that talk to MLflow, Prefect or the DVC remote: with a team stack up
 # (.stack/stack.env, `tinygpt stack up`) they talk to its servers; without one, nothing changes.
 RECIPE_HELP = ("lay recipes/NAME.yaml over params.yaml, under --set (`tinygpt recipes` "
@@ -353,7 +354,7 @@ def print_summary(summary: dict) -> None:
         prefect_ui = os.environ.get("PREFECT_API_URL", "").removesuffix("/api")
         print(f"open the UIs:\n  MLflow  {summary['tracking_uri']}\n  Prefect {prefect_ui}")
         return
-    tinygpt = os.path.relpath(Path(sys.executable).parent / "tinygpt")
+    tinygpt = os.path.relpath(BIN / "tinygpt")
     print("open the UIs:\n"
           f"  {tinygpt} ui mlflow    # http://127.0.0.1:5000\n"
           f"  {tinygpt} ui prefect   # http://127.0.0.1:4200")
@@ -539,9 +540,8 @@ def project_environment(params_file: Path | None = None) -> dict[str, str]:
     values["MLFLOW_TRACKING_URI"] = tracking_uri(load_params(params_file))
     values.update(read_env())
     values.update({key: os.environ[key] for key in values if key in os.environ})
-    bin_dir = str(Path(sys.executable).parent)
     path = os.environ.get("PATH", "")
-    values["PATH"] = path if bin_dir in path.split(os.pathsep) else f"{bin_dir}:{path}"
+    values["PATH"] = path if str(BIN) in path.split(os.pathsep) else f"{BIN}:{path}"
     return values
 
 
@@ -557,7 +557,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                            "with a worker, or run `tinygpt ui prefect` and export "
                            "PREFECT_API_URL=http://127.0.0.1:4200/api")
     env["TINYGPT_PROJECT_DIR"] = str(Path.cwd())  # prefect.yaml's working directory
-    worker = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "worker", "start",
+    worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start",
                                "--pool", args.pool, "--type", "process"], env=env,
                               start_new_session=True)
     for stop in (signal.SIGTERM, signal.SIGINT):
@@ -590,12 +590,11 @@ def cmd_ui(args: argparse.Namespace) -> None:
     if stack_url.startswith("http"):
         print(f"this checkout uses the {args.tool} server at {stack_url}: its UI is there")
         return
-    bin_dir = Path(sys.executable).parent
     if args.tool == "mlflow":
-        command = [str(bin_dir / "mlflow"), "ui", "--backend-store-uri",
+        command = [str(BIN / "mlflow"), "ui", "--backend-store-uri",
                    env["MLFLOW_TRACKING_URI"], "--host", "127.0.0.1", "--port", port]
     else:
-        command = [str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1",
+        command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
                    "--port", port]
     if port_in_use(int(port)):
         raise OSError(f"port {port} is taken on 127.0.0.1: pick another with --port")

@@ -22,7 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from serve.generation import Gate, Metrics
 from serve.model_holder import ModelHolder
 from serve.routes import corpus, generate, openai, status
-from serve.routes.deps import too_large
+from serve.routes.deps import field_of, too_large
 from serve.settings import Settings
 
 __all__ = ["Settings", "create_app"]
@@ -113,6 +113,5 @@ async def _invalid_request(request: Request, err: RequestValidationError) -> JSO
         return openai.invalid_body(list(err.errors()))
     detail = []
     for item in err.errors():
-        loc = [str(p) for p in item.get("loc", ()) if p != "body"]
-        detail.append({"field": ".".join(loc) or "body", "message": item.get("msg", "invalid")})
+        detail.append({"field": field_of(item) or "body", "message": item.get("msg", "invalid")})
     return JSONResponse({"detail": detail}, status_code=422)

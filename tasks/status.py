@@ -8,15 +8,13 @@ servers the checkout is pointed at answer. Nothing here changes anything.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 from gpt.config import Params
 from gpt.files import sha256_file
 from registry import alias_version, client, tracking_uri
-from tasks.version import LOCK_FILE
+from tasks.version import LOCK_FILE, VersioningError, dvc
 
 
 def when(millis: int | None) -> str:
@@ -54,11 +52,11 @@ def workspace_line(params: Params, mlflow_client) -> str:
 
 def dvc_line() -> str:
     """`dvc status` in one line: up to date, or which stages differ from dvc.lock."""
-    done = subprocess.run([str(Path(sys.executable).parent / "dvc"), "status"],
-                          capture_output=True, text=True, timeout=120)
-    if done.returncode != 0:
-        return f"dvc status failed: {(done.stderr.strip().splitlines() or ['?'])[-1][:200]}"
-    stages = [line.rstrip(":") for line in done.stdout.splitlines()
+    try:
+        report = dvc("status")
+    except VersioningError as err:
+        return str(err)[:200]
+    stages = [line.rstrip(":") for line in report.splitlines()
               if line.endswith(":") and not line[:1].isspace()]
     if not stages:
         return "data, model and metrics match dvc.lock"

@@ -248,7 +248,6 @@ def _learn_merges(words: list[list[int]], counts: list[int], n_merges: int) -> l
     merges: list[Pair] = []
     progress = Progress(log, "BPE training", n_merges, "merges")
     while len(merges) < n_merges and heap:
-        progress.update(len(merges))
         neg_count, pair = heapq.heappop(heap)
         count = pair_counts.get(pair, 0)
         if count <= 0:
@@ -258,6 +257,7 @@ def _learn_merges(words: list[list[int]], counts: list[int], n_merges: int) -> l
             continue
         new_id = MIN_BPE_VOCAB + len(merges)
         merges.append(pair)
+        progress.update(len(merges))
         touched: set[Pair] = set()
         for index in where.pop(pair, ()):
             word, count_w = words[index], counts[index]

@@ -59,6 +59,11 @@ def chosen(holders: dict[str, ModelHolder], default: ModelHolder,
     return holders[name]
 
 
+def field_of(error: dict) -> str | None:
+    """The dotted field a validation error is about, without FastAPI's leading "body"."""
+    return ".".join(str(p) for p in error.get("loc", ()) if p != "body") or None
+
+
 def too_large(limit: int) -> JSONResponse:
     """The 413 for a body over `limit`, whether refused from its Content-Length or counted."""
     return JSONResponse({"detail": f"request body over the {limit}-byte limit"}, status_code=413)

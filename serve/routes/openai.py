@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serve.generation import Busy, Gate, GenerateRequest, Generation, Metrics
-from serve.routes.deps import GateDep, HoldersDep, MetricsDep
+from serve.routes.deps import GateDep, HoldersDep, MetricsDep, field_of
 from serve.routes.generate import BUSY, start_generation
 
 router = APIRouter(prefix="/v1")
@@ -95,8 +95,7 @@ class OpenAIError(Exception):
 def invalid_body(errors: list[dict[str, Any]]) -> JSONResponse:
     """A body that is not a CompletionRequest: a 400 naming the first bad field."""
     item = errors[0]
-    loc = [str(p) for p in item.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or None
+    param = field_of(item)
     return OpenAIError(400, f"{param or 'body'}: {item.get('msg', 'invalid')}", param).response()
 
 

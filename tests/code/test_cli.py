@@ -17,6 +17,7 @@ import pytest
 
 from cli import build_parser, main
 from tests.conftest import ROOT
+from tests.serve.conftest import free_port
 
 BIN = Path(sys.executable).parent
 TINY = ["--set", "tokenizer.vocab_size=300", "--set", "model.n_layer=1", "--set",
@@ -168,12 +169,6 @@ def wrong_invocations(tmp_path, busy_port: int) -> list[tuple[list[str], str]]:
         (["serve", "--port", str(busy_port)], f"port {busy_port} is taken on 127.0.0.1"),
         (["history", "--set", f"registry.tracking_uri={closed}"], f"{closed} does not answer"),
     ]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_wrong_invocations_are_answered_in_one_line_within_seconds(tmp_path, monkeypatch,
