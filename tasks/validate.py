@@ -24,6 +24,7 @@ from prefect import task
 from gpt.config import Params, ValidateConfig
 from gpt.files import atomic_file
 from tasks.common import CORPUS_FILE, PAIRS_RAW, validated_path
+from tasks.web_assets import self_host
 
 SUITE_NAME = "corpus"
 # Control characters other than tab, newline and carriage return (C0, DEL and C1).
@@ -90,6 +91,7 @@ def run_suite(frame: pd.DataFrame, make_suite: Callable[[], Any], docs_dir: Path
         name=suite.name, validation_definitions=[definition], result_format="SUMMARY",
         actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["tinygpt"])]))
     result = checkpoint.run(batch_parameters={"dataframe": frame})
+    self_host(docs_dir)
     return next(iter(result.run_results.values()))
 
 

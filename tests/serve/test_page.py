@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.serve.conftest import start_service, wait_for
+from tests.conftest import ROOT
+from tests.serve.conftest import BIN, start_service, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -149,27 +153,77 @@ def test_api_docs_render_with_the_network_blocked(browser_page, page_service, ar
     assert elsewhere == []
 
 
-def test_the_validation_report_renders_with_the_network_blocked(browser_page, tmp_path,
-                                                                artifacts_dir):
-    """Data Docs fetch their styles from CDNs; validation.html beside them needs nothing."""
+@contextmanager
+def offline_page(browser_page, width: int = 1100) -> Iterator[tuple]:
+    """A page that may load file:// URLs only; yields it with the lists of what it asked for
+    elsewhere (aborted) and of local files that failed to load. Both must stay empty."""
+    elsewhere, failed = [], []
+    page = browser_page.context.browser.new_page(viewport={"width": width, "height": 800})
+
+    def offline(route):
+        if route.request.url.startswith("file://"):
+            return route.continue_()
+        elsewhere.append(route.request.url)
+        return route.abort()
+
+    page.route("**/*", offline)
+    page.on("requestfailed", lambda request: failed.append((request.url, request.failure)))
+    try:
+        yield page, elsewhere, failed
+    finally:
+        page.close()
+
+
+@pytest.fixture(scope="module")
+def validated(tmp_path_factory) -> Path:
+    """A folder whose reports/ holds validation.html and a Data Docs site."""
     from tests.data.test_validate import run
 
-    run(tmp_path, [{"doc_id": "a", "text": "hello"}, {"doc_id": "b", "text": "world"}])
-    fetched = []
-    page = browser_page.context.browser.new_page(viewport={"width": 1100, "height": 700})
-    try:
-        def offline(route):
-            if route.request.url.startswith("file://"):
-                return route.continue_()
-            fetched.append(route.request.url)
-            return route.abort()
+    folder = tmp_path_factory.mktemp("validated")
+    run(folder, [{"doc_id": "a", "text": "hello"}, {"doc_id": "b", "text": "world"}])
+    return folder / "reports"
 
-        page.route("**/*", offline)
-        page.goto((tmp_path / "reports" / "validation.html").as_uri())
+
+def test_the_validation_report_renders_with_the_network_blocked(browser_page, validated,
+                                                                artifacts_dir):
+    with offline_page(browser_page) as (page, elsewhere, failed):
+        page.goto((validated / "validation.html").as_uri())
         expect(page.locator("h1")).to_have_text("Data validation passed")
         expect(page.locator("td.ok").first).to_be_visible()
         assert page.locator("td.ok").count() >= 10
         page.screenshot(path=str(artifacts_dir / "offline-validation.png"))
-    finally:
-        page.close()
-    assert fetched == []
+    assert elsewhere == failed == []
+
+
+def test_data_docs_render_styled_with_the_network_blocked(browser_page, validated,
+                                                         artifacts_dir):
+    """Great Expectations' own site: Bootstrap, jQuery, bootstrap-table, Font Awesome and Vega
+    come from copies inside the site (tasks/web_assets.py), not from CDNs."""
+    site = validated / "data_docs"
+    result_page = next((site / "validations").rglob("*.html"))
+    with offline_page(browser_page) as (page, elsewhere, failed):
+        page.goto((site / "index.html").as_uri())
+        expect(page.locator(".bootstrap-table").first).to_be_visible()  # drawn by its script
+        assert page.evaluate("getComputedStyle(document.querySelector('.navbar')).display") \
+            == "flex"  # Bootstrap's stylesheet applied
+        assert page.evaluate("typeof vegaEmbed") == "function"
+        page.screenshot(path=str(artifacts_dir / "offline-data-docs.png"))
+        page.goto(result_page.as_uri())
+        expect(page.get_by_text("corpus").first).to_be_visible()
+        expect(page.locator(".fa-check-circle, .fa-circle-check").first).to_be_visible()
+        assert page.evaluate("document.fonts.ready.then(() => document.fonts.check("
+                             "'900 16px \"Font Awesome 6 Free\"'))")
+        page.screenshot(path=str(artifacts_dir / "offline-data-docs-result.png"), full_page=True)
+    assert elsewhere == failed == []
+
+
+def test_dvc_plots_render_with_the_network_blocked(browser_page, tmp_path, artifacts_dir):
+    """`dvc plots show` in the checkout fills the template .dvc/config names, Vega inline."""
+    done = subprocess.run([str(BIN / "dvc"), "plots", "show", "-o", str(tmp_path / "plots")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    with offline_page(browser_page) as (page, elsewhere, failed):
+        page.goto((tmp_path / "plots" / "index.html").as_uri())
+        expect(page.locator(".vega-embed canvas, .vega-embed svg").first).to_be_visible()
+        page.screenshot(path=str(artifacts_dir / "offline-dvc-plots.png"), full_page=True)
+    assert elsewhere == failed == []
