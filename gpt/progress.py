@@ -1,11 +1,23 @@
-"""Periodic progress lines for loops that run longer than a few seconds: how far, how fast,
-and how long is left, at most every few seconds. They are log lines, so they show the same in
-a terminal, in CI logs and in the Prefect run's logs."""
+"""Progress for loops that run longer than a few seconds: how far, how fast, how long is left.
+
+Two forms of the same figures:
+- log lines, at most every few seconds: they read the same in a terminal, in CI logs and in
+  the Prefect run's logs;
+- on a terminal, a bar redrawn in place on stderr. While it is shown, a log line printed to
+  that terminal erases it first, and the bar is drawn again below the line.
+"""
 
 from __future__ import annotations
 
 import logging
+import shutil
+import sys
 import time
+from typing import TextIO
+
+BAR_WIDTH = 24
+REDRAW_SECONDS = 0.1
+_ERASE_LINE = "\r\x1b[2K"
 
 
 def duration(seconds: float) -> str:
@@ -14,21 +26,109 @@ def duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s"
 
 
+def terminal() -> TextIO | None:
+    """stderr when it is a terminal, else None (no bar in pipes, files and CI logs)."""
+    return sys.stderr if sys.stderr.isatty() else None
+
+
+class Bar(logging.Filter):
+    """`with Bar(...) as bar:` around the loop, `bar.show(done)` inside it; it draws only on a
+    terminal, and only where `draw` (rank 0 of a distributed run). `start` is the count done
+    before (a resumed run). It filters the console handlers of `log` (and of its parents) so
+    that their lines erase it first."""
+
+    def __init__(self, log: logging.Logger, label: str, total: int, unit: str, start: int = 0,
+                 stream: TextIO | None = None, draw: bool = True) -> None:
+        super().__init__()
+        self.stream = (stream or terminal()) if draw else None
+        self.label, self.total, self.unit, self.start = label, total, unit, start
+        self.started = time.perf_counter()
+        self.drawn_at = -float("inf")
+        self.shown = False
+        self.handlers = [h for h in _handlers(log)
+                         if self.stream is not None and _is_terminal(getattr(h, "stream", None))]
+
+    def __enter__(self) -> Bar:
+        for handler in self.handlers:
+            handler.addFilter(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for handler in self.handlers:
+            handler.removeFilter(self)
+        if self.shown:
+            self.stream.write("\n")  # the last drawing stays on screen
+            self.stream.flush()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """A log line is about to reach the terminal: erase the bar, redraw it after."""
+        if self.shown:
+            self.stream.write(_ERASE_LINE)
+            self.stream.flush()
+            self.shown = False
+        self.drawn_at = -float("inf")
+        return True
+
+    def show(self, done: int, detail: str = "", seconds_left: float | None = None) -> None:
+        """Redraw with `done` of total (at most every REDRAW_SECONDS, and at the end)."""
+        now = time.perf_counter()
+        if self.stream is None or (now - self.drawn_at < REDRAW_SECONDS and done < self.total):
+            return
+        self.drawn_at = now
+        elapsed = max(now - self.started, 1e-9)
+        rate = (done - self.start) / elapsed
+        if seconds_left is None:
+            seconds_left = (self.total - done) / max(rate, 1e-9)
+        share = min(done / max(self.total, 1), 1.0)
+        filled = round(BAR_WIDTH * share)
+        line = (f"{self.label} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {100 * share:3.0f}% "
+                f"{done}/{self.total} {self.unit} | {rate:,.0f} {self.unit}/s"
+                f"{detail} | {duration(seconds_left)} left")
+        width = max(shutil.get_terminal_size().columns - 1, 20)
+        self.stream.write(_ERASE_LINE + line[:width])
+        self.stream.flush()
+        self.shown = True
+
+
+def _handlers(log: logging.Logger) -> list[logging.Handler]:
+    """The handlers a record of `log` reaches."""
+    found: list[logging.Handler] = []
+    node: logging.Logger | None = log
+    while node is not None:
+        found.extend(node.handlers)
+        node = node.parent if node.propagate else None
+    return found
+
+
+def _is_terminal(stream: object) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
 class Progress:
-    """`update(done)` inside the loop; a line when `every` seconds have passed since the last."""
+    """`with Progress(...) as progress:` around the loop, `progress.update(done)` inside it:
+    a log line when `every` seconds have passed since the last, and the bar on a terminal."""
 
     def __init__(self, log: logging.Logger, label: str, total: int, unit: str,
-                 every: float = 5.0) -> None:
+                 every: float = 5.0, stream: TextIO | None = None) -> None:
         self.log, self.label, self.total, self.unit, self.every = log, label, total, unit, every
         self.started = self.last = time.perf_counter()
+        self.bar = Bar(log, label, total, unit, stream=stream)
+
+    def __enter__(self) -> Progress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.bar.__exit__(*exc_info)
 
     def update(self, done: int) -> None:
+        self.bar.show(done)
         now = time.perf_counter()
         if now - self.last < self.every or done <= 0:
             return
         self.last = now
-        elapsed = now - self.started
-        rate = done / elapsed
+        rate = done / (now - self.started)
         self.log.info("%s: %d/%d %s (%.0f%%) | %.0f %s/s | %s left", self.label, done,
                       self.total, self.unit, 100 * done / max(self.total, 1), rate, self.unit,
                       duration((self.total - done) / rate))

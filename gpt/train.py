@@ -38,7 +38,7 @@ from gpt.data import RandomWindows, StridedWindows
 from gpt.files import atomic_directory, write_json
 from gpt.model import GPT
 from gpt.muon import MuonAdamW
-from gpt.progress import duration
+from gpt.progress import Bar, duration
 
 log = logging.getLogger("tinygpt.train")
 
@@ -392,35 +392,40 @@ class Trainer:
         log.info("training %.2fM parameters on %s (%s) for %d steps",
                  self.model.num_params() / 1e6, self.device, str(self.dtype).split(".")[-1],
                  cfg.max_steps)
-        while self.step < last_step:
-            lr = lr_at(self.step, cfg, time.perf_counter() - started)
-            loss, tokens = self._train_step(lr)
-            self.step += 1
-            window_tokens += tokens
-            total_tokens += tokens
-            if self.step % cfg.log_interval == 0:
-                now = time.perf_counter()
-                tokens_per_s = window_tokens / (now - window_start)
-                window_start, window_tokens = now, 0
-                self.callback({"kind": "train", "step": self.step, "train_loss": loss,
-                               "lr": lr, "tokens_per_s": tokens_per_s})
-                log.info("step %d/%d | loss %.4f | lr %.2e | %.0f tok/s | %s left", self.step,
-                         last_step, loss, lr, tokens_per_s,
-                         time_left(now - started, self.step - first_step, last_step - self.step,
-                                   cfg.max_seconds))
-            out_of_time = self._agree(0 < cfg.max_seconds <= time.perf_counter() - started)
-            last = self.step == last_step or out_of_time
-            if self.step % cfg.eval_interval == 0 or last:
-                stopped_early = self._evaluate(loss)
-                if stopped_early:
-                    log.info("early stop: no val improvement in %d evals", cfg.patience)
-            if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0:
-                self.save_numbered()
-            if stopped_early or out_of_time:
-                break
-            if self.should_stop():
-                self.save(improved=False)
-                raise TrainingInterrupted(self.step, self.latest_dir)
+        with Bar(log, "training", last_step, "steps", start=first_step,
+                 draw=self.lead) as bar:
+            while self.step < last_step:
+                lr = lr_at(self.step, cfg, time.perf_counter() - started)
+                loss, tokens = self._train_step(lr)
+                self.step += 1
+                window_tokens += tokens
+                total_tokens += tokens
+                bar.show(self.step, f" | loss {loss:.4f}",
+                         time_left(time.perf_counter() - started, self.step - first_step,
+                                   last_step - self.step, cfg.max_seconds))
+                if self.step % cfg.log_interval == 0:
+                    now = time.perf_counter()
+                    tokens_per_s = window_tokens / (now - window_start)
+                    window_start, window_tokens = now, 0
+                    self.callback({"kind": "train", "step": self.step, "train_loss": loss,
+                                   "lr": lr, "tokens_per_s": tokens_per_s})
+                    log.info("step %d/%d | loss %.4f | lr %.2e | %.0f tok/s | %s left", self.step,
+                             last_step, loss, lr, tokens_per_s,
+                             duration(time_left(now - started, self.step - first_step,
+                                                last_step - self.step, cfg.max_seconds)))
+                out_of_time = self._agree(0 < cfg.max_seconds <= time.perf_counter() - started)
+                last = self.step == last_step or out_of_time
+                if self.step % cfg.eval_interval == 0 or last:
+                    stopped_early = self._evaluate(loss)
+                    if stopped_early:
+                        log.info("early stop: no val improvement in %d evals", cfg.patience)
+                if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0:
+                    self.save_numbered()
+                if stopped_early or out_of_time:
+                    break
+                if self.should_stop():
+                    self.save(improved=False)
+                    raise TrainingInterrupted(self.step, self.latest_dir)
         seconds = time.perf_counter() - started
         return TrainResult(
             steps=self.step, best_val_loss=self.best_val_loss, last_val_loss=self.last_val_loss,
@@ -429,12 +434,12 @@ class Trainer:
             best_dir=self.best_dir, latest_dir=self.latest_dir, history=self.history)
 
 
-def time_left(elapsed: float, steps_done: int, steps_left: int, max_seconds: float) -> str:
-    """The loop's remaining time at its rate so far, capped by the time budget: '3m05s'."""
+def time_left(elapsed: float, steps_done: int, steps_left: int, max_seconds: float) -> float:
+    """The loop's remaining seconds at its rate so far, capped by the time budget."""
     seconds = elapsed / max(steps_done, 1) * steps_left
     if max_seconds > 0:
         seconds = min(seconds, max_seconds - elapsed)
-    return duration(seconds)
+    return max(seconds, 0.0)
 
 
 def windows_trainer(model: GPT, train_tokens: np.ndarray, val_tokens: np.ndarray,

@@ -35,12 +35,12 @@ def encode_documents(tokenizer: Tokenizer, docs: list[tuple[str, int]]) -> np.nd
     """All documents' ids in one array, <|endoftext|> after each document but the last."""
     eot = tokenizer.special_tokens.get(ENDOFTEXT)
     ids: list[int] = []
-    progress = Progress(log, "encoding", len(docs), "documents")
-    for i, (text, _) in enumerate(docs):
-        progress.update(i)
-        if i and eot is not None:
-            ids.append(eot)
-        ids.extend(tokenizer.encode(text))
+    with Progress(log, "encoding", len(docs), "documents") as progress:
+        for i, (text, _) in enumerate(docs):
+            if i and eot is not None:
+                ids.append(eot)
+            ids.extend(tokenizer.encode(text))
+            progress.update(i + 1)
     return np.asarray(ids, dtype=token_dtype(tokenizer.vocab_size))
 
 

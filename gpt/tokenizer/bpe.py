@@ -246,34 +246,34 @@ def _learn_merges(words: list[list[int]], counts: list[int], n_merges: int) -> l
     heap = [(-count, pair) for pair, count in pair_counts.items()]
     heapq.heapify(heap)
     merges: list[Pair] = []
-    progress = Progress(log, "BPE training", n_merges, "merges")
-    while len(merges) < n_merges and heap:
-        neg_count, pair = heapq.heappop(heap)
-        count = pair_counts.get(pair, 0)
-        if count <= 0:
-            continue
-        if count != -neg_count:  # stale entry: the pair's count fell since it was pushed
-            heapq.heappush(heap, (-count, pair))
-            continue
-        new_id = MIN_BPE_VOCAB + len(merges)
-        merges.append(pair)
-        progress.update(len(merges))
-        touched: set[Pair] = set()
-        for index in where.pop(pair, ()):
-            word, count_w = words[index], counts[index]
-            merged = _replace_pair(word, pair, new_id)
-            if len(merged) == len(word):
+    with Progress(log, "BPE training", n_merges, "merges") as progress:
+        while len(merges) < n_merges and heap:
+            neg_count, pair = heapq.heappop(heap)
+            count = pair_counts.get(pair, 0)
+            if count <= 0:
                 continue
-            for old in pairwise(word):
-                pair_counts[old] -= count_w
-                touched.add(old)
-            for new in pairwise(merged):
-                pair_counts[new] += count_w
-                where[new].add(index)
-                touched.add(new)
-            words[index] = merged
-        del pair_counts[pair]
-        for p in touched:
-            if p != pair and pair_counts[p] > 0:
-                heapq.heappush(heap, (-pair_counts[p], p))
+            if count != -neg_count:  # stale entry: the pair's count fell since it was pushed
+                heapq.heappush(heap, (-count, pair))
+                continue
+            new_id = MIN_BPE_VOCAB + len(merges)
+            merges.append(pair)
+            progress.update(len(merges))
+            touched: set[Pair] = set()
+            for index in where.pop(pair, ()):
+                word, count_w = words[index], counts[index]
+                merged = _replace_pair(word, pair, new_id)
+                if len(merged) == len(word):
+                    continue
+                for old in pairwise(word):
+                    pair_counts[old] -= count_w
+                    touched.add(old)
+                for new in pairwise(merged):
+                    pair_counts[new] += count_w
+                    where[new].add(index)
+                    touched.add(new)
+                words[index] = merged
+            del pair_counts[pair]
+            for p in touched:
+                if p != pair and pair_counts[p] > 0:
+                    heapq.heappush(heap, (-pair_counts[p], p))
     return merges

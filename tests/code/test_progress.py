@@ -1,12 +1,21 @@
-"""Progress lines: how far, how fast, how long is left; never more often than asked."""
+"""Progress: lines that say how far, how fast and how long is left, never more often than
+asked, and on a terminal a bar redrawn in place that log lines do not break."""
 
 from __future__ import annotations
 
+import io
 import logging
+import os
+import pty
 import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
-from gpt.progress import Progress, duration
+from gpt.progress import Bar, Progress, duration
 from gpt.train import time_left
+from tests.conftest import ROOT
 
 
 def test_a_progress_line_says_how_far_how_fast_and_what_is_left(caplog):
@@ -22,5 +31,93 @@ def test_a_progress_line_says_how_far_how_fast_and_what_is_left(caplog):
 
 def test_time_left_follows_the_rate_and_stops_at_the_budget():
     assert duration(185) == "3m05s"
-    assert time_left(elapsed=10.0, steps_done=100, steps_left=900, max_seconds=0) == "1m30s"
-    assert time_left(elapsed=10.0, steps_done=100, steps_left=900, max_seconds=40) == "0m30s"
+    assert time_left(elapsed=10.0, steps_done=100, steps_left=900, max_seconds=0) == 90
+    assert time_left(elapsed=10.0, steps_done=100, steps_left=900, max_seconds=40) == 30
+
+
+def test_the_bar_shows_the_share_the_count_the_rate_and_the_time_left(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    screen = io.StringIO()
+    with Bar(logging.getLogger("tinygpt.test"), "training", 1000, "steps", start=200,
+             stream=screen) as bar:
+        bar.show(450, " | loss 3.2100", seconds_left=185)
+    drawn = screen.getvalue()
+    assert drawn.startswith("\r\x1b[2K") and drawn.endswith("\n")
+    assert re.fullmatch(r"training \[#{11}\.{13}\]  45% 450/1000 steps \| [\d,]+ steps/s "
+                        r"\| loss 3\.2100 \| 3m05s left", drawn.strip().split("\x1b[2K")[-1])
+
+
+def test_a_log_line_on_the_terminal_erases_the_bar_and_it_comes_back_below():
+    """A real pseudo-terminal, as a person running `tinygpt retrain` has."""
+    leader, follower = pty.openpty()
+    terminal = os.fdopen(follower, "w")
+    log = logging.getLogger("tinygpt.test.bar")
+    handler = logging.StreamHandler(terminal)
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        with Progress(log, "encoding", 4, "documents", every=3600.0, stream=terminal) as bar:
+            bar.update(1)
+            log.warning("a line between two drawings")
+            bar.update(2)
+        assert handler.filters == []  # nothing is left behind on the handler
+    finally:
+        log.removeHandler(handler)
+        terminal.close()
+    shown = os.read(leader, 65536).decode()
+    os.close(leader)
+    first, rest = shown.split("a line between two drawings", 1)
+    assert "encoding [######" in first and first.endswith("\r\x1b[2K")
+    assert "encoding [############" in rest and rest.endswith("\r\n")
+
+
+def test_bpe_training_and_training_draw_bars_on_a_terminal_and_only_there(tmp_path):
+    on_terminal = run_with(tmp_path / "terminal", stderr_is_terminal=True)
+    assert re.search(r"BPE training \[#*\.*\] +\d+% \d+/\d+ merges", on_terminal)
+    assert re.search(r"training \[#{24}\] 100% 6/6 steps \| [\d,]+ steps/s \| loss [\d.]+ \| "
+                     r"0m00s left", on_terminal)
+    in_a_pipe = run_with(tmp_path / "pipe", stderr_is_terminal=False)
+    assert "\x1b[2K" not in in_a_pipe and "[#" not in in_a_pipe
+    for shown in (on_terminal, in_a_pipe):  # the log lines come either way
+        assert "step 3/6 | loss" in shown
+
+
+def run_with(out: Path, stderr_is_terminal: bool) -> str:
+    """BPE training, encoding-like Progress and a few training steps in a child process whose
+    stderr is a pseudo-terminal or a pipe; what it printed there."""
+    script = textwrap.dedent("""
+        import logging, sys
+        import numpy as np
+        from gpt.model import GPT, GPTConfig
+        from gpt.tokenizer import train_tokenizer
+        from gpt.train import TrainConfig, windows_trainer
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        train_tokenizer("bpe", "the quick brown fox jumps over the lazy dog " * 50, 300)
+        ids = np.tile(np.arange(40, dtype=np.uint16), 100)
+        cfg = TrainConfig(max_steps=6, batch_size=2, eval_interval=6, eval_iters=1,
+                          log_interval=3, device="cpu", dtype="float32")
+        model = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=1, n_embd=16))
+        windows_trainer(model, ids, ids[:400], cfg, sys.argv[1]).fit()
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    if not stderr_is_terminal:
+        done = subprocess.run([sys.executable, "-c", script, str(out)], env=env,
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+    leader, follower = pty.openpty()
+    child = subprocess.Popen([sys.executable, "-c", script, str(out)], env=env,
+                             cwd=ROOT, stderr=follower, stdout=subprocess.DEVNULL)
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert child.wait(timeout=120) == 0, shown.decode(errors="replace")
+    return shown.decode()
