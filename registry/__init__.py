@@ -228,7 +228,8 @@ def resolve_version(uri: str) -> tuple[str, str]:
 def registered_by(name: str, flow_run_id: str, alias: str = "champion",
                   uri: str | None = None) -> dict[str, Any]:
     """What a retraining flow run left in the registry (at uri, or MLflow's default): its
-    version of `name` (None if it registered none) and whether `alias` points at it."""
+    version of `name` (None if it registered none), whether `alias` points at it, and the
+    promotion decision with the figures that made it."""
     from mlflow import MlflowClient
 
     mlflow_client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -238,11 +239,13 @@ def registered_by(name: str, flow_run_id: str, alias: str = "champion",
     versions = [v for run in runs for v in mlflow_client.search_model_versions(
         f"name = '{name}' and run_id = '{run.info.run_id}'")]
     current = alias_version(mlflow_client, name, alias)
-    version = max((v.version for v in versions), key=int, default=None)
+    newest = max(versions, key=lambda v: int(v.version), default=None)
+    version = newest.version if newest else None
     return {"version": str(version) if version else None, "alias": alias,
             "alias_version": str(current.version) if current else None,
             "promoted": current is not None and version is not None
-            and str(current.version) == str(version)}
+            and str(current.version) == str(version),
+            "decision": newest.tags.get("promotion_decision") if newest else None}
 
 
 def download_checkpoint(params: Params, name: str, version: str, into: Path) -> Path:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -256,7 +257,8 @@ def test_the_page_upload_runs_on_the_worker_and_shows_the_new_version(stack: Sta
                                                                       shakespeare: str,
                                                                       artifacts_dir):
     """In Chromium: the page's corpus upload starts retrain/on-demand, the stack's worker
-    runs it, and the page ends showing Completed and the version it registered."""
+    runs it; the page shows the step the run is on as it goes, and ends showing Completed,
+    the version it registered and the decision with the two bits/byte figures behind it."""
     from playwright.sync_api import expect, sync_playwright
 
     from registry import registered_by
@@ -264,6 +266,7 @@ def test_the_page_upload_runs_on_the_worker_and_shows_the_new_version(stack: Sta
     from tests.serve.test_page import CHROMIUM, FLAGS
 
     api = stack.api
+    champion_before = stack.champion()
     on_demand = deployment(api, "retrain/on-demand")
     small = [o for o in OVERRIDES if not o.startswith("data.")]  # the upload is the data
     httpx.patch(f"{api}/deployments/{on_demand['id']}", json={"parameters": {
@@ -276,6 +279,12 @@ def test_the_page_upload_runs_on_the_worker_and_shows_the_new_version(stack: Sta
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
             page = browser.new_page(viewport={"width": 1100, "height": 900})
             page.goto(f"{url}/")
+            page.evaluate("""() => {
+                window.statuses = [];
+                const status = document.getElementById('corpus-status');
+                new MutationObserver(() => window.statuses.push(status.textContent)).observe(
+                    status, {childList: true, characterData: true, subtree: true});
+            }""")
             page.set_input_files("#corpus", files=[{
                 "name": "sonnets.txt", "mimeType": "text/plain",
                 "buffer": shakespeare[40_000:70_000].encode()}])
@@ -286,6 +295,7 @@ def test_the_page_upload_runs_on_the_worker_and_shows_the_new_version(stack: Sta
             expect(status).to_contain_text("tinygpt version", timeout=30_000)
             page.screenshot(path=str(artifacts_dir / "stack-upload.png"), full_page=True)
             shown = status.inner_text()
+            statuses = page.evaluate("window.statuses")
             browser.close()
     finally:
         proc.stop()
@@ -298,6 +308,12 @@ def test_the_page_upload_runs_on_the_worker_and_shows_the_new_version(stack: Sta
     outcome = registered_by("tinygpt", run_id, uri=stack.env["MLFLOW_TRACKING_URI"])
     assert f"tinygpt version {outcome['version']}," in shown, shown
     assert ("now champion" in shown) == outcome["promoted"], shown
+    progress = [s.split(" \u2014 ")[-1] for s in statuses if "Running \u2014 step " in s]
+    assert len(set(progress)) >= 2, statuses  # the line moved on while the run went
+    assert f"({outcome['decision']})" in shown, shown
+    if champion_before:  # the decision compares the two runs' figures
+        assert re.search(r"val_bits_per_byte \d\.\d{4} (beats|does not beat) champion "
+                         rf"v{champion_before}'s \d\.\d{{4}}", shown), shown
 
 
 def test_the_env_file_fills_in_only_what_is_not_set(tmp_path, monkeypatch):
