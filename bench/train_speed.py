@@ -1,11 +1,12 @@
 """Training throughput: ours (fp32, bf16 autocast, bf16 compiled) against transformers'
 GPT2LMHeadModel and a nanoGPT-shaped model, same shape, same batches, same machine, interleaved
 rounds. No contender uses dropout (nanoGPT's default for pretraining; the peers here have none).
+On CUDA every model and batch is on the GPU, and the clock is read after a synchronize.
 
 Also model FLOP/s (6 x params + attention per token, nanoGPT's estimate) as a share of a large
 matmul of the same dtype measured in the same run.
 
-    python bench/train_speed.py [--steps 8] [--rounds 2]
+    python bench/train_speed.py [--steps 8] [--rounds 2] [--device cpu|cuda] [--batch 16]
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,15 +25,25 @@ from bench.common import save, table
 from gpt.model import GPT, GPTConfig
 from gpt.train import TrainConfig, autocast, build_optimizer, deterministic_kernels
 
-VOCAB, BLOCK, LAYERS, HEADS, EMBD, BATCH = 8192, 256, 6, 6, 384, 16
+VOCAB, BLOCK, LAYERS, HEADS, EMBD = 8192, 256, 6, 6, 384
+Step = Callable[[torch.Tensor, torch.Tensor], None]
 
 
-def matmul_flops(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued kernels, so the clock reads finished work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_flops(dtype: torch.dtype, device: torch.device, reps: int = 10) -> float:
+    n = 8192 if device.type == "cuda" else 2048  # large enough to keep the device busy
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
     a @ b
+    synchronize(device)
     started = time.perf_counter()
     for _ in range(reps):
         a @ b
+    synchronize(device)
     return 2 * n**3 * reps / (time.perf_counter() - started)
 
 
@@ -39,16 +51,17 @@ def flops_per_token(params: int) -> float:
     return 6 * params + 12 * LAYERS * EMBD * BLOCK
 
 
-def ours(dtype: torch.dtype, compiled: bool = False):
+def ours(device: torch.device, dtype: torch.dtype,
+         compiled: bool = False) -> tuple[Step, int]:
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=LAYERS, n_head=HEADS,
-                          n_embd=EMBD, dropout=0.0))
+                          n_embd=EMBD, dropout=0.0)).to(device)
     optimizer = build_optimizer(model, TrainConfig())
     forward = torch.compile(model) if compiled else model  # as train.compile does
 
-    def step(x, y):
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
         with deterministic_kernels(compiled):  # the backward compiles on its first call
-            with autocast(torch.device("cpu"), dtype):
+            with autocast(device, dtype):
                 _, loss = forward(x, y)
             loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -58,18 +71,18 @@ def ours(dtype: torch.dtype, compiled: bool = False):
     return step, model.num_params()
 
 
-def transformers_gpt2():
+def transformers_gpt2(device: torch.device) -> tuple[Step, int]:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=BLOCK, n_embd=EMBD,
                                        n_layer=LAYERS, n_head=HEADS, resid_pdrop=0.0,
                                        embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None,
-                                       eos_token_id=None))
+                                       eos_token_id=None)).to(device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
 
-    def step(x, _y):
+    def step(x: torch.Tensor, _y: torch.Tensor) -> None:
         loss = model(input_ids=x, labels=x).loss  # transformers shifts the labels itself
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -79,12 +92,12 @@ def transformers_gpt2():
     return step, sum(p.numel() for p in model.parameters()) - BLOCK * EMBD
 
 
-def nanogpt():
+def nanogpt(device: torch.device) -> tuple[Step, int]:
     torch.manual_seed(0)
-    model = NanoGPT(VOCAB, BLOCK, LAYERS, HEADS, EMBD)
+    model = NanoGPT(VOCAB, BLOCK, LAYERS, HEADS, EMBD).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
 
-    def step(x, y):
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
         loss = model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -94,29 +107,36 @@ def nanogpt():
     return step, sum(p.numel() for p in model.parameters()) - BLOCK * EMBD
 
 
-def tokens_per_s(step, steps: int) -> float:
+def tokens_per_s(step: Step, steps: int, batch: int, device: torch.device) -> float:
     gen = torch.Generator().manual_seed(0)
-    batches = [torch.randint(VOCAB, (BATCH, BLOCK + 1), generator=gen) for _ in range(steps + 2)]
+    batches = [torch.randint(VOCAB, (batch, BLOCK + 1), generator=gen).to(device)
+               for _ in range(steps + 2)]
     for b in batches[:2]:  # warm-up (and compilation)
         step(b[:, :-1], b[:, 1:])
+    synchronize(device)
     started = time.perf_counter()
     for b in batches[2:]:
         step(b[:, :-1], b[:, 1:])
-    return steps * BATCH * BLOCK / (time.perf_counter() - started)
+    synchronize(device)
+    return steps * batch * BLOCK / (time.perf_counter() - started)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--batch", type=int, default=16)
     args = parser.parse_args()
-    peak = {"float32": matmul_flops(torch.float32), "bfloat16": matmul_flops(torch.bfloat16)}
-    contenders = {
-        "transformers GPT2LMHeadModel fp32": (transformers_gpt2, "float32"),
-        "nanoGPT-shaped fp32": (nanogpt, "float32"),
-        "tinygpt fp32": (lambda: ours(torch.float32), "float32"),
-        "tinygpt bf16 autocast": (lambda: ours(torch.bfloat16), "bfloat16"),
-        "tinygpt bf16 autocast, compiled": (lambda: ours(torch.bfloat16, compiled=True),
+    device = torch.device(args.device)
+    peak = {"float32": matmul_flops(torch.float32, device),
+            "bfloat16": matmul_flops(torch.bfloat16, device)}
+    contenders: dict[str, tuple[Callable[[], tuple[Step, int]], str]] = {
+        "transformers GPT2LMHeadModel fp32": (lambda: transformers_gpt2(device), "float32"),
+        "nanoGPT-shaped fp32": (lambda: nanogpt(device), "float32"),
+        "tinygpt fp32": (lambda: ours(device, torch.float32), "float32"),
+        "tinygpt bf16 autocast": (lambda: ours(device, torch.bfloat16), "bfloat16"),
+        "tinygpt bf16 autocast, compiled": (lambda: ours(device, torch.bfloat16, compiled=True),
                                             "bfloat16"),
     }
     best: dict[str, float] = {}
@@ -124,7 +144,8 @@ def main() -> None:
     for round_ in range(args.rounds):
         for name, (build, _) in contenders.items():
             step, params[name] = build()
-            best[name] = max(best.get(name, 0.0), tokens_per_s(step, args.steps))
+            best[name] = max(best.get(name, 0.0),
+                             tokens_per_s(step, args.steps, args.batch, device))
             print(f"round {round_ + 1}: {name}: {best[name]:,.0f} tok/s", flush=True)
     reference = best["transformers GPT2LMHeadModel fp32"]
     rows = []
@@ -134,12 +155,14 @@ def main() -> None:
                      "vs_transformers_fp32": best[name] / reference,
                      "model_gflops": achieved / 1e9,
                      "pct_of_matmul": 100 * achieved / peak[dtype]})
-    print(f"\n{LAYERS} layers x {EMBD}, block {BLOCK}, batch {BATCH}, vocab {VOCAB}; matmul "
-          f"{peak['float32'] / 1e9:.0f} GFLOP/s fp32, {peak['bfloat16'] / 1e9:.0f} bf16")
+    print(f"\n{LAYERS} layers x {EMBD}, block {BLOCK}, batch {args.batch}, vocab {VOCAB}, "
+          f"{args.device}; matmul {peak['float32'] / 1e9:.0f} GFLOP/s fp32, "
+          f"{peak['bfloat16'] / 1e9:.0f} bf16")
     print(table(rows, ["model", "tokens_per_s", "vs_transformers_fp32", "model_gflops",
                        "pct_of_matmul"]))
     gflops = {k: v / 1e9 for k, v in peak.items()}
-    print(f"results: {save('train_speed', rows, matmul_gflops=gflops)}")
+    result = "train_speed" if device.type == "cpu" else f"train_speed_{device.type}"
+    print(f"results: {save(result, rows, matmul_gflops=gflops, batch=args.batch)}")
 
 
 if __name__ == "__main__":

@@ -272,6 +272,8 @@ class Trainer:
         write_model_files(self.model, folder, self.assets_dir)
         tensors = optimizer_tensors(self.optimizer)
         tensors["rng.torch"] = torch.get_rng_state()
+        if self.device.type == "cuda":  # dropout on the GPU draws from the GPU's generator
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         tensors["rng.batches"] = self.train_batches.get_state()
         save_tensors(tensors, folder / OPTIMIZER_FILE)
         write_json(folder / STATE_FILE, {
@@ -303,6 +305,9 @@ class Trainer:
         loaded = load_model(source)
         self.model.load_state_dict(loaded.state_dict())
         torch.set_rng_state(tensors.pop("rng.torch"))
+        cuda_rng = tensors.pop("rng.cuda", None)
+        if cuda_rng is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(cuda_rng, self.device)
         self.train_batches.set_state(tensors.pop("rng.batches"))
         restore_optimizer(self.optimizer, tensors)
         self.step = state["step"]

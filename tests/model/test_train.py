@@ -36,11 +36,19 @@ def new_model(dropout: float = 0.1) -> GPT:
                          dropout=dropout))
 
 
+# A GPU, where one is lent (CI has none), runs the resume tests on CUDA too.
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("stride", "optimizer"), [(None, "adamw"), (5, "adamw"),
                                                    (None, "muon")],
                          ids=["random", "strided", "muon"])
-def test_resume_is_exact(tmp_path, stride, optimizer):
-    cfg = small_config(optimizer=optimizer)
+def test_resume_is_exact(tmp_path, stride, optimizer, device):
+    """Bit for bit on the CPU. On CUDA the random streams (dropout's included) are restored
+    too, and the runs differ only by what CUDA's unordered sums (atomic adds in the embedding's
+    backward) leave in the last bits."""
+    cfg = small_config(optimizer=optimizer, device=device)
 
     def trainer(out: str):
         return windows_trainer(new_model(), tokens(3000), tokens(500, 1), cfg, tmp_path / out,
@@ -48,7 +56,11 @@ def test_resume_is_exact(tmp_path, stride, optimizer):
 
     straight, second = straight_and_resumed(trainer)
     a, b = straight.model.state_dict(), second.model.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    if device == "cpu":
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    else:
+        worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+        assert worst < 1e-4, worst
     assert second.step == straight.step == 12
 
 
