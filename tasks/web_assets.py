@@ -5,25 +5,30 @@ DVC's plots load from CDNs, so that both open without a network.
 checked against the integrity hash pinned here (as a package-lock.json would), and the files
 the reports use are kept under .web-assets/. Then:
 - `self_host(site)` copies them into a Data Docs site and points its pages at the copies;
-- `.dvc/offline-plots.html`, the HTML template `.dvc/config` names for `dvc plots show`,
-  carries Vega inline, so the plots page is one self-contained file.
-Without the copies (no registry at setup) both keep their CDN links and work online.
+- `.dvc/offline-plots.html`, a template for `dvc plots show` that carries Vega inline (so the
+  plots page is one self-contained file), is named in `.dvc/config.local`, this checkout's.
+Without the copies (no registry at setup) both keep their CDN links and work online; the
+next `make setup` tries again.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import io
 import logging
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tarfile
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from dvc_render.html import PAGE_HTML
 
 from gpt.files import atomic_directory
 
@@ -31,6 +36,7 @@ log = logging.getLogger("tinygpt")
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / ".web-assets"
+COMPLETE = ".complete"  # written once every package is kept: the Makefile's target
 PLOTS_TEMPLATE = ROOT / ".dvc" / "offline-plots.html"
 REGISTRY = "https://registry.npmjs.org"
 
@@ -110,7 +116,7 @@ PACKAGES = (
             "sha512-PmlshTLtLFLgWtF/b23T1OwX53AugJ9RZ3qPE2c01VFAbgt3/GSNI/etzA/GzdrkceXFma+FDHNXUppKuM0U6Q==",
             {"build/vega-embed.min.js": ("https://cdn.jsdelivr.net/npm/vega-embed@6",)}),
 )
-VEGA_SCRIPTS = ("vega", "vega-lite", "vega-embed")
+VEGA_SCRIPTS = ("vega", "vega-lite", "vega-embed")  # in load order
 
 # A CDN tag's Subresource Integrity check needs a CORS fetch, which a page opened from disk
 # cannot make; the copies were checked against their packages' pinned hashes instead.
@@ -122,6 +128,7 @@ _GE_LOGO = re.compile(r"https://great-expectations-web-assets\.s3\.us-east-2\.am
 
 
 def fetched(assets: Path = ASSETS) -> bool:
+    """Whether every package is kept under assets."""
     return all((assets / package.folder).is_dir() for package in PACKAGES)
 
 
@@ -149,10 +156,14 @@ def _unpack(package: Package, data: bytes, target: Path) -> None:
         for member in tar.getmembers():
             path = member.name.removeprefix("package/")
             wanted = path in package.files or path.split("/")[0] in package.folders
-            if member.isfile() and wanted:
-                (target / path).parent.mkdir(parents=True, exist_ok=True)
-                (target / path).write_bytes(tar.extractfile(member).read())
-    missing = [f for f in package.files if not (target / f).is_file()]
+            if not (member.isfile() and wanted):
+                continue
+            destination = (target / path).resolve()
+            if not destination.is_relative_to(target.resolve()):
+                raise ValueError(f"{package.tarball} has an entry outside its folder: {path}")
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            destination.write_bytes(tar.extractfile(member).read())
+    missing = [f for f in (*package.files, *package.folders) if not (target / f).exists()]
     if missing:
         raise ValueError(f"{package.tarball} lacks {', '.join(missing)}")
 
@@ -161,62 +172,57 @@ def self_host(site: Path, assets: Path = ASSETS) -> bool:
     """Copy the assets into a Data Docs site (static/vendor/) and point every page at them.
     Returns False, leaving the CDN links, when the assets were never fetched."""
     if not fetched(assets):
-        log.warning("Data Docs load their styles from CDNs: `make setup` fetches local copies")
+        log.warning("Data Docs load their styles from CDNs: `python -m tasks.web_assets` "
+                    "(part of `make setup`) fetches local copies")
         return False
     vendor = site / "static" / "vendor"
     for package in PACKAGES:
         shutil.copytree(assets / package.folder, vendor / package.folder, dirs_exist_ok=True)
     local = {url: vendor / package.folder / file for package in PACKAGES
              for file, urls in package.files.items() for url in urls}
+    quoted = re.compile(r"(?<=[\"'])(" + "|".join(map(re.escape, local)) + r")(?=[\"'])")
     logo = site / "static" / "images" / "logo-long.png"
     for page in site.rglob("*.html"):
         text = page.read_text(encoding="utf-8")
-        for url in sorted(local, key=len, reverse=True):
-            text = text.replace(url, os.path.relpath(local[url], page.parent))
+        text = quoted.sub(lambda url, here=page.parent: os.path.relpath(local[url.group()], here),
+                          text)
         text = _VENDOR_TAG.sub(lambda tag: _INTEGRITY.sub("", tag.group()), text)
         text = _GE_LOGO.sub(os.path.relpath(logo, page.parent), text)
         page.write_text(text, encoding="utf-8")
     return True
 
 
-PLOTS_PAGE = """<!DOCTYPE html>
-<html>
-<head>
-    {refresh_tag}
-    <title>DVC Plot</title>
-    <style>table {{ border-spacing: 15px; }}</style>
-{scripts}
-</head>
-<body>
-    {{plot_divs}}
-</body>
-</html>
-"""
-
-
 def write_plots_template(path: Path = PLOTS_TEMPLATE, assets: Path = ASSETS) -> Path:
-    """The page `dvc plots show` fills: Vega inline when fetched, else DVC's CDN scripts."""
+    """DVC's own page for `dvc plots show`, with Vega inline where it was fetched (else DVC
+    puts its CDN script tags in the {scripts} placeholder)."""
+    page = PAGE_HTML
     if fetched(assets):
         by_name = {package.name: package for package in PACKAGES}
-        scripts = "\n".join(
-            f"<script>{(assets / p.folder / next(iter(p.files))).read_text(encoding='utf-8')}"
-            "</script>" for p in map(by_name.get, VEGA_SCRIPTS))
-    else:
-        scripts = "{scripts}"  # DVC puts its CDN script tags here
-    page = PLOTS_PAGE.format(refresh_tag="{refresh_tag}", scripts=scripts)
+        scripts = (assets / p.folder / next(f for f in p.files if f.endswith(".min.js"))
+                   for p in map(by_name.get, VEGA_SCRIPTS))
+        page = page.replace("{scripts}", "\n".join(
+            f"<script>{script.read_text(encoding='utf-8')}</script>" for script in scripts))
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def use_plots_template(path: Path = PLOTS_TEMPLATE) -> None:
+    """Name the template in .dvc/config.local (this checkout's, not committed)."""
+    subprocess.run([sys.executable, "-m", "dvc", "config", "--local", "plots.html_template",
+                    path.name], cwd=path.parent.parent, check=True)
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         fetch()
-    except OSError as error:  # no registry: the reports keep their CDN links
+        (ASSETS / COMPLETE).touch()
+    except (OSError, ValueError, http.client.HTTPException, tarfile.TarError) as error:
         print(f"warning: report assets not fetched ({error}); Data Docs and DVC plots will "
-              "load them from CDNs", file=sys.stderr)
+              "load them from CDNs until the next `make setup`", file=sys.stderr)
     if PLOTS_TEMPLATE.parent.is_dir():  # a DVC checkout (the service's image is not one)
-        print(f"DVC plots template: {write_plots_template()}")
+        use_plots_template(write_plots_template())
+        print(f"DVC plots template: {PLOTS_TEMPLATE}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import re
 import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tasks import web_assets
-from tasks.web_assets import Package, fetch, write_plots_template
+from tasks.web_assets import PACKAGES, Package, fetch, self_host, write_plots_template
 
 
 def tarball(files: dict[str, bytes]) -> bytes:
@@ -73,10 +74,56 @@ def test_a_download_that_does_not_match_its_pinned_hash_is_refused_and_not_kept(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_entry_that_climbs_out_of_its_folder_is_refused(registry, tmp_path):
+    data = tarball({"fonts/../../escaped.txt": b"x", "dist/a.min.js": b"ok();"})
+    registry["/demo/-/demo-1.0.0.tgz"] = data
+    package = Package("demo", "1.0.0", integrity(data), {"dist/a.min.js": ("https://x/a",)},
+                      folders=("fonts",))
+    with pytest.raises(ValueError, match="outside its folder"):
+        fetch(tmp_path / "assets", (package,))
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+def fake_assets(folder):
+    """Every package's kept files, each holding a line that names it."""
+    for package in PACKAGES:
+        for file in package.files:
+            path = folder / package.folder / file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"/* {package.name} {file} */")
+    return folder
+
+
+def test_a_data_docs_site_points_at_its_own_copies(tmp_path):
+    """Every CDN address GE writes, at any depth, becomes a relative path to a copy inside
+    the site; integrity attributes (which a page opened from disk cannot satisfy) go."""
+    assets = fake_assets(tmp_path / "assets")
+    site = tmp_path / "site"
+    (site / "static" / "images").mkdir(parents=True)
+    (site / "static" / "images" / "logo-long.png").write_bytes(b"GE's own copy")
+    cdn = {url for package in PACKAGES for urls in package.files.values() for url in urls}
+    tags = "".join(f'<script src="{url}" integrity="sha384-x" crossorigin="anonymous"></script>'
+                   for url in sorted(cdn))
+    logo = ("https://great-expectations-web-assets.s3.us-east-2.amazonaws.com/logo-long.png"
+            "?d=20261126T020007Z")
+    for page in (site / "index.html", site / "validations" / "a" / "b" / "page.html"):
+        page.parent.mkdir(parents=True, exist_ok=True)
+        page.write_text(f'<html>{tags}<img src="{logo}"></html>')
+    assert self_host(site, assets)
+    for page in (site / "index.html", site / "validations" / "a" / "b" / "page.html"):
+        text = page.read_text()
+        assert "https://" not in text and "integrity=" not in text and "crossorigin" not in text
+        sources = re.findall(r'src="([^"]+)"', text)
+        assert len(sources) == len(cdn) + 1
+        assert all((page.parent / source).is_file() for source in sources), sources
+
+
 def test_the_plots_template_carries_vega_inline_or_falls_back_to_dvcs_scripts(tmp_path):
-    inline = write_plots_template(tmp_path / "inline.html").read_text()
+    assets = fake_assets(tmp_path / "assets")
+    inline = write_plots_template(tmp_path / "inline.html", assets).read_text()
     assert "{plot_divs}" in inline and "{scripts}" not in inline  # DVC adds no CDN tags
-    assert "vegaEmbed" in inline and "<script src=" not in inline
+    assert inline.index("vega build/vega.min.js") < inline.index("vega-embed build/")
+    assert "<script src=" not in inline
     fallback = write_plots_template(tmp_path / "cdn.html",
                                     assets=tmp_path / "never-fetched").read_text()
     assert "{plot_divs}" in fallback and "{scripts}" in fallback
