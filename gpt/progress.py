@@ -4,18 +4,21 @@ Two forms of the same figures:
 - log lines, at most every few seconds: they read the same in a terminal, in CI logs and in
   the Prefect run's logs;
 - on a terminal, a bar redrawn in place on stderr. While it is shown, a log line printed to
-  that terminal erases it first, and the bar is drawn again below the line.
+  that terminal erases it first, and the next update draws it again below the line.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
+import threading
 import time
 from typing import TextIO
 
 BAR_WIDTH = 24
+MIN_COLUMNS = 40  # narrower terminals would wrap the line, which erasing cannot undo
 REDRAW_SECONDS = 0.1
 _ERASE_LINE = "\r\x1b[2K"
 
@@ -27,8 +30,19 @@ def duration(seconds: float) -> str:
 
 
 def terminal() -> TextIO | None:
-    """stderr when it is a terminal, else None (no bar in pipes, files and CI logs)."""
-    return sys.stderr if sys.stderr.isatty() else None
+    """stderr when it is a terminal and this is the main thread, else None: no bar in pipes,
+    files and CI logs, nor from a server's worker threads, which would share one line."""
+    if threading.current_thread() is not threading.main_thread() or not sys.stderr.isatty():
+        return None
+    return sys.stderr
+
+
+def columns(stream: TextIO) -> int:
+    """The width of the terminal stream shows on ($COLUMNS or 80 when it cannot say)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or shutil.get_terminal_size().columns
+    except (AttributeError, OSError, ValueError):
+        return shutil.get_terminal_size().columns
 
 
 class Bar(logging.Filter):
@@ -61,7 +75,7 @@ class Bar(logging.Filter):
             self.stream.flush()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """A log line is about to reach the terminal: erase the bar, redraw it after."""
+        """A log line is about to reach the terminal: erase the bar; the next show draws it."""
         if self.shown:
             self.stream.write(_ERASE_LINE)
             self.stream.flush()
@@ -74,17 +88,19 @@ class Bar(logging.Filter):
         now = time.perf_counter()
         if self.stream is None or (now - self.drawn_at < REDRAW_SECONDS and done < self.total):
             return
+        width = columns(self.stream) - 1
+        if width < MIN_COLUMNS:
+            return
         self.drawn_at = now
-        elapsed = max(now - self.started, 1e-9)
-        rate = (done - self.start) / elapsed
-        if seconds_left is None:
-            seconds_left = (self.total - done) / max(rate, 1e-9)
+        rate = (done - self.start) / max(now - self.started, 1e-9)
+        if seconds_left is None and rate > 0:
+            seconds_left = (self.total - done) / rate
+        left = duration(seconds_left) if seconds_left is not None else "?"
         share = min(done / max(self.total, 1), 1.0)
         filled = round(BAR_WIDTH * share)
         line = (f"{self.label} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {100 * share:3.0f}% "
                 f"{done}/{self.total} {self.unit} | {rate:,.0f} {self.unit}/s"
-                f"{detail} | {duration(seconds_left)} left")
-        width = max(shutil.get_terminal_size().columns - 1, 20)
+                f"{detail} | {left} left")
         self.stream.write(_ERASE_LINE + line[:width])
         self.stream.flush()
         self.shown = True

@@ -47,14 +47,15 @@ def test_the_bar_shows_the_share_the_count_the_rate_and_the_time_left(monkeypatc
                         r"\| loss 3\.2100 \| 3m05s left", drawn.strip().split("\x1b[2K")[-1])
 
 
-def test_a_log_line_on_the_terminal_erases_the_bar_and_it_comes_back_below():
+def test_a_log_line_on_the_terminal_erases_the_bar_and_it_comes_back_below(monkeypatch):
     """A real pseudo-terminal, as a person running `tinygpt retrain` has."""
+    monkeypatch.setenv("COLUMNS", "200")  # a pty opened here reports no size
     leader, follower = pty.openpty()
     terminal = os.fdopen(follower, "w")
     log = logging.getLogger("tinygpt.test.bar")
     handler = logging.StreamHandler(terminal)
     log.addHandler(handler)
-    log.propagate = False
+    monkeypatch.setattr(log, "propagate", False)
     try:
         with Progress(log, "encoding", 4, "documents", every=3600.0, stream=terminal) as bar:
             bar.update(1)
