@@ -161,7 +161,8 @@ def main() -> None:
     print(table(rows, ["model", "tokens_per_s", "vs_transformers_fp32", "model_gflops",
                        "pct_of_matmul"]))
     gflops = {k: v / 1e9 for k, v in peak.items()}
-    result = "train_speed" if device.type == "cpu" else f"train_speed_{device.type}"
+    result = "_".join(["train_speed", *([device.type] if device.type != "cpu" else []),
+                       *([f"b{args.batch}"] if args.batch != 16 else [])])
     print(f"results: {save(result, rows, matmul_gflops=gflops, batch=args.batch)}")
 
 

@@ -229,7 +229,7 @@ def registered_by(name: str, flow_run_id: str, alias: str = "champion",
                   uri: str | None = None) -> dict[str, Any]:
     """What a retraining flow run left in the registry (at uri, or MLflow's default): its
     version of `name` (None if it registered none), whether `alias` points at it, and the
-    promotion decision with the figures that made it."""
+    reason promotion gave (the two runs' figures, where there was a champion to compare)."""
     from mlflow import MlflowClient
 
     mlflow_client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -245,7 +245,7 @@ def registered_by(name: str, flow_run_id: str, alias: str = "champion",
             "alias_version": str(current.version) if current else None,
             "promoted": current is not None and version is not None
             and str(current.version) == str(version),
-            "decision": newest.tags.get("promotion_decision") if newest else None}
+            "reason": newest.tags.get("promotion_reason") if newest else None}
 
 
 def download_checkpoint(params: Params, name: str, version: str, into: Path) -> Path:

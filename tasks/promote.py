@@ -119,7 +119,7 @@ def promote(params: Params, version: str, force: bool = False,
                f"candidate, {decision}: {reason}", by)
     if promote_it:
         move_alias(params, name, champion_alias, version, f"{decision}: {reason}", by)
-    tags = {"promotion_decision": f"{decision}: {reason}",
+    tags = {"promotion_decision": f"{decision}: {reason}", "promotion_reason": reason,
             "previous_champion": str(champion.version) if champion else "none"}
     if score is not None:
         tags[f"champion_{kind.metric}"] = f"{score:.6f}"

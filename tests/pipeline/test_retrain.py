@@ -131,7 +131,7 @@ def test_the_service_reports_a_run_by_its_newest_progress_line(first_run, tmp_pa
     assert answer["state"] == "Completed" and answer["final"]
     assert answer["progress"].startswith("step ")  # the last one logged: promote
     assert answer["outcome"]["version"] == first_run["version"]
-    assert answer["outcome"]["decision"] == "promoted: no champion yet"
+    assert answer["outcome"]["reason"] == "no champion yet"
 
 
 def test_registered_pyfunc_loads_from_the_champion_alias_and_generates(first_run):
