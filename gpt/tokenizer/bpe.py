@@ -7,11 +7,13 @@ Face `tokenizers` loads them and encodes exactly as we do; the tests hold us to 
 
 from __future__ import annotations
 
+import gc
 import heapq
 import json
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from itertools import pairwise
 from pathlib import Path
@@ -129,10 +131,11 @@ class BPETokenizer(Tokenizer):
         if not MIN_BPE_VOCAB + len(specials) <= vocab_size <= MAX_VOCAB:
             raise ValueError(f"vocab_size must be between {MIN_BPE_VOCAB + len(specials)} "
                              f"and {MAX_VOCAB} for a byte-level BPE, got {vocab_size}")
-        chunk_counts = count_pretokens(text)
-        words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]
-        counts = list(chunk_counts.values())
-        merges = _learn_merges(words, counts, vocab_size - MIN_BPE_VOCAB - len(specials))
+        with _cyclic_gc_paused():
+            chunk_counts = count_pretokens(text)
+            words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]
+            counts = list(chunk_counts.values())
+            merges = _learn_merges(words, counts, vocab_size - MIN_BPE_VOCAB - len(specials))
         vocab = {i: bytes([i]) for i in range(256)}
         for new_id, (a, b) in enumerate(merges, start=256):
             vocab[new_id] = vocab[a] + vocab[b]
@@ -209,6 +212,20 @@ class BPETokenizer(Tokenizer):
 # -- training helpers -----------------------------------------------------------------------
 
 
+@contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Training allocates millions of small lists and tuples and makes no reference cycles;
+    each allocation burst would trigger the cyclic collector, which walks every object of the
+    process (a quarter of the training time in a process that has imported torch)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _replace_pair(ids: list[int], pair: Pair, new_id: int) -> list[int]:
     """Replace every non-overlapping occurrence of pair, left to right."""
     out: list[int] = []
@@ -258,22 +275,45 @@ def _learn_merges(words: list[list[int]], counts: list[int], n_merges: int) -> l
             new_id = MIN_BPE_VOCAB + len(merges)
             merges.append(pair)
             progress.update(len(merges))
-            touched: set[Pair] = set()
+            born: set[Pair] = set()
             for index in where.pop(pair, ()):
-                word, count_w = words[index], counts[index]
-                merged = _replace_pair(word, pair, new_id)
-                if len(merged) == len(word):
-                    continue
-                for old in pairwise(word):
-                    pair_counts[old] -= count_w
-                    touched.add(old)
-                for new in pairwise(merged):
-                    pair_counts[new] += count_w
+                words[index], new_pairs = _merge_in_word(words[index], pair, new_id,
+                                                         counts[index], pair_counts)
+                for new in new_pairs:
                     where[new].add(index)
-                    touched.add(new)
-                words[index] = merged
+                    born.add(new)
             del pair_counts[pair]
-            for p in touched:
-                if p != pair and pair_counts[p] > 0:
-                    heapq.heappush(heap, (-pair_counts[p], p))
+            # Only the pairs with the new token gained counts; the others only lost some, and
+            # their heap entries, now too high, are corrected when they come out on top.
+            for p in born:
+                heapq.heappush(heap, (-pair_counts[p], p))
     return merges
+
+
+def _merge_in_word(word: list[int], pair: Pair, new_id: int, count: int,
+                   pair_counts: dict[Pair, int]) -> tuple[list[int], list[Pair]]:
+    """Merge every non-overlapping occurrence of pair, left to right, and move `count` from
+    the pairs around each merge to the pairs with new_id that replace them (the merged pair's
+    own count is the caller's to drop). Returns the merged word and those new pairs."""
+    first, second = pair
+    out: list[int] = []
+    new_pairs: list[Pair] = []
+    i, n = 0, len(word)
+    while i < n:
+        if i + 1 < n and word[i] == first and word[i + 1] == second:
+            if i > 0:  # (left, first) becomes (left, new): left may be the merge just made
+                pair_counts[word[i - 1], first] -= count
+                new_pairs.append((out[-1], new_id))
+                pair_counts[new_pairs[-1]] += count
+            after = i + 2
+            next_merges = after + 1 < n and word[after] == first and word[after + 1] == second
+            if after < n and not next_merges:  # (second, right) becomes (new, right)
+                pair_counts[second, word[after]] -= count
+                new_pairs.append((new_id, word[after]))
+                pair_counts[new_pairs[-1]] += count
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return out, new_pairs
