@@ -99,8 +99,8 @@ class Bar(logging.Filter):
         share = min(done / max(self.total, 1), 1.0)
         filled = round(BAR_WIDTH * share)
         line = (f"{self.label} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {100 * share:3.0f}% "
-                f"{done}/{self.total} {self.unit} | {rate:,.0f} {self.unit}/s"
-                f"{detail} | {left} left")
+                f"{done}/{self.total} {self.unit} | {rate:,.0f} {self.unit}/s | {left} left"
+                f"{detail}")  # the detail last: a narrow terminal cuts it, not the time left
         self.stream.write(_ERASE_LINE + line[:width])
         self.stream.flush()
         self.shown = True
