@@ -510,7 +510,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from serve.app import Settings, create_app
 
     params = load_params(args.params, args.overrides)
-    if port_in_use(args.port, args.host):
+    from stack.processes import port_open
+
+    if port_open(args.port, host=args.host):
         raise OSError(f"port {args.port} is taken on {args.host}: stop what uses it or pick "
                       f"another with --port")
     use_store(params)  # only set, not contacted: the service waits for the registry
@@ -525,6 +527,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
 
+def embedded_defaults() -> dict[str, str]:
+    """ENVIRONMENT, and the data mirror beside the checkout when there is one."""
+    return {**ENVIRONMENT, **({"TINYGPT_DATA_MIRROR": str(MIRROR)} if MIRROR.is_dir() else {})}
+
+
 def project_environment(params_file: Path | None = None) -> dict[str, str]:
     """The variables the project's tools need here: the venv's bin first on PATH, the embedded
     defaults, the data mirror beside the checkout (as the Makefile sets it), the MLflow store of
@@ -534,9 +541,7 @@ def project_environment(params_file: Path | None = None) -> dict[str, str]:
     from registry import tracking_uri
     from stack import read_env
 
-    values = dict(ENVIRONMENT)
-    if MIRROR.is_dir():
-        values["TINYGPT_DATA_MIRROR"] = str(MIRROR)
+    values = embedded_defaults()
     values["MLFLOW_TRACKING_URI"] = tracking_uri(load_params(params_file))
     values.update(read_env())
     values.update({key: os.environ[key] for key in values if key in os.environ})
@@ -551,6 +556,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import signal
     import subprocess
 
+    from stack.processes import default_sigint
+
     env = {**os.environ, **project_environment(args.params)}
     if not env.get("PREFECT_API_URL"):
         raise RuntimeError("a worker needs a Prefect server: `tinygpt stack up` starts one "
@@ -559,7 +566,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     env["TINYGPT_PROJECT_DIR"] = str(Path.cwd())  # prefect.yaml's working directory
     worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start",
                                "--pool", args.pool, "--type", "process"], env=env,
-                              start_new_session=True)
+                              start_new_session=True, preexec_fn=default_sigint)
     for stop in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop, lambda *_: worker.send_signal(signal.SIGINT))
     return worker.wait()
@@ -583,6 +590,8 @@ def cmd_env(args: argparse.Namespace) -> None:
 
 def cmd_ui(args: argparse.Namespace) -> None:
     """Replace this process with the tool's UI server, on the project's settings."""
+    from stack.processes import port_open
+
     env = {**os.environ, **project_environment(args.params)}
     port = str(args.port or UI_PORTS[args.tool])
     stack_url = {"mlflow": env.get("MLFLOW_TRACKING_URI", ""),
@@ -596,17 +605,10 @@ def cmd_ui(args: argparse.Namespace) -> None:
     else:
         command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
                    "--port", port]
-    if port_in_use(int(port)):
+    if port_open(int(port)):
         raise OSError(f"port {port} is taken on 127.0.0.1: pick another with --port")
     print(f"{args.tool} UI: http://127.0.0.1:{port}  (Ctrl-C stops it)", flush=True)
     os.execve(command[0], command, env)
-
-
-def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    import socket
-
-    with socket.socket() as probe:
-        return probe.connect_ex((host if host != "0.0.0.0" else "127.0.0.1", port)) == 0
 
 
 def cmd_stack(args: argparse.Namespace) -> int | None:
@@ -650,10 +652,8 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for key, value in ENVIRONMENT.items():
+    for key, value in embedded_defaults().items():
         os.environ.setdefault(key, value)
-    if MIRROR.is_dir():
-        os.environ.setdefault("TINYGPT_DATA_MIRROR", str(MIRROR))
     if args.command in STACK_CLIENTS:
         apply_env()  # the team stack's variables, when one is up; those already set win
         ensure_remote()  # and its DVC remote, in a checkout that has only the env file

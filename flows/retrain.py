@@ -95,13 +95,13 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             + f"| step | time |\n|---|---|\n{steps}\n\n{sample}")
 
 
-def _attach_reports(params: Params, run_id: str) -> None:
+def _attach_reports(params: Params, mlflow_client, run_id: str) -> None:
     docs = params.path("reports") / "data_docs"
     if docs.is_dir():
-        client(params).log_artifacts(run_id, str(docs), "data_docs")
+        mlflow_client.log_artifacts(run_id, str(docs), "data_docs")
     page = params.path("reports") / STATIC_REPORT
     if page.is_file():
-        client(params).log_artifact(run_id, str(page))
+        mlflow_client.log_artifact(run_id, str(page))
 
 
 class PrefectUnavailable(RuntimeError):
@@ -174,7 +174,7 @@ def run_steps(params: Params, overrides: list[str], source: str | None, force_pr
         try:
             step("validate", validate_task, params)
         finally:
-            _attach_reports(params, run_id)
+            _attach_reports(params, mlflow_client, run_id)
         drifted = step("drift", drift_task, params, run_id)
         tokenized = step.cached("tokenize", tokenize_task, params, params.path("tokenizer"))
         record_profile(params, run_id, drifted)

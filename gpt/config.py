@@ -370,8 +370,15 @@ _Loader.add_implicit_resolver(
 )
 
 
-def parse_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)
+def parse_yaml(text: str, source: str) -> Any:
+    """The YAML in text, or a one-line ValueError naming its source, line and column."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"{source}: not valid YAML{where}: {problem}") from None
 
 
 def unknown_key(name: str, known: Iterable[str], prefix: str = "") -> ValueError:
@@ -459,13 +466,8 @@ def read_params_file(path: str | Path | None = None) -> dict[str, Any]:
     source = Path(path) if path is not None else Path(PARAMS_FILE)
     if path is not None and not source.is_file():
         raise FileNotFoundError(f"parameter file {source} does not exist")
-    try:
-        raw = parse_yaml(source.read_text(encoding="utf-8")) if source.is_file() else {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ValueError(f"{source}: not valid YAML{where}: {problem}") from None
+    raw = (parse_yaml(source.read_text(encoding="utf-8"), str(source)) if source.is_file()
+           else {})
     if not isinstance(raw, dict | type(None)):
         raise ValueError(f"{source} must hold a mapping of sections")
     return raw or {}
@@ -504,7 +506,7 @@ def recipe_overrides(name: str, folder: Path = RECIPES_DIR) -> list[str]:
         close = difflib.get_close_matches(name, known, n=1)
         raise ValueError(f"no recipe {name!r}" + (f"; did you mean {close[0]}?" if close else
                                                    f"; recipes: {', '.join(known) or 'none'}"))
-    raw = parse_yaml(path.read_text(encoding="utf-8"))
+    raw = parse_yaml(path.read_text(encoding="utf-8"), str(path))
     if not isinstance(raw, Mapping):
         raise ValueError(f"{path} must hold a mapping of sections")
     return _leaves(raw, "")
@@ -528,7 +530,7 @@ def apply_overrides(params: Mapping[str, Any], overrides: Iterable[str]) -> dict
             node = node.setdefault(section, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r}: {section} is not a section")
-        node[leaf] = parse_yaml(raw)
+        node[leaf] = parse_yaml(raw, f"override {item!r}")
     return result
 
 

@@ -92,9 +92,9 @@ class Bar(logging.Filter):
         if width < MIN_COLUMNS:
             return
         self.drawn_at = now
-        rate = (done - self.start) / max(now - self.started, 1e-9)
-        if seconds_left is None and rate > 0:
-            seconds_left = (self.total - done) / rate
+        rate, at_this_rate = self.rate(done, now)
+        if seconds_left is None:
+            seconds_left = at_this_rate
         left = duration(seconds_left) if seconds_left is not None else "?"
         share = min(done / max(self.total, 1), 1.0)
         filled = round(BAR_WIDTH * share)
@@ -104,6 +104,13 @@ class Bar(logging.Filter):
         self.stream.write(_ERASE_LINE + line[:width])
         self.stream.flush()
         self.shown = True
+
+
+    def rate(self, done: int, now: float) -> tuple[float, float | None]:
+        """Units per second since the start, and the seconds left at that rate (None before
+        the first unit)."""
+        rate = (done - self.start) / max(now - self.started, 1e-9)
+        return rate, (self.total - done) / rate if rate > 0 else None
 
 
 def _handlers(log: logging.Logger) -> list[logging.Handler]:
@@ -117,8 +124,12 @@ def _handlers(log: logging.Logger) -> list[logging.Handler]:
 
 
 def _is_terminal(stream: object) -> bool:
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty())
+    """Whether a handler's stream is a terminal; a closed one (a test's captured output that
+    a leftover handler still holds) is not."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 class Progress:
@@ -128,8 +139,8 @@ class Progress:
     def __init__(self, log: logging.Logger, label: str, total: int, unit: str,
                  every: float = 5.0, stream: TextIO | None = None) -> None:
         self.log, self.label, self.total, self.unit, self.every = log, label, total, unit, every
-        self.started = self.last = time.perf_counter()
         self.bar = Bar(log, label, total, unit, stream=stream)
+        self.last = self.bar.started
 
     def __enter__(self) -> Progress:
         self.bar.__enter__()
@@ -144,7 +155,7 @@ class Progress:
         if now - self.last < self.every or done <= 0:
             return
         self.last = now
-        rate = done / (now - self.started)
+        rate, seconds_left = self.bar.rate(done, now)
         self.log.info("%s: %d/%d %s (%.0f%%) | %.0f %s/s | %s left", self.label, done,
                       self.total, self.unit, 100 * done / max(self.total, 1), rate, self.unit,
-                      duration((self.total - done) / rate))
+                      duration(seconds_left or 0.0))

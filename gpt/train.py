@@ -405,20 +405,18 @@ class Trainer:
                 self.step += 1
                 window_tokens += tokens
                 total_tokens += tokens
-                bar.show(self.step, f" | loss {loss:.4f}",
-                         time_left(time.perf_counter() - started, self.step - first_step,
-                                   last_step - self.step, cfg.max_seconds))
+                now = time.perf_counter()
+                left = time_left(now - started, self.step - first_step, last_step - self.step,
+                                 cfg.max_seconds)
+                bar.show(self.step, f" | loss {loss:.4f}", left)
                 if self.step % cfg.log_interval == 0:
-                    now = time.perf_counter()
                     tokens_per_s = window_tokens / (now - window_start)
                     window_start, window_tokens = now, 0
                     self.callback({"kind": "train", "step": self.step, "train_loss": loss,
                                    "lr": lr, "tokens_per_s": tokens_per_s})
                     log.info("step %d/%d | loss %.4f | lr %.2e | %.0f tok/s | %s left", self.step,
-                             last_step, loss, lr, tokens_per_s,
-                             duration(time_left(now - started, self.step - first_step,
-                                                last_step - self.step, cfg.max_seconds)))
-                out_of_time = self._agree(0 < cfg.max_seconds <= time.perf_counter() - started)
+                             last_step, loss, lr, tokens_per_s, duration(left))
+                out_of_time = self._agree(0 < cfg.max_seconds <= now - started)
                 last = self.step == last_step or out_of_time
                 if self.step % cfg.eval_interval == 0 or last:
                     stopped_early = self._evaluate(loss)

@@ -149,23 +149,23 @@ def alias_version(mlflow_client, name: str, alias: str):
         return None
 
 
-def version_number(mlflow_client, name: str, ref: str) -> str:
-    """The version a reference names, checked to exist: a number, or an alias (`champion`)."""
+def model_version(mlflow_client, name: str, ref: str):
+    """The ModelVersion a reference names, a number or an alias (`champion`); a ValueError
+    saying what exists when it names none."""
     from mlflow.exceptions import MlflowException
 
     if not str(ref).isdigit():
         found = alias_version(mlflow_client, name, ref)
         if found is None:
             raise ValueError(f"{name} has no version or alias {ref!r}")
-        return str(found.version)
+        return found
     try:
-        mlflow_client.get_model_version(name, str(ref))
+        return mlflow_client.get_model_version(name, str(ref))
     except MlflowException:
         versions = mlflow_client.search_model_versions(f"name = '{name}'")
         latest = max((int(v.version) for v in versions), default=0)
         known = f"its latest is version {latest}" if latest else "it has no versions yet"
         raise ValueError(f"{name} has no version {ref}; {known}") from None
-    return str(ref)
 
 
 # -- alias moves, kept in MLflow ------------------------------------------------------------------

@@ -9,15 +9,12 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 
-import fastapi_offline
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
+from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 
 from serve.generation import Gate, Metrics
 from serve.model_holder import ModelHolder
@@ -31,8 +28,9 @@ __all__ = ["Settings", "create_app"]
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service, its shared objects on `app.state`; the model loads when it starts."""
     settings = settings or Settings()
-    app = FastAPI(title="tinygpt", lifespan=_follow_model, docs_url=None, redoc_url=None)
-    _serve_docs_offline(app)
+    # /docs and /redoc load Swagger UI's and ReDoc's scripts and styles from the service (the
+    # assets fastapi-offline ships), not from a CDN as FastAPI's defaults do.
+    app = FastAPIOffline(title="tinygpt", lifespan=_follow_model, static_url="/docs-assets")
     app.state.settings = settings
     holders = [ModelHolder(uri, settings.poll_seconds, settings.weights)
                for uri in settings.model_uris]
@@ -51,29 +49,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (generate, openai, status, corpus):
         app.include_router(module.router)
     return app
-
-
-# Swagger UI's and ReDoc's scripts and styles, as a package ships them: /docs and /redoc work
-# with no network (FastAPI's defaults load them from a CDN).
-DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
-
-
-def _serve_docs_offline(app: FastAPI) -> None:
-    app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
-
-    @app.get("/docs", include_in_schema=False)
-    async def swagger() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url=app.openapi_url, title="tinygpt API",
-                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
-                                   swagger_css_url="/docs-assets/swagger-ui.css",
-                                   swagger_favicon_url="/docs-assets/favicon.png")
-
-    @app.get("/redoc", include_in_schema=False)
-    async def redoc() -> HTMLResponse:
-        return get_redoc_html(openapi_url=app.openapi_url, title="tinygpt API",
-                              redoc_js_url="/docs-assets/redoc.standalone.js",
-                              redoc_favicon_url="/docs-assets/favicon.png",
-                              with_google_fonts=False)
 
 
 @asynccontextmanager

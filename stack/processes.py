@@ -30,10 +30,12 @@ class StackError(RuntimeError):
 # -- ports ----------------------------------------------------------------------------------------
 
 
-def port_open(port: int, timeout: float = 0.5) -> bool:
-    """Whether something accepts connections on 127.0.0.1:port."""
+def port_open(port: int, timeout: float = 0.5, host: str = HOST) -> bool:
+    """Whether something accepts connections on host:port (127.0.0.1 for 0.0.0.0, which
+    means every address)."""
     try:
-        with socket.create_connection((HOST, port), timeout=timeout):
+        with socket.create_connection((HOST if host == "0.0.0.0" else host, port),
+                                      timeout=timeout):
             return True
     except OSError:
         return False
@@ -71,7 +73,9 @@ def pick_ports(wanted: Mapping[str, int]) -> dict[str, int]:
 # -- processes ------------------------------------------------------------------------------------
 
 
-def _default_sigint() -> None:
+def default_sigint() -> None:
+    """In the child before it runs: SIGINT stops it, even where the parent ignored SIGINT
+    (a shell's background job), since the child would inherit that."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
@@ -81,7 +85,7 @@ def spawn(argv: list[str], env: Mapping[str, str], log: Path, cwd: Path) -> dict
     with open(log, "ab") as out:
         process = subprocess.Popen(argv, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL,
                                    stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True, preexec_fn=_default_sigint)
+                                   start_new_session=True, preexec_fn=default_sigint)
     return record_of(process.pid, log=log)
 
 

@@ -23,9 +23,9 @@ from registry import (
     client,
     load_registered,
     missing_lineage,
+    model_version,
     move_alias,
     smoke_test,
-    version_number,
 )
 from tasks.common import (
     Kind,
@@ -84,8 +84,8 @@ def promote(params: Params, version: str, force: bool = False,
     does not load and generate is refused before any alias moves."""
     name, champion_alias = model_name or params.model_name, params.registry.champion_alias
     mlflow_client = client(params)
-    version = version_number(mlflow_client, name, version)
-    candidate = mlflow_client.get_model_version(name, version)
+    candidate = model_version(mlflow_client, name, version)
+    version = str(candidate.version)
     if missing := missing_lineage(candidate):
         raise PromotionError(f"{name} version {version} lacks its lineage tags "
                              f"({', '.join(missing)}): a half-made version; `tinygpt gc` "

@@ -15,7 +15,7 @@ from typing import Any
 
 from gpt.config import Params, load_params, with_paths
 from gpt.files import sha256_file, sha256_json
-from registry import client, download_checkpoint, version_number
+from registry import client, download_checkpoint, model_version
 from tasks.common import BEST
 from tasks.version import LOCK_FILE, VersioningError, dvc, locked_stages
 
@@ -49,14 +49,14 @@ def reproduce(params: Params, version: str) -> dict[str, Any]:
 
     name = params.model_name
     mlflow_client = client(params)
-    version = version_number(mlflow_client, name, version)
-    model_version = mlflow_client.get_model_version(name, version)
-    expected = model_version.tags.get("dvc_lock_digest")
+    found = model_version(mlflow_client, name, version)
+    version = str(found.version)
+    expected = found.tags.get("dvc_lock_digest")
     if not expected:
         raise VersioningError(f"{name} version {version} has no dvc_lock_digest tag")
     with tempfile.TemporaryDirectory() as scratch:
         lock = mlflow.artifacts.download_artifacts(
-            run_id=model_version.run_id, artifact_path=LOCK_FILE, dst_path=scratch)
+            run_id=found.run_id, artifact_path=LOCK_FILE, dst_path=scratch)
         if sha256_file(lock) != expected:
             raise VersioningError(f"the stored {LOCK_FILE} does not match the version's digest")
         shutil.copyfile(lock, LOCK_FILE)
@@ -64,7 +64,7 @@ def reproduce(params: Params, version: str) -> dict[str, Any]:
         files = check_restored(params, download_checkpoint(params, name, version,
                                                            Path(scratch) / "registered"))
     return {"version": version, "dvc_lock_digest": expected, "files": files,
-            "git_commit": model_version.tags.get("git_commit", "unknown")}
+            "git_commit": found.tags.get("git_commit", "unknown")}
 
 
 def version_params(version, params_file: str | None = None) -> Params:
@@ -102,8 +102,8 @@ def retrain_and_compare(params: Params, version: str,
     from tasks.train import fit, prepare_staging
 
     mlflow_client = client(params)
-    model_version = mlflow_client.get_model_version(params.model_name, version)
-    run_params = version_params(model_version, params_file)
+    registered = mlflow_client.get_model_version(params.model_name, version)
+    run_params = version_params(registered, params_file)
     Path(".tinygpt").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=".tinygpt", prefix="retrain-") as scratch:
         again = with_paths(run_params, model=f"{scratch}/model")

@@ -23,9 +23,9 @@ def when(millis: int | None) -> str:
     return datetime.fromtimestamp(millis / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def champion_line(params: Params, mlflow_client) -> str:
+def champion_line(params: Params, found) -> str:
+    """found: the champion's ModelVersion, or None."""
     alias = params.registry.champion_alias
-    found = alias_version(mlflow_client, params.model_name, alias)
     if found is None:
         return f"{params.model_name} has no {alias} yet: `make run` trains and promotes one"
     tags = found.tags
@@ -34,7 +34,7 @@ def champion_line(params: Params, mlflow_client) -> str:
             f"{when(found.creation_timestamp)}, data {tags.get('data_digest', '?')[:12]}")
 
 
-def workspace_line(params: Params, mlflow_client) -> str:
+def workspace_line(params: Params, mlflow_client, champion) -> str:
     """Which registered version the workspace's dvc.lock is, found by its digest tag."""
     if not Path(LOCK_FILE).is_file():
         return "no dvc.lock: no run has finished in this checkout"
@@ -44,7 +44,6 @@ def workspace_line(params: Params, mlflow_client) -> str:
     if not matching:
         return "dvc.lock matches no registered version (a run that did not register)"
     version = max(matching, key=lambda v: int(v.version))
-    champion = alias_version(mlflow_client, params.model_name, params.registry.champion_alias)
     role = ("the champion" if champion and champion.version == version.version
             else "not the champion")
     return f"data/ and the model are version {version.version}'s ({role})"
@@ -112,8 +111,9 @@ def workers(api: str, pool: str) -> str:
 def status_report(params: Params, pool: str) -> dict[str, list[str]]:
     """Every section of the report, as lines; pool is the work pool the deployments use."""
     mlflow_client = client(params)
-    return {"champion": [champion_line(params, mlflow_client)],
-            "workspace": [workspace_line(params, mlflow_client)],
+    champion = alias_version(mlflow_client, params.model_name, params.registry.champion_alias)
+    return {"champion": [champion_line(params, champion)],
+            "workspace": [workspace_line(params, mlflow_client, champion)],
             "dvc": [dvc_line()],
             "last runs": runs_lines(params, mlflow_client),
             "services": services_lines(params, pool)}

@@ -3,9 +3,10 @@
 Each kind has its suite, defined here in code: a text corpus's columns, lengths and control
 characters; prompt -> completion records' fields, splits and lengths in tokens. A failure
 raises DataValidationError naming every failed expectation with a few offending rows, and the
-reports are written either way: Great Expectations' Data Docs (whose pages load their scripts
-and styles from CDNs) and validation.html, one self-contained page that opens offline. Great
-Expectations is imported inside the functions: it takes seconds to import.
+reports are written either way: Great Expectations' Data Docs (with their scripts and styles
+copied inside, tasks/web_assets.py) and validation.html, one small self-contained page (the
+MLflow run's copy). Great Expectations is imported inside the functions: it takes seconds to
+import.
 """
 
 from __future__ import annotations

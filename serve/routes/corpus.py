@@ -40,6 +40,7 @@ async def upload_corpus(request: Request, filename: str = "corpus.txt") -> JSONR
     settings: Settings = request.app.state.settings
     settings.upload_dir.mkdir(parents=True, exist_ok=True)
     room = settings.max_upload_dir_bytes - folder_bytes(settings.upload_dir)
+    limit = min(settings.max_upload_bytes, room)  # this upload's: the file's cap, or the room
     if room < min(settings.max_upload_bytes, int(request.headers.get("content-length", 1))):
         return JSONResponse({"detail": f"the upload folder is full: its accepted uploads fill "
                              f"{settings.max_upload_dir_bytes // 2**20} MB "
@@ -47,9 +48,9 @@ async def upload_corpus(request: Request, filename: str = "corpus.txt") -> JSONR
                              f"{settings.upload_dir.name}/"}, status_code=413)
     path = upload_path(settings.upload_dir, filename)
     try:
-        await save_upload(request.stream(), path, min(settings.max_upload_bytes, room))
+        await save_upload(request.stream(), path, limit)
     except UploadTooLarge:
-        return too_large(min(settings.max_upload_bytes, room))
+        return too_large(limit)
     run = None
     try:
         problem = await asyncio.to_thread(validate_upload, path, filename)
