@@ -216,7 +216,7 @@ class BPETokenizer(Tokenizer):
 def _cyclic_gc_paused() -> Iterator[None]:
     """Training allocates millions of small lists and tuples and makes no reference cycles;
     each allocation burst would trigger the cyclic collector, which walks every object of the
-    process (a quarter of the training time in a process that has imported torch)."""
+    process (many, once torch is imported)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
