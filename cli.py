@@ -9,6 +9,7 @@ import sys
 import tempfile
 import traceback
 from pathlib import Path
+from typing import NoReturn
 
 from gpt.config import DATA_KINDS, WEIGHT_FORMATS, Params
 from gpt.tokenizer import TOKENIZER_KINDS
@@ -30,6 +31,12 @@ ENVIRONMENT = {
     # outside a flow run (tinygpt train) they stay on the terminal only, without a warning.
     "PREFECT_LOGGING_EXTRA_LOGGERS": "tinygpt",
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+    # A lost server ends a run in seconds with one line, not after minutes of the clients'
+    # retries (Prefect's default waits 2 + 4 + ... + 32 s per call, MLflow's up to minutes).
+    "PREFECT_CLIENT_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
 # The data mirror beside the checkout, used when the corpus cannot be downloaded (as `make`).
 MIRROR = Path("..").resolve() / "shared" / "data"
@@ -372,19 +379,59 @@ def cmd_retrain(args: argparse.Namespace) -> None:
         from prefect.exceptions import CancelledRun
 
         from flows.retrain import preflight, retrain
+        from stack.embedded import prefect_api
 
-        preflight(params)
-
-        try:
-            summary = retrain(overrides=args.overrides,
-                              params_file=args.params and str(args.params), source=args.source,
-                              force_promote=args.force_promote, fresh=args.fresh,
-                              recipe=args.recipe)
-        except CancelledRun as err:
-            raise RuntimeError(f"{err}; nothing was registered or promoted. Run the same "
-                               f"command again to resume training (--fresh starts over)"
-                               ) from None
+        with prefect_api():
+            preflight(params)
+            try:
+                summary = retrain(overrides=args.overrides,
+                                  params_file=args.params and str(args.params),
+                                  source=args.source, force_promote=args.force_promote,
+                                  fresh=args.fresh, recipe=args.recipe)
+            except CancelledRun as err:
+                raise RuntimeError(f"{err}. Run the same command again to resume training "
+                                   f"(--fresh starts over)") from None
+            except Exception as err:
+                lost = server_lost(err)
+                if lost is None:
+                    raise
+                if not prefect_answers():
+                    exit_now(str(lost))
+                raise lost from None
     print_summary(summary)
+
+
+def exit_now(message: str) -> NoReturn:
+    """The error line, then exit without Prefect's exit hooks: with its server (or its
+    database) gone, they would retry sending the run's last logs and events for half a
+    minute, to nobody."""
+    print(f"tinygpt: error: {message}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)
+
+
+def prefect_answers() -> bool:
+    from flows.retrain import PrefectUnavailable, check_prefect_api
+
+    try:
+        check_prefect_api(timeout=3.0)
+    except PrefectUnavailable:
+        return False
+    return True
+
+
+def server_lost(err: BaseException) -> Exception | None:
+    """The lost server behind a failed run, if that is why it failed: Prefect's client, whose
+    call failed next, would otherwise have the last word."""
+    from flows.retrain import PrefectUnavailable
+    from registry import RegistryUnavailable
+
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, PrefectUnavailable | RegistryUnavailable):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -422,10 +469,11 @@ def registry_params(args: argparse.Namespace) -> Params:
 
 def cmd_promote(args: argparse.Namespace) -> None:
     from tasks.lock import run_lock
-    from tasks.promote import promote, rollback
 
-    params = registry_params(args)
-    with run_lock():
+    with run_lock():  # before the seconds of imports below: a busy project says so at once
+        from tasks.promote import promote, rollback
+
+        params = registry_params(args)
         if args.rollback:
             done = rollback(params)
             print(f"champion rolled back from version {done['previous_champion']} to "
@@ -573,10 +621,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> None:
+    from stack.embedded import stray_lines
     from stack.services import POOL
     from tasks.status import status_report
 
-    for section, lines in status_report(registry_params(args), POOL).items():
+    report = status_report(registry_params(args), POOL)
+    report["services"] += stray_lines()
+    for section, lines in report.items():
         print(f"{section + ':':<11}{lines[0]}")
         for line in lines[1:]:
             print(f"{'':<11}{line}")

@@ -18,7 +18,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +33,27 @@ from prefect.states import Cancelled
 from gpt.config import Params, load_params, recipe_overrides
 from gpt.files import sha256_tree
 from gpt.train import TrainingInterrupted
-from registry import WHERE_DOWN, check_reachable, client, connect, tracking_uri
+from registry import (
+    WHERE_DOWN,
+    RegistryUnavailable,
+    check_reachable,
+    client,
+    connect,
+    tracking_uri,
+)
 from tasks.drift import drift_task, record_profile
 from tasks.encode import encode_task
 from tasks.evaluate import evaluate_task
 from tasks.gc import HOST_TAG, PID_TAG, close_stale_runs
 from tasks.ingest import ingest_task
-from tasks.interrupt import RunInterrupted, check_stop, stop_on_signals, stop_reason
+from tasks.interrupt import (
+    RunInterrupted,
+    abortable,
+    check_stop,
+    request_stop,
+    stop_on_signals,
+    stop_reason,
+)
 from tasks.lock import run_lock
 from tasks.promote import promote_task
 from tasks.register import register_task
@@ -51,6 +68,18 @@ log = logging.getLogger("tinygpt.flow")
 logging.getLogger("tinygpt").setLevel(logging.INFO)
 
 
+# Steps a Ctrl-C may stop at once: each writes its outputs whole, and a stopped run puts back
+# what was there. Training stops itself after an optimizer step (and resumes from there);
+# register and promote are never cut in the middle.
+ABORTABLE = frozenset({"ingest", "validate", "drift", "tokenize", "encode", "evaluate",
+                       "version"})
+
+
+@contextmanager
+def _uncut() -> Iterator[None]:
+    yield
+
+
 class StepTimer:
     """Runs steps, recording each one's wall time and whether it came from the cache."""
 
@@ -62,7 +91,8 @@ class StepTimer:
         check_stop()  # a Ctrl-C between steps stops here, before the next one writes
         log.info("step %s", name)
         started = time.perf_counter()
-        state = step(*args, return_state=True, **kwargs)
+        with abortable() if name in ABORTABLE else _uncut():
+            state = step(*args, return_state=True, **kwargs)
         self.seconds[name] = round(time.perf_counter() - started, 2)
         if state.name == "Cached":
             self.from_cache.append(name)
@@ -108,13 +138,13 @@ class PrefectUnavailable(RuntimeError):
     """The configured Prefect server does not answer, or answers without its database."""
 
 
-def check_prefect_api(timeout: float = 10.0) -> None:
+def check_prefect_api(timeout: float = 10.0, api: str | None = None) -> None:
     """With a Prefect server configured, raise PrefectUnavailable in one line unless it is
     ready (its database included): Prefect's client would retry for a minute first."""
     import httpx
     from prefect.settings import PREFECT_API_URL
 
-    api = PREFECT_API_URL.value()
+    api = api or PREFECT_API_URL.value()
     if not api:
         return  # embedded: Prefect starts its own temporary server
     try:
@@ -133,6 +163,67 @@ def preflight(params: Params) -> None:
     runs: the Prefect API (when one is set) and the MLflow server (when the store is one)."""
     check_prefect_api()
     check_reachable(params)
+
+
+class ServerWatch:
+    """Checks, every few seconds while a run goes, that the servers it reports to answer
+    (the Prefect API, and the MLflow server when the store is one). Two failed checks in a row
+    stop the run at its next safe point, naming the server: training alone never talks to
+    Prefect, so without this a run whose orchestrator died would go on to promote."""
+
+    def __init__(self, checks: dict[str, Callable[[], None]], interval: float = 3.0) -> None:
+        self.checks, self.interval = checks, interval
+        self.lost: str | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="server-watch", daemon=True)
+
+    def _watch(self) -> None:
+        failures: dict[str, int] = {}
+        while not self._done.wait(self.interval):
+            for name, check in self.checks.items():
+                try:
+                    check()
+                    failures[name] = 0
+                except Exception as err:
+                    failures[name] = failures.get(name, 0) + 1
+                    if failures[name] >= 2:
+                        self.lost = str(err)
+                        if name == "prefect":
+                            _quiet_prefect_clients()
+                        request_stop(f"the loss of a server: {err}")
+                        return
+
+    def raise_if_lost(self) -> None:
+        """Raise the loss as the run's error (before Prefect's client retries hide it)."""
+        if self.lost is not None:
+            error = PrefectUnavailable if "Prefect" in self.lost else RegistryUnavailable
+            raise error(f"{self.lost}; the run stopped, nothing was promoted")
+
+    def __enter__(self) -> ServerWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+
+
+def _quiet_prefect_clients() -> None:
+    """With its server gone, Prefect's log and event workers would print a traceback for
+    each batch they fail to send; the run's own line says what happened."""
+    logging.raiseExceptions = False  # the log worker's "--- Error logging to API ---"
+    for name in ("prefect.events.clients", "prefect._internal.concurrency"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def watch_servers(params: Params) -> ServerWatch:
+    """A ServerWatch over this run's Prefect API and MLflow server."""
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()  # read here: the watch thread does not see this context
+    checks = {"mlflow": lambda: check_reachable(params, timeout=5.0)}
+    if api:
+        checks["prefect"] = lambda: check_prefect_api(timeout=5.0, api=api)
+    return ServerWatch(checks)
 
 
 @flow(name="retrain", log_prints=True)
@@ -168,41 +259,30 @@ def run_steps(params: Params, overrides: list[str], source: str | None, force_pr
     snapshot(params)
     step = StepTimer()
     try:
-        ingested = step("ingest", ingest_task, params, source)
-        logger.info("ingested %d %s records (%d bytes) from %s", ingested["rows"], params.kind,
-                    ingested["bytes"], ingested["source"])
-        try:
-            step("validate", validate_task, params)
-        finally:
-            _attach_reports(params, mlflow_client, run_id)
-        drifted = step("drift", drift_task, params, run_id)
-        tokenized = step.cached("tokenize", tokenize_task, params, params.path("tokenizer"))
-        record_profile(params, run_id, drifted)
-        step.cached("encode", encode_task, params, params.path("tokens"))
-        trained = step("train", train_task, params, run_id, fresh)
-        metrics = step("evaluate", evaluate_task, params, run_id)
-        versioned = step("version", version_task, params, overrides, params_file)
-        mlflow_client.log_artifact(run_id, LOCK_FILE)
-        registered = step("register", register_task, params, run_id, metrics,
-                          versioned["dvc_lock_digest"], trained["base_version"], overrides,
-                          trained["sample"])
-        check_stop()
-        decision = step("promote", promote_task, params, registered["version"], force_promote,
-                        by=f"run {run_id}")
+        with watch_servers(params) as watch:
+            try:
+                results = all_steps(params, step, run_id, overrides, source, force_promote,
+                                    fresh, params_file, watch)
+            except (RunInterrupted, TrainingInterrupted):
+                watch.raise_if_lost()  # a lost server is a failure, named as such
+                raise
     except (RunInterrupted, TrainingInterrupted) as err:
-        message = str(err) if isinstance(err, RunInterrupted) else (
+        stopped = str(err) if isinstance(err, RunInterrupted) else (
             f"run stopped by {stop_reason()}: {err}")
+        message = f"{stopped}; {unpromoted(params, run_id, stopped)}"
         logger.warning("%s; %s", message, restore_outputs(params))
         mlflow_client.set_terminated(run_id, "KILLED")
         return Cancelled(message=message)
-    except BaseException:
-        logger.warning("run failed; %s", restore_outputs(params))
+    except BaseException as err:
+        logger.warning("run failed; %s; %s", unpromoted(params, run_id, f"run failed: {err}"),
+                       restore_outputs(params))
         try:
             mlflow_client.set_terminated(run_id, "FAILED")
         except Exception as err:  # the server may be what failed: keep the first error
             logger.warning("could not mark MLflow run %s FAILED (%s); the next run closes it",
                            run_id, type(err).__name__)
         raise
+    tokenized, drifted, trained, metrics, versioned, registered, decision = results
     summary = {
         "kind": params.kind, "model": registered["name"], "version": registered["version"],
         "champion": decision["champion"], "promoted": decision["promoted"],
@@ -217,6 +297,58 @@ def run_steps(params: Params, overrides: list[str], source: str | None, force_pr
     }
     finish(params, run_id, summary)
     return summary
+
+
+def all_steps(params: Params, step: StepTimer, run_id: str, overrides: list[str],
+              source: str | None, force_promote: bool, fresh: bool, params_file: str | None,
+              watch: ServerWatch) -> tuple:
+    """The steps in order; promotion last, once the servers are known to answer."""
+    logger, mlflow_client = get_run_logger(), client(params)
+    ingested = step("ingest", ingest_task, params, source)
+    logger.info("ingested %d %s records (%d bytes) from %s", ingested["rows"], params.kind,
+                ingested["bytes"], ingested["source"])
+    try:
+        step("validate", validate_task, params)
+    finally:
+        _attach_reports(params, mlflow_client, run_id)
+    drifted = step("drift", drift_task, params, run_id)
+    tokenized = step.cached("tokenize", tokenize_task, params, params.path("tokenizer"))
+    record_profile(params, run_id, drifted)
+    step.cached("encode", encode_task, params, params.path("tokens"))
+    trained = step("train", train_task, params, run_id, fresh)
+    metrics = step("evaluate", evaluate_task, params, run_id)
+    versioned = step("version", version_task, params, overrides, params_file)
+    mlflow_client.log_artifact(run_id, LOCK_FILE)
+    preflight(params)
+    registered = step("register", register_task, params, run_id, metrics,
+                      versioned["dvc_lock_digest"], trained["base_version"], overrides,
+                      trained["sample"])
+    check_stop()
+    watch.raise_if_lost()
+    preflight(params)  # the last check that can fail comes before the alias moves
+    decision = step("promote", promote_task, params, registered["version"], force_promote,
+                    by=f"run {run_id}")
+    return tokenized, drifted, trained, metrics, versioned, registered, decision
+
+
+def unpromoted(params: Params, run_id: str, why: str) -> str:
+    """What a run that ends without promoting leaves in the registry, in words; a version it
+    registered is tagged with the reason, so nobody takes it for one that was compared."""
+    try:
+        mlflow_client = client(params)
+        made = mlflow_client.search_model_versions(f"run_id = '{run_id}'")
+    except Exception as err:  # the registry may be what failed
+        return f"whether it registered a version is unknown ({type(err).__name__})"
+    if not made:
+        return "nothing was registered or promoted"
+    for version in made:
+        if "promotion_decision" not in version.tags:
+            with suppress(Exception):  # the words below tell the truth either way
+                mlflow_client.set_model_version_tag(version.name, version.version,
+                                                    "promotion_decision",
+                                                    f"not promoted: {why}"[:4000])
+    names = ", ".join(f"{v.name} version {v.version}" for v in made)
+    return f"{names} was registered but not promoted (the champion did not move)"
 
 
 def finish(params: Params, run_id: str, summary: dict[str, Any]) -> None:

@@ -31,25 +31,38 @@ def apply_repetition_penalty(logits: torch.Tensor, context: torch.Tensor,
     return logits.scatter(1, context, scores)
 
 
+# Temperatures below this sample as temperature 0 does, greedily (vLLM's threshold): dividing
+# float32 logits by one gives inf, or NaN (1e-300 is 0 in float32), and the distribution it
+# asks for is greedy already (a logit 1e-4 below the top one is e^-10 times as likely).
+GREEDY_BELOW = 1e-5
+
+
 def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
     kth = torch.topk(logits, min(k, logits.size(-1))).values[:, -1:]
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
 def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Nucleus filtering: drop tokens outside the smallest set with cumulative prob >= p."""
+    """Nucleus filtering: drop tokens outside the smallest set with cumulative prob >= p.
+
+    The most likely token always stays, whatever p: a p that rounds to 0 in float32 (1e-300)
+    would otherwise drop every token, leaving nothing to sample (NaN probabilities)."""
     sorted_logits, order = torch.sort(logits, descending=True)
     probs = sorted_logits.softmax(dim=-1)
-    # A token is dropped when the tokens ranked above it already reach p; the top one stays.
+    # A token is dropped when the tokens ranked above it already reach p.
     drop_sorted = probs.cumsum(dim=-1) - probs >= p
+    drop_sorted[:, 0] = False
     drop = drop_sorted.scatter(1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
 
 
 def sample_next(logits: torch.Tensor, params: SamplingParams,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """Pick the next token (B, 1) from last-position logits (B, vocab)."""
-    if params.temperature == 0:
+    """Pick the next token (B, 1) from last-position logits (B, vocab).
+
+    Every temperature and top_p the parameters allow gives a token: a temperature of 0, or one
+    below GREEDY_BELOW, picks the most likely token, and top_p always keeps it."""
+    if params.temperature < GREEDY_BELOW:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float() / params.temperature
     if params.top_k is not None:
@@ -109,6 +122,34 @@ def iter_tokens(model: GPT, idx: torch.Tensor, params: SamplingParams,
             logits, _ = model(context, cache=cache, last_only=True)
         else:
             logits, _ = model(token, cache=cache, last_only=True)
+
+
+class ModelCheckFailed(ValueError):
+    """A model that must not serve: non-finite weights, or it does not generate."""
+
+
+@torch.inference_mode()
+def check_model(model: GPT, tokenizer: Tokenizer, tokens: int = 4) -> None:
+    """Raise ModelCheckFailed unless every weight is finite and a few greedy tokens, and
+    their logits, come out finite and decode: what promotion asks of a candidate and the
+    service's /health of the model it serves (argmax over NaN logits still picks a token)."""
+    bad = [name for name, tensor in model.state_dict().items()
+           if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise ModelCheckFailed(f"non-finite weights in {len(bad)} tensor(s), first "
+                               f"{', '.join(bad[:3])}")
+    device = next(model.parameters()).device
+    idx = torch.zeros((1, 1), dtype=torch.long, device=device)
+    for _ in range(tokens):
+        logits, _ = model.eval()(idx[:, -model.config.block_size:], last_only=True)
+        if not torch.isfinite(logits).all():
+            raise ModelCheckFailed("its logits are not finite")
+        idx = torch.cat([idx, logits[:, -1, :].argmax(dim=-1, keepdim=True)], dim=1)
+    try:
+        tokenizer.decode(idx[0, 1:].tolist())
+    except Exception as err:  # any failure to decode its own ids means it cannot answer
+        raise ModelCheckFailed(f"its tokens do not decode ({type(err).__name__}: {err})"
+                               ) from None
 
 
 def generate_ids(model: GPT, idx: torch.Tensor, max_new_tokens: int, **options) -> torch.Tensor:

@@ -184,20 +184,24 @@ def move_alias(params: Params, name: str, alias: str, version: str, reason: str,
 
     mlflow_client = client(params)
     before = alias_version(mlflow_client, name, alias)
-    mlflow_client.set_registered_model_alias(name, alias, version)
     previous = str(before.version) if before else None
-    run = mlflow_client.create_run(
+    run = mlflow_client.create_run(  # opened first: a move never happens unrecorded
         ensure_experiment(params, ALIAS_MOVES_EXPERIMENT),
         run_name=f"{name}@{alias}: v{previous or '-'} -> v{version}",
         tags={"model": name, "alias": alias, "from_version": previous or "none",
               "to_version": str(version), "reason": reason[:4000],
               "by": by or f"manual ({getpass.getuser()}@{socket.gethostname()})"})
+    mlflow_client.set_registered_model_alias(name, alias, version)
     mlflow_client.set_terminated(run.info.run_id, "FINISHED")
     return previous
 
 
 def alias_history(params: Params, name: str, alias: str | None = None) -> list[dict[str, str]]:
-    """Every recorded move of name's aliases (or of one alias), oldest first."""
+    """Every move of name's aliases (or of one alias), oldest first.
+
+    A move's record is opened before the alias moves and closed after; one left open (its
+    process killed in between) counts if and only if the move happened: it is its alias's
+    newest record and the alias points where it says."""
     import datetime
 
     mlflow_client = client(params)
@@ -205,11 +209,21 @@ def alias_history(params: Params, name: str, alias: str | None = None) -> list[d
     runs = mlflow_client.search_runs([ensure_experiment(params, ALIAS_MOVES_EXPERIMENT)],
                                      filter_string=query,
                                      order_by=["attributes.start_time ASC"], max_results=5000)
+    runs = [run for run in runs if run.info.status == "FINISHED"
+            or _open_move_happened(mlflow_client, run, runs)]
     return [{"when": datetime.datetime.fromtimestamp(run.info.start_time / 1000,
                                                      datetime.UTC).strftime("%Y-%m-%d %H:%M:%S"),
              **{key: run.data.tags.get(key, "") for key in
                 ("model", "alias", "from_version", "to_version", "reason", "by")}}
             for run in runs]
+
+
+def _open_move_happened(mlflow_client, run, runs: list) -> bool:
+    tags = run.data.tags
+    newest = [r for r in runs if r.data.tags.get("alias") == tags.get("alias")][-1]
+    current = alias_version(mlflow_client, tags.get("model", ""), tags.get("alias", ""))
+    return newest is run and current is not None and str(current.version) == tags.get(
+        "to_version")
 
 
 def resolve_version(uri: str) -> tuple[str, str]:
@@ -320,36 +334,37 @@ def missing_lineage(version) -> list[str]:
 def register_checkpoint(params: Params, run_id: str, checkpoint: Path, model_name: str,
                         tags: dict[str, str], example_prompt: str = "ROMEO:",
                         mode: str = "text") -> dict[str, Any]:
-    """Log a checkpoint folder as the pyfunc in run_id, then create the model version with
-    all its tags in one call, so no version ever exists without its lineage."""
+    """Log a checkpoint folder as the pyfunc in run_id (which stays RUNNING), then create the
+    model version with all its tags in one call, so no version ever exists without its
+    lineage."""
     import mlflow
     import pandas as pd
 
     connect(params)
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=str(PYFUNC_FILE),
-            artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)}, signature=signature(),
-            input_example=pd.DataFrame({"prompt": [example_prompt]}),
-            model_config={"mode": mode})
+    # Model.log with the run's id, not inside `with mlflow.start_run(...)`: that would end the
+    # run FINISHED here, and a run killed later (in promote) would not be found as stale.
+    info = mlflow.models.Model.log(
+        artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=run_id,
+        python_model=str(PYFUNC_FILE), artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
+        signature=signature(), input_example=pd.DataFrame({"prompt": [example_prompt]}),
+        model_config={"mode": mode})
     all_tags = {"git_commit": git_commit(), "run_id": run_id, **tags}  # tags may say better
     registered = mlflow.register_model(info.model_uri, model_name, tags=all_tags)
     return {"name": model_name, "version": str(registered.version),
             "model_uri": info.model_uri, "tags": all_tags}
 
 
-def smoke_test(params: Params, name: str, version: str, tokens: int = 4) -> None:
-    """Load a registered version and generate a few tokens; raise ValueError if it cannot."""
-    import torch
-
-    from gpt.generate import iter_tokens
+def smoke_test(params: Params, name: str, version: str) -> None:
+    """Load a registered version and check it (finite weights, a few greedy tokens that
+    decode); raise ValueError if it cannot serve."""
+    from gpt.generate import ModelCheckFailed, check_model
 
     use_store(params)
     try:
         wrapper = load_version(name, version)
-        idx = torch.zeros((1, 1), dtype=torch.long)
-        list(iter_tokens(wrapper.model.eval(), idx, SamplingParams(max_new_tokens=tokens,
-                                                                   temperature=0)))
-    except Exception as err:  # any failure to load or run means: do not serve it
-        raise ValueError(f"{name} version {version} does not load and generate "
-                         f"({type(err).__name__}: {err})") from None
+        check_model(wrapper.model, wrapper.tokenizer)
+    except ModelCheckFailed as err:
+        raise ValueError(f"{name} version {version} fails its check: {err}") from None
+    except Exception as err:  # any failure to load means: do not serve it
+        raise ValueError(f"{name} version {version} does not load ({type(err).__name__}: "
+                         f"{err})") from None

@@ -3,7 +3,9 @@
 - model versions without their lineage tags (a run of an older tinygpt killed between creating
   a version and tagging it); a version an alias points at is reported, never deleted;
 - MLflow runs still RUNNING whose process is gone (killed), closed as KILLED, and their
-  Prefect flow runs set to Crashed.
+  Prefect flow runs set to Crashed;
+- the artifacts of runs that ended FAILED or KILLED without registering a version (their Data
+  Docs, reports, a model logged before the failure): the run's record and metrics stay.
 
 A new run closes stale runs itself before it starts (it holds the project lock, so no other
 run of this project can be alive).
@@ -93,8 +95,60 @@ def half_made_versions(params: Params) -> list[tuple[str, Any, list[str]]]:
     return found
 
 
+def failed_runs_with_artifacts(params: Params) -> list[tuple[Any, list[str]]]:
+    """(run, artifact URIs) of each FAILED or KILLED run of the experiment that registered no
+    version and still holds artifacts: its own folder and the models it logged."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    mlflow_client = client(params)
+    experiment = mlflow_client.get_experiment_by_name(params.registry.experiment)
+    if experiment is None:
+        return []
+    ended = [run for status in ("FAILED", "KILLED") for run in mlflow_client.search_runs(
+        [experiment.experiment_id], filter_string=f"attributes.status = '{status}'")]
+    found = []
+    for run in ended:
+        run_id = run.info.run_id
+        if mlflow_client.search_model_versions(f"run_id = '{run_id}'"):
+            continue  # a registered version's lineage: kept
+        models = mlflow_client.search_logged_models(
+            [experiment.experiment_id], filter_string=f"source_run_id = '{run_id}'")
+        uris = [run.info.artifact_uri, *(m.artifact_location for m in models)]
+        held = [uri for uri in uris if get_artifact_repository(uri).list_artifacts()]
+        if held:
+            found.append((run, held))
+    return found
+
+
+def reclaim(params: Params, run, uris: list[str]) -> None:
+    """Delete a failed run's artifacts (and the models it logged); keep its record."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    mlflow_client = client(params)
+    for uri in uris:
+        get_artifact_repository(uri).delete_artifacts()
+    experiment = run.info.experiment_id
+    for model in mlflow_client.search_logged_models(
+            [experiment], filter_string=f"source_run_id = '{run.info.run_id}'"):
+        mlflow_client.delete_logged_model(model.model_id)
+    mlflow_client.set_tag(run.info.run_id, "tinygpt.artifacts", "reclaimed by tinygpt gc")
+
+
+def reclaim_failed_runs(params: Params, apply: bool) -> list[str]:
+    lines = []
+    for run, uris in failed_runs_with_artifacts(params):
+        line = (f"MLflow run {run.info.run_id} ({run.info.run_name}) ended {run.info.status} "
+                f"and keeps {len(uris)} artifact folder(s)")
+        if apply:
+            reclaim(params, run, uris)
+            line += "; deleted"
+        lines.append(line)
+    return lines
+
+
 def gc(params: Params, apply: bool = False) -> dict[str, list[str]]:
-    """List (and with apply, remove or close) half-made versions and stale runs."""
+    """List (and with apply, remove or close) half-made versions, stale runs and the
+    artifacts of failed runs."""
     mlflow_client = client(params)
     versions = []
     for name, version, missing in half_made_versions(params):
@@ -110,4 +164,5 @@ def gc(params: Params, apply: bool = False) -> dict[str, list[str]]:
     else:
         runs = [f"MLflow run {run.info.run_id} ({run.info.run_name}) is RUNNING but process "
                 f"{run.data.tags[PID_TAG]} is gone" for run in stale_runs(params)]
-    return {"versions": versions, "runs": runs}
+    return {"versions": versions, "runs": runs,
+            "failed runs' artifacts": reclaim_failed_runs(params, apply)}

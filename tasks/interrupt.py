@@ -1,14 +1,23 @@
-"""Ctrl-C and SIGTERM stop a run at the next safe point instead of killing it mid-write.
+"""What stops a run: Ctrl-C, SIGTERM, or a server the run depends on going away.
 
-While a run holds `stop_on_signals()`, the first SIGINT or SIGTERM only raises a flag: the
-flow checks it before each step and the trainer after each optimizer step (then writes
-latest/, so a rerun resumes). A second signal interrupts at once.
+While a run holds `stop_on_signals()`, the first SIGINT or SIGTERM requests a stop. Where the
+run is inside an `abortable()` section (a step whose outputs are written whole or put back
+after a failure: ingest, validate, tokenize, encode, evaluate, version), the signal stops it
+there and then; elsewhere it only raises a flag, which the flow checks before each step and the
+trainer after each optimizer step (then writes latest/, so a rerun resumes). Registering and
+promoting are never cut in the middle: the flag stops the run right after them. A second
+signal ends the process at once, wherever the run is.
+
+A watcher thread that finds a server gone requests a stop the same way (`request_stop`), with
+a reason that names the server.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,10 +25,11 @@ from contextlib import contextmanager
 log = logging.getLogger("tinygpt.interrupt")
 _STOP = threading.Event()
 _reason: list[str] = []
+_abortable = threading.Event()
 
 
 class RunInterrupted(RuntimeError):
-    """The run was asked to stop (SIGINT, SIGTERM) and stopped at a safe point."""
+    """The run was asked to stop (SIGINT, SIGTERM, a lost server) and stopped."""
 
 
 def stop_requested() -> bool:
@@ -27,7 +37,8 @@ def stop_requested() -> bool:
 
 
 def stop_reason() -> str:
-    """What asked the run to stop: 'SIGINT', 'SIGTERM' or 'request'."""
+    """What stopped the run, as the end of "run stopped by ...": 'SIGINT', 'SIGTERM', or
+    'the loss of the Prefect server http://...: connection refused'."""
     return _reason[-1] if _reason else "request"
 
 
@@ -37,12 +48,48 @@ def check_stop() -> None:
         raise RunInterrupted(f"run stopped by {stop_reason()}")
 
 
+def request_stop(reason: str) -> None:
+    """Ask the run to stop at its next safe point (from any thread); the first reason wins."""
+    if not _STOP.is_set():
+        _reason.append(reason)
+        _STOP.set()
+        log.warning("stopping the run: %s", reason)
+
+
+@contextmanager
+def abortable() -> Iterator[None]:
+    """A stretch of the run that a signal may stop at once (its outputs are written whole,
+    and a failed run puts back what was there)."""
+    _abortable.set()
+    try:
+        check_stop()
+        yield
+    finally:
+        _abortable.clear()
+
+
+def _exit_at_once(name: str, signum: int) -> None:
+    """The second signal: exit now, as kill -9 would (a raised KeyboardInterrupt can land in
+    a garbage collector's callback, where Python ignores it). Everything a run writes
+    survives that: the kernel frees the run lock, the embedded Prefect server follows its
+    parent, and the next run closes this one and resumes its training."""
+    sys.stderr.write(f"tinygpt: {name} again: stopped at once; the next run (or `tinygpt gc "
+                     f"--apply`) closes this one, and training resumes from its last "
+                     f"checkpoint\n")
+    sys.stderr.flush()
+    os._exit(128 + signum)
+
+
 def _request_stop(signum: int, _frame: object) -> None:
     name = signal.Signals(signum).name
     if _STOP.is_set():
-        raise KeyboardInterrupt(f"{name} again: stopping now")
+        _exit_at_once(name, signum)
     _reason.append(name)
     _STOP.set()
+    if _abortable.is_set():
+        _abortable.clear()  # the step's own clean-up runs uninterrupted
+        log.warning("%s: stopping now (send it again to exit at once)", name)
+        raise RunInterrupted(f"run stopped by {name}")
     log.warning("%s: stopping at the next safe point (send it again to stop now)", name)
 
 
@@ -63,3 +110,4 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(sig, handler)
         _STOP.clear()
         _reason.clear()
+        _abortable.clear()

@@ -115,19 +115,21 @@ def promote(params: Params, version: str, force: bool = False,
         promote_it, reason = True, f"forced ({reason})"
 
     decision = "promoted" if promote_it else "not promoted"
-    move_alias(params, name, params.registry.candidate_alias, version,
-               f"candidate, {decision}: {reason}", by)
-    if promote_it:
-        move_alias(params, name, champion_alias, version, f"{decision}: {reason}", by)
     tags = {"promotion_decision": f"{decision}: {reason}", "promotion_reason": reason,
             "previous_champion": str(champion.version) if champion else "none"}
     if score is not None:
         tags[f"champion_{kind.metric}"] = f"{score:.6f}"
+    # The decision is on the version before any alias moves: a promote killed part-way
+    # leaves it recorded, and `tinygpt promote --version N` finishes the moves.
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(name, version, key, value)
     if candidate.description and " promoted: " not in candidate.description:
         mlflow_client.update_model_version(
             name, version, f"{candidate.description}; {tags['promotion_decision']}")
+    if promote_it:
+        move_alias(params, name, champion_alias, version, f"{decision}: {reason}", by)
+    move_alias(params, name, params.registry.candidate_alias, version,
+               f"candidate, {decision}: {reason}", by)
     log.info("model %s v%s %s: %s", name, version, decision, reason)
     champion_now = version if promote_it else str(champion.version)
     return {"version": version, "promoted": promote_it, "reason": reason,

@@ -8,6 +8,7 @@ these files.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -63,38 +64,53 @@ def locked_stages(params: Params | None = None) -> list[str]:
     return [stage for stage in wanted if stage in (locked or {})]
 
 
+# The step folders a run rewrites, kept by the snapshot (params.paths names).
+OUTPUTS = ("raw", "validated", "tokenizer", "tokens", "model")
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """A hard link (free, whatever the size: every step replaces its folder whole, so no file
+    is ever written in place), or a copy across file systems."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
 def snapshot(params: Params) -> Path:
-    """Keep dvc.lock and the metrics folder as they are before a run writes anything."""
+    """Keep dvc.lock, the metrics folder and the kind's step folders as they are before a run
+    writes anything."""
 
     def fill(folder: Path) -> None:
         if Path(LOCK_FILE).is_file():
             shutil.copy2(LOCK_FILE, folder / LOCK_FILE)
-        if params.path("metrics").is_dir():
-            shutil.copytree(params.path("metrics"), folder / "metrics")
+        for name in ("metrics", *OUTPUTS):
+            if params.path(name).is_dir():
+                shutil.copytree(params.path(name), folder / name, copy_function=_link_or_copy)
 
     return atomic_directory(SNAPSHOT_DIR, fill)
 
 
 def restore_outputs(params: Params) -> str:
-    """After a failed run: dvc.lock and metrics as the snapshot kept them, then the kind's
-    stage outputs as that dvc.lock records them."""
-    if (SNAPSHOT_DIR / LOCK_FILE).is_file():
+    """After a failed run: dvc.lock, metrics and the kind's step folders as the snapshot kept
+    them; a folder the run created where there was none is removed. Nothing is read from the
+    DVC cache, so a fresh clone restores as well as a used checkout."""
+    if not SNAPSHOT_DIR.is_dir():
+        return "nothing to put back (no snapshot was taken)"
+    kept = SNAPSHOT_DIR / LOCK_FILE
+    if kept.is_file():
         with atomic_file(LOCK_FILE) as tmp:
-            shutil.copy2(SNAPSHOT_DIR / LOCK_FILE, tmp)
-    metrics = params.path("metrics")
-    if (SNAPSHOT_DIR / "metrics").is_dir():
-        copy = metrics.with_name(f".{metrics.name}.restore")
-        shutil.rmtree(copy, ignore_errors=True)
-        shutil.copytree(SNAPSHOT_DIR / "metrics", copy)
-        replace_directory(copy, metrics)
-    stages = locked_stages(params) if Path(".dvc").is_dir() else []
-    if not stages:
-        return f"metrics restored; dvc.lock records no {params.kind} stage yet"
-    try:
-        dvc("checkout", "--force", "--quiet", *stages)
-    except VersioningError as err:
-        return f"could not restore every output: {err}"
-    return "dvc.lock, metrics and data outputs restored"
+            shutil.copy2(kept, tmp)
+    for name in ("metrics", *OUTPUTS):
+        path, kept = params.path(name), SNAPSHOT_DIR / name
+        if kept.is_dir():
+            copy = path.with_name(f".{path.name}.restore")
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(kept, copy, copy_function=_link_or_copy)
+            replace_directory(copy, path)
+        elif name != "metrics" and path.is_dir():
+            shutil.rmtree(path)
+    return "dvc.lock, metrics and data outputs put back as they were before the run"
 
 
 def version(params: Params, overrides: list[str] | None = None,

@@ -27,16 +27,19 @@ STAGING = Path("data/.model.staging")
 
 
 class Run:
-    """One `tinygpt` process in the project, in its own process group, output to a file."""
+    """One `tinygpt` process in the project, in its own process group (as a terminal starts
+    a command), output to a file. It reports to the session's Prefect server, or, embedded,
+    to the one it starts itself as `make run` does."""
 
-    def __init__(self, project: Path, *args: str) -> None:
+    def __init__(self, project: Path, *args: str, embedded: bool = False) -> None:
         self.log_path = project / f".run-{time.time_ns()}.log"
         from prefect.settings import PREFECT_API_URL
 
         env = {k: v for k, v in os.environ.items()
-               if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+               if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PREFECT_API_URL")}
         env["PREFECT_HOME"] = str(project / ".prefect")
-        env["PREFECT_API_URL"] = PREFECT_API_URL.value()
+        if not embedded:
+            env["PREFECT_API_URL"] = PREFECT_API_URL.value()
         with open(self.log_path, "w") as out:
             self.proc = subprocess.Popen([str(BIN / "tinygpt"), *args], cwd=project, env=env,
                                          stdout=out, stderr=subprocess.STDOUT,
@@ -105,7 +108,7 @@ def interrupted(project):
     second_code = second.finish(120)
     second_seconds = time.monotonic() - started
     os.kill(first.proc.pid, signal.SIGCONT)
-    first.proc.send_signal(signal.SIGINT)
+    os.killpg(first.proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole group
     signalled = time.monotonic()
     code = first.finish(120)
     return {"first": first, "code": code, "stop_seconds": time.monotonic() - signalled,

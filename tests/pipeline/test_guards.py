@@ -3,19 +3,29 @@ run whose target is full stops with the workspace as it was."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
 from flows.retrain import retrain
 from gpt.config import load_params
 from gpt.files import sha256_file, sha256_tree
-from registry import client, register_checkpoint
+from registry import (
+    ALIAS_MOVES_EXPERIMENT,
+    alias_history,
+    client,
+    ensure_experiment,
+    register_checkpoint,
+)
 from tasks.gc import gc
 from tasks.promote import PromotionError, promote
+from tests.pipeline.conftest import sh
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +61,61 @@ def test_forcing_a_version_that_does_not_load_moves_nothing(champion, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree("data/model/best", broken)
     (broken / "model.safetensors").unlink()
+    version = register_copy(champion, broken)
+    with pytest.raises(PromotionError, match="does not load"):
+        promote(params, version, force=True)
+    assert champion_version() == champion["version"]
+    aliases = client(params).get_model_version("tinygpt", version).aliases
+    assert aliases == []
+
+
+def register_copy(champion: dict, folder: Path) -> str:
+    """Register a checkpoint folder as a new version with the champion's lineage tags."""
+    params = load_params()
     tags = client(params).get_model_version("tinygpt", champion["version"]).tags
     lineage = {k: v for k, v in tags.items() if k not in ("git_commit", "run_id")}
-    registered = register_checkpoint(params, champion["run_id"], broken, "tinygpt", lineage)
-    with pytest.raises(PromotionError, match="does not load and generate"):
-        promote(params, registered["version"], force=True)
+    return register_checkpoint(params, champion["run_id"], folder, "tinygpt", lineage)["version"]
+
+
+def test_forcing_a_version_whose_weights_are_nan_moves_nothing(champion, tmp_path):
+    nan = tmp_path / "nan"
+    shutil.copytree("data/model/best", nan)
+    weights = load_file(nan / "model.safetensors")
+    save_file({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+               for k, v in weights.items()}, nan / "model.safetensors")
+    version = register_copy(champion, nan)
+    with pytest.raises(PromotionError, match="non-finite weights"):
+        promote(load_params(), version, force=True)
     assert champion_version() == champion["version"]
-    aliases = client(params).get_model_version("tinygpt", registered["version"]).aliases
-    assert aliases == []
+    assert client(load_params()).get_model_version("tinygpt", version).aliases == []
+
+
+def test_registering_leaves_the_run_running_until_the_run_ends(champion):
+    params = load_params()
+    mlflow_client = client(params)
+    run = mlflow_client.create_run(mlflow_client.get_experiment_by_name("tinygpt").experiment_id)
+    register_copy({**champion, "run_id": run.info.run_id}, Path("data/model/best"))
+    assert mlflow_client.get_run(run.info.run_id).info.status == "RUNNING"  # gc can find it
+    mlflow_client.set_terminated(run.info.run_id, "KILLED")
+
+
+def test_an_alias_move_cut_short_is_in_the_history_exactly_when_it_happened(champion):
+    params = load_params()
+    mlflow_client = client(params)
+    moves = ensure_experiment(params, ALIAS_MOVES_EXPERIMENT)
+    before = alias_history(params, "tinygpt", "champion")
+
+    def opened(to_version: str):  # what move_alias writes first
+        return mlflow_client.create_run(moves, tags={"model": "tinygpt", "alias": "champion",
+                                                     "to_version": to_version, "reason": "t"})
+
+    never = opened("999")
+    mlflow_client.set_registered_model_alias("tinygpt", "champion", champion["version"])
+    assert alias_history(params, "tinygpt", "champion") == before  # killed before the move
+    mlflow_client.delete_run(never.info.run_id)
+    opened(champion["version"])  # killed after the move, before closing its record
+    assert alias_history(params, "tinygpt", "champion")[-1]["to_version"] == champion["version"]
+    assert len(alias_history(params, "tinygpt", "champion")) == len(before) + 1
 
 
 @pytest.fixture
@@ -89,3 +146,39 @@ def test_a_full_target_stops_the_run_and_puts_everything_back(champion, full_fol
             "model": sha256_tree("data/model")} == before
     assert len(client(load_params()).search_model_versions("name='tinygpt'")) == versions
     assert champion_version() == champion["version"]
+
+
+def test_gc_reclaims_the_artifacts_of_failed_runs_and_keeps_their_records(champion,
+                                                                          full_folder):
+    with pytest.raises(OSError):
+        retrain(overrides=[f"paths.model={full_folder}/model", "train.max_steps=20"])
+    params = load_params()
+    failed = client(params).search_runs(
+        [client(params).get_experiment_by_name("tinygpt").experiment_id],
+        filter_string="attributes.status = 'FAILED'")[0]
+    folder = Path(failed.info.artifact_uri.removeprefix("file://"))
+    assert any(folder.rglob("*"))  # its Data Docs, at least
+    listed = gc(params)["failed runs' artifacts"]
+    assert any(failed.info.run_id in line for line in listed)
+    gc(params, apply=True)
+    assert not [p for p in folder.rglob("*") if p.is_file()]
+    assert client(params).get_run(failed.info.run_id).info.status == "FAILED"
+    assert gc(params)["failed runs' artifacts"] == []
+    assert champion_version() == champion["version"]
+
+
+def test_a_failed_run_in_a_fresh_clone_puts_back_what_was_there(champion, tmp_path,
+                                                                monkeypatch):
+    project = Path.cwd()
+    sh("git", "add", "-A", cwd=project)  # dvc.lock as the team pushed it; no data, no cache
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "v1",
+       cwd=project)
+    clone = tmp_path / "clone"
+    sh("git", "clone", "-q", str(project), str(clone), cwd=tmp_path)
+    monkeypatch.chdir(clone)
+    (clone / "long.jsonl").write_text(json.dumps({"text": "x" * 6000}) + '\n{"text": "ok"}\n')
+    lock = sha256_file("dvc.lock")
+    with pytest.raises(ValueError, match="lengths_to_be_between"):
+        retrain(source="long.jsonl")
+    assert sha256_file("dvc.lock") == lock
+    assert not [path for path in Path("data").rglob("*") if path.is_file()]  # as before

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 
@@ -86,31 +87,63 @@ def test_the_database_stopped_before_a_run_fails_it_at_once_in_one_line(stack: S
 def test_mlflow_stopped_during_a_run_fails_it_and_registers_nothing(stack: StackUp):
     champion, versions = stack.champion(), stack.versions()
     lock_before = (stack.root / "dvc.lock").read_bytes()
-    log = stack.root.parent / "during.log"
-    # MLflow's client retries a lost server for minutes by default; here it gives up at once.
-    env = {**clean_env(), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "retrain", *sets(LONG)],
-                                cwd=stack.root, env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc, log = start_training(stack)
     try:
-        deadline = time.monotonic() + 120
-        while not re.search(r"training [\d.]+M parameters", log.read_text()):
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.5)
-        time.sleep(2)
+        lost = time.monotonic()
         stop(stack.services()["mlflow"])
         proc.wait(timeout=120)
+        seconds = time.monotonic() - lost
     finally:
         if proc.poll() is None:
             proc.kill()
         restart(stack, "mlflow")
-    output = log.read_text()
-    assert proc.returncode == 1, output
-    last = output.strip().splitlines()[-1]
-    print(f"\n{last}")
-    assert last.startswith("tinygpt: error: lost the MLflow server"), output[-2000:]
+    last = last_line(proc, log)
+    assert f"MLflow server {stack.env['MLFLOW_TRACKING_URI']}" in last, last
+    assert seconds < 30, seconds
     assert (stack.champion(), stack.versions()) == (champion, versions)
     assert (stack.root / "dvc.lock").read_bytes() == lock_before  # the workspace put back
+
+
+def test_the_database_stopped_during_a_run_fails_it_in_seconds_naming_it(stack: StackUp):
+    champion, versions = stack.champion(), stack.versions()
+    proc, log = start_training(stack)
+    try:
+        lost = time.monotonic()
+        os.kill(stack.services()["postgres"]["pid"], signal.SIGINT)  # a fast shutdown
+        proc.wait(timeout=120)
+        seconds = time.monotonic() - lost
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        restart(stack, "postgres")
+    last = last_line(proc, log)
+    assert "database" in last.lower() and "http://127.0.0.1:" in last, last
+    assert seconds < 30, seconds
+    assert (stack.champion(), stack.versions()) == (champion, versions)
+
+
+def start_training(stack: StackUp) -> tuple[subprocess.Popen, Path]:
+    """A long `tinygpt retrain` on the stack, returned once it trains."""
+    log = stack.root.parent / f"during-{time.time_ns()}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "retrain", *sets(LONG)],
+                                cwd=stack.root, env=clean_env(), stdout=out,
+                                stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not re.search(r"training [\d.]+M parameters", log.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.5)
+    return proc, log
+
+
+def last_line(proc: subprocess.Popen, log: Path) -> str:
+    """The one line a failed run ends with."""
+    output = log.read_text()
+    assert proc.returncode == 1, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    print(f"\n{last}")
+    assert last.startswith("tinygpt: error: "), output[-3000:]
+    return last
 
 
 def test_a_killed_worker_run_is_marked_crashed_and_a_rerun_completes(stack: StackUp):
