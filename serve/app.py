@@ -6,20 +6,20 @@ Start it with `tinygpt serve`; build it in tests with `create_app(Settings(...))
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
 from serve.generation import Gate, Metrics
+from serve.middleware import CapBody, Observe
 from serve.model_holder import ModelHolder
 from serve.routes import corpus, generate, openai, status
-from serve.routes.deps import field_of, too_large
+from serve.routes.deps import field_of
 from serve.settings import Settings
 
 __all__ = ["Settings", "create_app"]
@@ -41,11 +41,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.holder = holders[0]  # the default: requests that name no model get it
     app.state.gate = Gate(settings.max_concurrency, settings.max_queue)
     app.state.metrics = Metrics()
-    app.middleware("http")(_limit_and_observe)
+    # The last added runs first: CORS, then Observe (which so counts CapBody's 413s).
+    app.add_middleware(CapBody, limit_for=settings.body_limit)
+    app.add_middleware(Observe, metrics=app.state.metrics)
     if settings.cors_origins:  # a front end served from elsewhere; none by default
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["GET", "POST"], allow_headers=["Content-Type"])
     app.exception_handler(RequestValidationError)(_invalid_request)
+    app.exception_handler(Exception)(_server_error)
     for module in (generate, openai, status, corpus):
         app.include_router(module.router)
     return app
@@ -60,27 +63,6 @@ async def _follow_model(app: FastAPI) -> AsyncIterator[None]:
         await holder.stop()
 
 
-async def _limit_and_observe(request: Request,
-                             call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    """Refuse an oversized body from its Content-Length before reading it (a chunked upload is
-    counted as it is read, by `POST /corpus`); count and time every request by its route."""
-    settings: Settings = request.app.state.settings
-    metrics: Metrics = request.app.state.metrics
-    started = time.perf_counter()
-    length = request.headers.get("content-length")
-    limit = (settings.max_upload_bytes if request.url.path == "/corpus"
-             else settings.max_body_bytes)
-    if length is not None and (not length.isdigit() or int(length) > limit):
-        response: Response = too_large(limit)
-    else:
-        response = await call_next(request)
-    route = request.scope.get("route")
-    name = getattr(route, "path", "unmatched")
-    metrics.requests.labels(name, str(response.status_code)).inc()
-    metrics.latency.labels(name).observe(time.perf_counter() - started)
-    return response
-
-
 async def _invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
     """A 422 whose detail names each bad field (dotted, without the leading "body"); under
     /v1/, OpenAI's 400."""
@@ -90,3 +72,12 @@ async def _invalid_request(request: Request, err: RequestValidationError) -> JSO
     for item in err.errors():
         detail.append({"field": field_of(item) or "body", "message": item.get("msg", "invalid")})
     return JSONResponse({"detail": detail}, status_code=422)
+
+
+async def _server_error(request: Request, err: Exception) -> JSONResponse:
+    """The 500 for an exception no route handled, as JSON (under /v1/, OpenAI's shape) naming
+    its type only: the cause, with its traceback, goes to the service's log, not to clients."""
+    message = f"internal error ({type(err).__name__}); the service's log has its cause"
+    if request.url.path.startswith("/v1/"):
+        return openai.OpenAIError(500, message).response()
+    return JSONResponse({"detail": message}, status_code=500)

@@ -4,6 +4,7 @@ bounds how many run at once, and the Prometheus metrics the service keeps."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +20,7 @@ from gpt.sft import PROMPT, prompt_ids
 from serve.model_holder import LoadedModel
 
 MAX_PROMPT_CHARS = 8000
+log = logging.getLogger("tinygpt.serve")
 
 StopString = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
@@ -48,6 +50,13 @@ class GenerateRequest(BaseModel):
                               top_k=self.top_k, top_p=self.top_p,
                               repetition_penalty=self.repetition_penalty, seed=self.seed,
                               stop=tuple(self.stop))
+
+
+def failed(err: Exception) -> str:
+    """What a client is told of a generation that raised once its answer had started: the
+    exception's type; the service's log gets the traceback (a client has no use for it)."""
+    log.error("generation failed", exc_info=err)
+    return f"generation failed ({type(err).__name__}); the service's log has its cause"
 
 
 class Busy(Exception):

@@ -2,6 +2,8 @@
 
 Requests take a reference to the current `LoadedModel` and keep it for their whole life, so
 swapping in a new version (loaded beside the old one first) never disturbs a request in flight.
+A version is swapped in only once `check_model` passes on it as it will decode: one that fails
+(NaN weights, say) is never served, and /health reports it until the alias moves on.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpt.checkpoint import load_model, resolve_checkpoint
+from gpt.generate import ModelCheckFailed, check_model
 from gpt.quantize import for_decoding, pick_weights
 from gpt.tokenizer import load_tokenizer
 from registry import load_version, parse_model_uri, resolve_version
@@ -56,6 +59,9 @@ class ModelHolder:
         self.weights = weights
         self.current: LoadedModel | None = None
         self.error: str | None = None  # why the last refresh failed; None after a good one
+        # Versions that failed check_model, with why: the check's verdict on a version does not
+        # change, so the alias staying on one does not load it again at every poll.
+        self.refused: dict[str, str] = {}
         self.loading = False
         self._task: asyncio.Task | None = None
 
@@ -78,15 +84,30 @@ class ModelHolder:
                            tokenizer, model.num_params(), str(device), weights)
 
     def refresh(self) -> bool:
-        """Load the version the URI resolves to, if it is not the one served. True if swapped."""
+        """Load the version the URI resolves to, if it is not the one served, and swap it in if
+        check_model passes on it. True if swapped; ModelCheckFailed if it was refused (now or
+        before), the previous version still being served."""
         version = self.resolve_version()
         if self.current is not None and self.current.version == version:
             return False
+        if version in self.refused:
+            raise ModelCheckFailed(self.refused[version])
         loaded = self.load_version(version)
+        self.check(loaded)
         previous = self.current.version if self.current else None
         self.current = loaded  # one reference assignment: in-flight requests keep the old one
         log.info("serving %s version %s (was %s)", self.name, version, previous)
         return True
+
+    def check(self, loaded: LoadedModel) -> None:
+        """check_model on the weights as they decode (int8 or bf16 included), once per version:
+        /health reports its verdict without running it (a few forward passes) at every call."""
+        try:
+            check_model(loaded.model, loaded.tokenizer)
+        except ModelCheckFailed as err:
+            self.refused[loaded.version] = (f"version {loaded.version} of {self.name} is not "
+                                            f"served: it fails the model check: {err}")
+            raise ModelCheckFailed(self.refused[loaded.version]) from None
 
     # -- background life --------------------------------------------------------------------
 
@@ -96,8 +117,10 @@ class ModelHolder:
             await asyncio.to_thread(self.refresh)
             self.error = None
         except Exception as err:  # the registry may be down; keep serving what we have
-            self.error = f"{type(err).__name__}: {err}"
-            log.warning("model refresh failed: %s", self.error)
+            error = f"{type(err).__name__}: {err}"
+            if error != self.error:  # once, not at every poll while it lasts
+                log.warning("model refresh failed: %s", error)
+            self.error = error
         finally:
             self.loading = False
 

@@ -65,5 +65,8 @@ def field_of(error: dict) -> str | None:
 
 
 def too_large(limit: int) -> JSONResponse:
-    """The 413 for a body over `limit`, whether refused from its Content-Length or counted."""
-    return JSONResponse({"detail": f"request body over the {limit}-byte limit"}, status_code=413)
+    """The 413 for a body over `limit`, whether refused from its Content-Length or counted. The
+    rest of that body is never read: the connection closes, so the client stops sending it
+    (and the server does not read it to reach a next request)."""
+    return JSONResponse({"detail": f"request body over the {limit}-byte limit"}, status_code=413,
+                        headers={"Connection": "close"})

@@ -12,7 +12,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import StreamingResponse
 
 from gpt.tokenizer import UnknownCharacterError
-from serve.generation import Busy, Gate, GenerateRequest, Generation, Metrics
+from serve.generation import Busy, Gate, GenerateRequest, Generation, Metrics, failed
 from serve.model_holder import ModelHolder
 from serve.routes.deps import GateDep, HolderDep, HoldersDep, MetricsDep, chosen, served
 
@@ -74,7 +74,10 @@ async def generate_stream(body: GenerateRequest, request: Request, holders: Hold
 
 async def events(generation: Generation, request: Request, gate: Gate,
                  metrics: Metrics) -> AsyncIterator[str]:
-    """The generation's SSE events; it stops (and frees its slot) when the client goes away."""
+    """The generation's SSE events, always ending in `done` with the stats; a failure (a full
+    queue, the model raising mid-generation) is an `error` event just before it, so a client
+    never waits on a stream that just stops. It stops (and frees its slot) when the client goes
+    away."""
     try:
         async with gate.slot():
             pieces = generation.pieces()
@@ -85,12 +88,14 @@ async def events(generation: Generation, request: Request, gate: Gate,
                 if await request.is_disconnected():
                     return
                 yield sse("piece", {"text": piece})
-            yield sse("done", generation.stats())
     except Busy:
         yield sse("error", {"detail": BUSY})
+    except Exception as err:  # the response has started: its status can no longer say so
+        yield sse("error", {"detail": failed(err)})
     finally:
         generation.cancelled.set()
         metrics.tokens.inc(generation.completion_tokens)
+    yield sse("done", generation.stats())
 
 
 def sse(event: str, payload: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from serve.generation import Busy, Gate, GenerateRequest, Generation, Metrics
+from serve.generation import Busy, Gate, GenerateRequest, Generation, Metrics, failed
 from serve.routes.deps import GateDep, HoldersDep, MetricsDep, field_of
 from serve.routes.generate import BUSY, start_generation
 
@@ -143,7 +143,8 @@ async def completions(body: CompletionRequest, request: Request, holders: Holder
 
 async def chunks(generation: Generation, model: str, request: Request, gate: Gate,
                  metrics: Metrics) -> AsyncIterator[str]:
-    """OpenAI's stream: one chunk per piece, a last one with the finish reason and usage."""
+    """OpenAI's stream: one chunk per piece, a last one with the finish reason and usage, then
+    `data: [DONE]`; a failure is an error chunk (what OpenAI's client raises from) before it."""
     head = envelope(model)
     try:
         async with gate.slot():
@@ -156,6 +157,8 @@ async def chunks(generation: Generation, model: str, request: Request, gate: Gat
                         "usage": usage(generation)})
     except Busy:
         yield data(OpenAIError(429, BUSY).payload())
+    except Exception as err:  # the response has started: its status can no longer say so
+        yield data(OpenAIError(500, failed(err)).payload())
     finally:
         generation.cancelled.set()
         metrics.tokens.inc(generation.completion_tokens)

@@ -4,11 +4,13 @@ served model), `GET /metrics` (Prometheus) and the playground page at `GET /`.""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from serve.model_holder import ModelHolder
 from serve.routes.deps import HolderDep, HoldersDep, MetricsDep, served
 
 router = APIRouter()
@@ -18,7 +20,8 @@ STATIC = Path(__file__).parent.parent / "static"
 @router.get("/health")
 async def health(holder: HolderDep, metrics: MetricsDep) -> JSONResponse:
     """200 "ok"; 503 "degraded" while the model served is not the one the URI names (its last
-    refresh failed), so a monitor notices although generation goes on with the old one."""
+    refresh failed, or that version failed check_model, which runs on every version before it
+    is served), so a monitor notices although generation goes on with the old one."""
     described = served(holder, metrics).describe()
     if holder.error is not None:
         return JSONResponse({"status": "degraded", "reason": holder.error, **described},
@@ -29,14 +32,18 @@ async def health(holder: HolderDep, metrics: MetricsDep) -> JSONResponse:
 @router.get("/models")
 async def models(holders: HoldersDep) -> dict[str, list[dict]]:
     """Each served model as /health describes it, the default first; one still loading or
-    unavailable says so instead."""
-    described = []
-    for name, holder in holders.items():
-        loaded = holder.current
-        described.append(loaded.describe() if loaded is not None else
-                         {"model": name, "status": "loading" if holder.error is None
-                          else "unavailable", "error": holder.error})
-    return {"models": described}
+    unavailable says so instead, and one degraded says why (as /health does for the default)."""
+    return {"models": [listed(holder) for holder in holders.values()]}
+
+
+def listed(holder: ModelHolder) -> dict[str, Any]:
+    loaded = holder.current
+    if loaded is None:
+        return {"model": holder.name, "status": "loading" if holder.error is None
+                else "unavailable", "error": holder.error}
+    if holder.error is not None:
+        return {**loaded.describe(), "status": "degraded", "reason": holder.error}
+    return loaded.describe()
 
 
 @router.get("/metrics")

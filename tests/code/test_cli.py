@@ -209,6 +209,23 @@ def test_a_wrong_set_is_refused_before_prefect_is_contacted(tmp_path):
     assert time.perf_counter() - started < 10
 
 
+def test_promote_checks_the_run_lock_before_its_imports(tmp_path):
+    """A busy project is the answer at once, before MLflow, Prefect and pandas load (seconds,
+    12 on a cold machine): Python's import log shows none of them loaded."""
+    from tasks.lock import run_lock
+
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
+    with run_lock(tmp_path / ".tinygpt" / "run.lock"):
+        done = subprocess.run([str(BIN / "tinygpt"), "promote", "--version", "1"], env=env,
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1
+    assert lines[-1].startswith("tinygpt: error: another run holds this project"), lines[-1]
+    imported = {line.split("|")[-1].strip() for line in lines if line.startswith("import time:")}
+    assert "cli" in imported or "tasks.lock" in imported, sorted(imported)[:20]
+    assert not imported & {"mlflow", "prefect", "pandas", "torch"}
+
+
 def subcommands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
                 ) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser, str | None]]:
     """(path, parser, the help its parent lists) of every subcommand, nested ones too."""

@@ -8,9 +8,11 @@ import logging
 import os
 import pty
 import re
+import select
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 from gpt.progress import Bar, Progress, duration
@@ -65,8 +67,7 @@ def test_a_log_line_on_the_terminal_erases_the_bar_and_it_comes_back_below(monke
     finally:
         log.removeHandler(handler)
         terminal.close()
-    shown = os.read(leader, 65536).decode()
-    os.close(leader)
+    shown = read_until_closed(leader).decode()
     first, rest = shown.split("a line between two drawings", 1)
     assert "encoding [######" in first and first.endswith("\r\x1b[2K")
     assert "encoding [############" in rest and rest.endswith("\r\n")
@@ -110,15 +111,26 @@ def run_with(out: Path, stderr_is_terminal: bool) -> str:
     child = subprocess.Popen([sys.executable, "-c", script, str(out)], env=env,
                              cwd=ROOT, stderr=follower, stdout=subprocess.DEVNULL)
     os.close(follower)
-    shown = b""
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # the child closed the terminal
-            break
-        if not chunk:
-            break
-        shown += chunk
-    os.close(leader)
+    shown = read_until_closed(leader, timeout=120)
     assert child.wait(timeout=120) == 0, shown.decode(errors="replace")
     return shown.decode()
+
+
+def read_until_closed(leader: int, timeout: float = 30.0) -> bytes:
+    """Everything shown on a pseudo-terminal, read from its leader side until the other side
+    is closed (then closes the leader). One read returns only what the kernel has passed across
+    so far, which can stop anywhere in what was written: read to the end, within a deadline."""
+    deadline = time.monotonic() + timeout
+    shown = b""
+    try:
+        while select.select([leader], [], [], max(deadline - time.monotonic(), 0))[0]:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the other side is closed and everything was read
+                return shown
+            if not chunk:
+                return shown
+            shown += chunk
+        raise AssertionError(f"the terminal was still open after {timeout}s: {shown!r}")
+    finally:
+        os.close(leader)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -23,6 +26,7 @@ from gpt.tokenizer import BPETokenizer, Tokenizer
 from registry import PYFUNC_FILE, signature
 
 BIN = Path(sys.executable).parent
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -39,13 +43,15 @@ class Registry:
 
     def register(self, seed: int, alias: str | None = "champion", name: str = "tinygpt",
                  fine_tuned: bool = False, loadable: bool = True,
-                 tokenizer: Tokenizer | None = None) -> str:
+                 tokenizer: Tokenizer | None = None, nan_weights: bool = False) -> str:
         """Register a small random-weight model; point alias at it. Returns the version.
 
         fine_tuned: its tokenizer has the control tokens, and it always answers
         <|endoftext|> at once (so completion mode has a known result).
         loadable=False: the registered checkpoint loses its weights file before the alias
         moves, so loading the version fails.
+        nan_weights: its position embedding is NaN (what a diverged run registers): it loads,
+        and check_model refuses it.
         """
         import mlflow
         import pandas as pd
@@ -61,6 +67,9 @@ class Registry:
                 model.transformer.ln_f.weight.zero_()
                 model.transformer.ln_f.bias.fill_(1.0)
                 model.lm_head.weight[tokenizer.special_tokens["<|endoftext|>"]] = 5.0
+        if nan_weights:
+            with torch.no_grad():
+                model.transformer.wpe.weight.fill_(float("nan"))
         tok_dir = self.root / f"tok-{name}-{seed}"
         tokenizer.save(tok_dir)
         ckpt = save_model(model, self.root / f"ckpt-{name}-{seed}", assets_dir=tok_dir)
@@ -94,6 +103,38 @@ def registry(tmp_path_factory, shakespeare) -> Registry:
                    BPETokenizer.train(shakespeare[:30_000], 400))
     reg.register(seed=0)
     return reg
+
+
+def altered_checkpoint(source: Path, dest: Path,
+                       change: Callable[[dict[str, torch.Tensor]], None]) -> Path:
+    """A copy of checkpoint folder source at dest, its weights passed through change first."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, dest)
+    weights = load_file(str(dest / WEIGHTS_FILE))
+    change(weights)
+    save_file(weights, str(dest / WEIGHTS_FILE), metadata={"format": "pt"})
+    return dest
+
+
+def until(probe: Callable[[], T], timeout: float = 60.0, every: float = 0.2) -> T:
+    """probe's first truthy answer, asked every `every` s for up to `timeout` s: a test waits on
+    a condition, never on a fixed time that a loaded machine may not keep."""
+    deadline = time.monotonic() + timeout
+    while not (answer := probe()):
+        assert time.monotonic() < deadline, f"no answer from {probe} in {timeout}s"
+        time.sleep(every)
+    return answer
+
+
+def sse_events(response: httpx.Response) -> Iterator[tuple[str | None, dict]]:
+    """(event, data) of a streamed response's server-sent events, as they arrive."""
+    event = None
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            event = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            yield event, json.loads(line.removeprefix("data: "))
 
 
 def wait_for(url: str, status: int = 200, timeout: float = 90.0) -> httpx.Response:

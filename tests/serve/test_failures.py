@@ -1,29 +1,103 @@
-"""The service when things go wrong: an oversized chunked upload, a bad upload, Prefect not
-configured or not reachable, a champion that cannot be loaded; and the upload steps that need
-no Prefect (build_tokenizer)."""
+"""The service when things go wrong: an oversized chunked body, a bad upload, Prefect not
+configured or not reachable, a champion that cannot be loaded or fails the model check, a
+generation that fails midway; and the upload steps that need no Prefect (build_tokenizer)."""
 
 from __future__ import annotations
 
+import json
+import select
+import socket
+import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
+import openai
 import pytest
+import torch
 
 from serve.settings import Settings
-from tests.serve.conftest import Process, free_port, start_service, wait_for
+from tests.serve.conftest import (
+    Process,
+    altered_checkpoint,
+    free_port,
+    sse_events,
+    start_service,
+    until,
+    wait_for,
+)
 
 MB = 1024 * 1024
 UPLOAD_LIMIT = Settings().max_upload_bytes  # `tinygpt serve` keeps the default
+BODY_LIMIT = Settings().max_body_bytes
 BASE = {"prompt": "ROMEO:", "max_new_tokens": 8, "seed": 7}
+FAILS_FROM = 8  # the fragile model's first position that overflows
 
 
-def rss_bytes(pid: int) -> int:
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    """A process's resident memory now (VmRSS) or at its peak so far (VmHWM)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
+    raise AssertionError(f"no {field} for {pid}")
+
+
+@dataclass
+class Answer:
+    status: int
+    body: dict
+    sent: int          # body bytes the client sent before it had the answer
+    seconds: float     # from the request's first byte to the whole answer
+
+
+def post_chunked(url: str, path: str, size: int, timeout: float = 60.0) -> Answer:
+    """POST `size` bytes to path as a chunked body (no Content-Length to refuse up front) from
+    a raw socket, 1 MB a chunk; before each chunk, if the server has answered, stop sending, as
+    a client reading its socket does."""
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    chunk = b"x" * MB
+    framed = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+    started = time.monotonic()
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json"
+                     f"\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+        sent = 0
+        try:
+            while sent < size and not select.select([sock], [], [], 0)[0]:
+                sock.sendall(framed)
+                sent += len(chunk)
+            if sent >= size:
+                sock.sendall(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server closed its side after answering: the answer is waiting
+        status, body = read_answer(sock)
+    return Answer(status, body, sent, time.monotonic() - started)
+
+
+def read_answer(sock: socket.socket) -> tuple[int, dict]:
+    """The status and JSON body of the HTTP answer on sock (Content-Length framed)."""
+    data = b""
+    while b"\r\n\r\n" not in data or len(data) < answer_end(data):
+        try:
+            more = sock.recv(65536)
+        except ConnectionResetError:
+            more = b""
+        assert more, f"the connection ended before a whole answer: {data[:200]!r}"
+        data += more
+    head, body = data.split(b"\r\n\r\n", 1)
+    return int(head.split()[1]), json.loads(body[:answer_end(data) - len(head) - 4])
+
+
+def answer_end(data: bytes) -> int:
+    head, _, _ = data.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(head) + 4 + int(value)
+    raise AssertionError(f"an answer without Content-Length: {head!r}")
 
 
 def descendants(pid: int) -> list[int]:
@@ -62,6 +136,24 @@ def test_chunked_upload_over_the_limit_is_refused_while_streaming(no_prefect):
         "detail": f"request body over the {UPLOAD_LIMIT}-byte limit"}
     assert grown < 50 * MB, f"resident memory grew {grown / MB:.1f} MB for a 100 MB body"
     assert list((cwd / "uploads").iterdir()) == []
+    assert httpx.get(f"{url}/health").status_code == 200
+
+
+@pytest.mark.parametrize("route", ["/generate", "/v1/completions"])
+def test_a_chunked_body_over_the_cap_gets_413_as_it_arrives(no_prefect, route):
+    """300 MB, chunked: the 413 comes once the route's cap (64 KB) has arrived, with the rest
+    unsent, and the service's peak memory barely moves (it used to read the whole body)."""
+    proc, url, _ = no_prefect
+    peak, now = rss_bytes(proc.proc.pid, "VmHWM"), rss_bytes(proc.proc.pid)
+    answer = post_chunked(url, route, 300 * MB)
+    peak_grown = rss_bytes(proc.proc.pid, "VmHWM") - peak
+    grown = rss_bytes(proc.proc.pid) - now
+    print(f"{route}: {answer.status} after {answer.seconds:.3f} s and {answer.sent / MB:.0f} MB "
+          f"sent; resident memory {grown / MB:+.1f} MB, its peak {peak_grown / MB:+.1f} MB")
+    assert answer.status == 413, answer
+    assert answer.body == {"detail": f"request body over the {BODY_LIMIT}-byte limit"}
+    assert answer.sent < 300 * MB and answer.seconds < 30, answer
+    assert peak_grown < 50 * MB and grown < 50 * MB, (peak_grown / MB, grown / MB)
     assert httpx.get(f"{url}/health").status_code == 200
 
 
@@ -167,3 +259,109 @@ def test_a_full_upload_folder_refuses_uploads_with_a_413(registry, tmp_path):
     assert response.json()["detail"].startswith("the upload folder is full: its accepted "
                                                 "uploads fill 1 MB (--upload-folder-mb)")
     assert [p.name for p in (tmp_path / "uploads").iterdir()] == ["accepted-earlier.txt"]
+
+
+def overflow_late(weights: dict[str, torch.Tensor]) -> None:
+    """Positions from FAILS_FROM on get a position embedding near float32's largest value,
+    which LayerNorm turns into NaN: finite weights, and finite logits for check_model's first
+    tokens, so the model serves, and sampling fails for real a few tokens into a generation."""
+    weights["transformer.wpe.weight"][FAILS_FROM:, 0] = 3e38
+
+
+@pytest.fixture(scope="module")
+def fragile(registry, tmp_path_factory) -> Iterator[str]:
+    """The service serving a checkpoint folder whose generations fail at position FAILS_FROM."""
+    cwd = tmp_path_factory.mktemp("fragile")
+    folder = altered_checkpoint(registry.root / "ckpt-tinygpt-0", cwd / "ckpt-fragile",
+                                overflow_late)
+    proc, url = start_service("sqlite:///nowhere.db", cwd, "--model", str(folder))
+    try:
+        wait_for(f"{url}/health")
+        yield url
+    finally:
+        proc.stop()
+
+
+FAILING = {"prompt": "ROMEO:", "max_new_tokens": 30, "temperature": 0.8, "seed": 7}
+
+
+def fragile_name(url: str) -> str:
+    return httpx.get(f"{url}/health").json()["model"]
+
+
+def test_a_stream_that_fails_ends_with_an_error_then_its_end_marker(fragile):
+    with httpx.stream("POST", f"{fragile}/generate/stream", json=FAILING,
+                      timeout=60) as response:
+        assert response.status_code == 200
+        events = list(sse_events(response))
+    kinds = [event for event, _ in events]
+    assert kinds[-2:] == ["error", "done"] and set(kinds[:-2]) == {"piece"}, kinds
+    assert events[-2][1]["detail"].startswith("generation failed (RuntimeError)")
+    assert 0 < events[-1][1]["completion_tokens"] < FAILING["max_new_tokens"]
+
+    asked = {"model": fragile_name(fragile), "prompt": "ROMEO:", "max_tokens": 30,
+             "temperature": 0.8, "seed": 7, "stream": True}
+    with httpx.stream("POST", f"{fragile}/v1/completions", json=asked, timeout=60) as response:
+        lines = [line for line in response.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    error = json.loads(lines[-2].removeprefix("data: "))["error"]
+    assert error["type"] == "server_error" and "generation failed" in error["message"]
+    assert json.loads(lines[0].removeprefix("data: "))["choices"][0]["text"]
+    client = openai.OpenAI(base_url=f"{fragile}/v1", api_key="not-needed", max_retries=0)
+    with pytest.raises(openai.APIError, match="generation failed"):
+        list(client.completions.create(**asked))
+
+
+def server_errors(url: str, route: str) -> float:
+    prefix = f'tinygpt_requests_total{{route="{route}",status="500"}} '
+    lines = httpx.get(f"{url}/metrics").text.splitlines()
+    return sum(float(line.removeprefix(prefix)) for line in lines if line.startswith(prefix))
+
+
+def test_every_server_error_is_counted_in_metrics(fragile):
+    before = {route: server_errors(fragile, route) for route in ("/generate", "/v1/completions")}
+    plain = httpx.post(f"{fragile}/generate", json=FAILING, timeout=60)
+    assert plain.status_code == 500
+    assert plain.json()["detail"].startswith("internal error (RuntimeError)")
+    asked = {"model": fragile_name(fragile), "prompt": "ROMEO:", "max_tokens": 30,
+             "temperature": 0.8, "seed": 7}
+    completion = httpx.post(f"{fragile}/v1/completions", json=asked, timeout=60)
+    assert completion.status_code == 500
+    assert completion.json()["error"]["type"] == "server_error"
+    for route, count in before.items():
+        assert server_errors(fragile, route) == count + 1, route
+
+
+def test_a_version_that_fails_the_model_check_is_never_served(registry, tmp_path):
+    """Neither swapped in (the one before it keeps serving, /health says why) nor served first:
+    a NaN version registered under the alias, and a NaN checkpoint folder."""
+    good = registry.register(seed=4, name="tinygpt-checked")
+    nan_folder = altered_checkpoint(registry.root / "ckpt-tinygpt-0", tmp_path / "ckpt-nan",
+                                    lambda weights: weights["transformer.wpe.weight"].fill_(
+                                        float("nan")))
+    proc, url = start_service(registry.uri, tmp_path, "--model",
+                              "models:/tinygpt-checked@champion", "--model", str(nan_folder),
+                              "--poll-seconds", "1")
+    try:
+        assert wait_for(f"{url}/health").json()["version"] == good
+        bad = registry.register(seed=5, name="tinygpt-checked", nan_weights=True)
+        health = wait_for(f"{url}/health", status=503, timeout=60).json()
+        assert health["status"] == "degraded" and health["version"] == good
+        assert health["reason"].startswith(f"ModelCheckFailed: version {bad} of "
+                                           f"tinygpt-checked is not served")
+        assert "non-finite weights" in health["reason"]
+        answer = httpx.post(f"{url}/generate", json=BASE, timeout=60)
+        assert answer.status_code == 200 and answer.json()["version"] == good
+
+        def listed() -> list[dict] | None:
+            models = httpx.get(f"{url}/models").json()["models"]
+            return models if models[1].get("status") != "loading" else None
+
+        default, folder = until(listed)
+        assert default["status"] == "degraded" and default["reason"] == health["reason"]
+        assert folder["status"] == "unavailable" and "non-finite weights" in folder["error"]
+        refused = httpx.post(f"{url}/generate", json={**BASE, "model": str(nan_folder)})
+        assert refused.status_code == 503
+        assert "fails the model check" in refused.json()["detail"]["error"]
+    finally:
+        proc.stop()

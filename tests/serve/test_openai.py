@@ -57,6 +57,16 @@ def test_a_stop_string_ends_the_completion_before_it(client):
     assert stopped.choices[0].finish_reason == "stop"
 
 
+def test_degenerate_temperature_and_top_p_are_greedy_not_500s(client):
+    greedy = client.completions.create(model="tinygpt", prompt="ROMEO:", max_tokens=12,
+                                       temperature=0).choices[0].text
+    for degenerate in ({"temperature": 1e-300}, {"top_p": 1e-300}):
+        fields = dict(model="tinygpt", prompt="ROMEO:", max_tokens=12, seed=3, **degenerate)
+        assert client.completions.create(**fields).choices[0].text == greedy, degenerate
+        chunks = list(client.completions.create(**fields, stream=True))
+        assert "".join(chunk.choices[0].text for chunk in chunks) == greedy, degenerate
+
+
 @pytest.mark.parametrize(("fields", "param"), [
     ({"temperature": 9.0}, "temperature"),
     ({"max_tokens": 0}, "max_tokens"),
