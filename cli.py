@@ -392,12 +392,14 @@ def cmd_retrain(args: argparse.Namespace) -> None:
                 raise RuntimeError(f"{err}. Run the same command again to resume training "
                                    f"(--fresh starts over)") from None
             except Exception as err:
-                lost = server_lost(err)
-                if lost is None:
+                if server_lost(err) is None:
                     raise
-                if not prefect_answers():
-                    exit_now(str(lost))
-                raise lost from None
+                down = servers_down(params)
+                line = f"{down}; the run stopped, nothing was promoted" if down else str(
+                    server_lost(err))
+                if down.startswith("the Prefect server"):
+                    exit_now(line)
+                raise RuntimeError(line) from None
     print_summary(summary)
 
 
@@ -405,19 +407,23 @@ def exit_now(message: str) -> NoReturn:
     """The error line, then exit without Prefect's exit hooks: with its server (or its
     database) gone, they would retry sending the run's last logs and events for half a
     minute, to nobody."""
-    print(f"tinygpt: error: {message}", file=sys.stderr, flush=True)
     sys.stdout.flush()
+    print(f"\ntinygpt: error: {message}", file=sys.stderr, flush=True)  # after their noise
     os._exit(1)
 
 
-def prefect_answers() -> bool:
+def servers_down(params: Params) -> str:
+    """After a run lost a server: what is down now, in one line (Prefect's verdict first: its
+    `/ready` names a database both servers lost), or '' when both answer again."""
     from flows.retrain import PrefectUnavailable, check_prefect_api
+    from registry import RegistryUnavailable, check_reachable
 
     try:
         check_prefect_api(timeout=3.0)
-    except PrefectUnavailable:
-        return False
-    return True
+        check_reachable(params, timeout=3.0)
+    except (PrefectUnavailable, RegistryUnavailable) as err:
+        return str(err)
+    return ""
 
 
 def server_lost(err: BaseException) -> Exception | None:
