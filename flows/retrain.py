@@ -9,8 +9,11 @@ A run holds the project's run lock from start to end, so runs never mix their ou
 failure leaves the registry's aliases and the previous model as they were: dvc.lock, metrics/
 and the kind's outputs are put back as they were before the run, a version is registered only
 once its outputs are pushed (all its tags in one call), and `champion` moves last, after the
-candidate was loaded and generated from. Ctrl-C or SIGTERM stops the run at the next safe
-point: the MLflow run ends KILLED, the flow run Cancelled, and training can resume.
+candidate was checked and after the servers were seen to answer. Ctrl-C or SIGTERM stops
+the run (inside a step that writes its outputs whole, after an optimizer step in training,
+after register or promote): the MLflow run ends KILLED, the flow run Cancelled, and training
+can resume. A server that stops answering while the run goes stops it the same way, and the
+run fails naming it.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import nullcontext, suppress
 from pathlib import Path
 from typing import Any
 
@@ -75,11 +78,6 @@ ABORTABLE = frozenset({"ingest", "validate", "drift", "tokenize", "encode", "eva
                        "version"})
 
 
-@contextmanager
-def _uncut() -> Iterator[None]:
-    yield
-
-
 class StepTimer:
     """Runs steps, recording each one's wall time and whether it came from the cache."""
 
@@ -91,7 +89,7 @@ class StepTimer:
         check_stop()  # a Ctrl-C between steps stops here, before the next one writes
         log.info("step %s", name)
         started = time.perf_counter()
-        with abortable() if name in ABORTABLE else _uncut():
+        with abortable() if name in ABORTABLE else nullcontext():
             state = step(*args, return_state=True, **kwargs)
         self.seconds[name] = round(time.perf_counter() - started, 2)
         if state.name == "Cached":

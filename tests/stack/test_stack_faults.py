@@ -99,6 +99,7 @@ def test_mlflow_stopped_during_a_run_fails_it_and_registers_nothing(stack: Stack
         restart(stack, "mlflow")
     last = last_line(proc, log)
     assert f"MLflow server {stack.env['MLFLOW_TRACKING_URI']}" in last, last
+    print(f"\n{seconds:.1f} s from the loss to the exit")
     assert seconds < 30, seconds
     assert (stack.champion(), stack.versions()) == (champion, versions)
     assert (stack.root / "dvc.lock").read_bytes() == lock_before  # the workspace put back
@@ -118,6 +119,7 @@ def test_the_database_stopped_during_a_run_fails_it_in_seconds_naming_it(stack: 
         restart(stack, "postgres")
     last = last_line(proc, log)
     assert "database" in last.lower() and "http://127.0.0.1:" in last, last
+    print(f"\n{seconds:.1f} s from the loss to the exit")
     assert seconds < 30, seconds
     assert (stack.champion(), stack.versions()) == (champion, versions)
 
