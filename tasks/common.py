@@ -107,18 +107,23 @@ def documents(frame: Any) -> list[tuple[str, int]]:
     """(text, n_bytes) per document: consecutive records of the same source, joined.
 
     A text file's paragraphs join back into the file; each JSONL record has a source of its
-    own, so it stays a document by itself.
+    own, so it stays a document by itself. Each document's pieces are joined once (adding
+    them one by one would copy the document again for every paragraph: quadratic in its size).
     """
     docs: list[tuple[str, int]] = []
+    pieces: list[str] = []
+    n_bytes_of_doc = 0
     last_source = None
     for text, source, n_bytes in zip(frame["text"], frame["source"], frame["n_bytes"],
                                      strict=True):
-        if source == last_source:
-            prev_text, prev_bytes = docs[-1]
-            docs[-1] = (prev_text + text, prev_bytes + int(n_bytes))
-        else:
-            docs.append((text, int(n_bytes)))
+        if source != last_source and pieces:
+            docs.append(("".join(pieces), n_bytes_of_doc))
+            pieces, n_bytes_of_doc = [], 0
+        pieces.append(text)
+        n_bytes_of_doc += int(n_bytes)
         last_source = source
+    if pieces:
+        docs.append(("".join(pieces), n_bytes_of_doc))
     return docs
 
 

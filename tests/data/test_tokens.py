@@ -104,3 +104,22 @@ def test_split_holds_out_the_tail_at_a_line_break():
     train, val = split_text(text, 0.1)
     assert train + val == text and train.endswith("\n")
     assert 0.08 < len(val) / len(text) < 0.12
+
+
+def test_a_files_paragraphs_join_back_into_one_document_in_linear_time():
+    import time
+
+    import pandas as pd
+
+    from tasks.common import documents
+
+    frame = pd.DataFrame({"text": ["a\n\n", "b", "c", "d"], "source": ["x", "x", "y", "x"],
+                          "n_bytes": [3, 1, 1, 1]})
+    assert documents(frame) == [("a\n\nb", 4), ("c", 1), ("d", 1)]
+    paragraphs = 400_000  # 40 MB in one file: adding piece by piece copied it each time
+    big = pd.DataFrame({"text": ["x" * 99 + "\n"] * paragraphs, "source": ["f"] * paragraphs,
+                        "n_bytes": [100] * paragraphs})
+    started = time.perf_counter()
+    [(text, n_bytes)] = documents(big)
+    assert len(text) == n_bytes == 100 * paragraphs
+    assert time.perf_counter() - started < 20  # seconds; adding piece by piece: many minutes
