@@ -108,7 +108,7 @@ def test_a_second_ctrl_c_exits_at_once(project):
     server = server_of(project, run)
     run.wait_for("step register")
     ctrl_c(run)
-    time.sleep(0.3)
+    run.wait_for("send it again to stop now")  # as a person does: the first one is answered
     signalled = ctrl_c(run)
     code = run.finish(60)
     assert code == 128 + signal.SIGINT and time.monotonic() - signalled < 5, run.output[-3000:]
