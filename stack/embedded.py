@@ -102,10 +102,9 @@ def start() -> dict[str, Any]:
 
     import httpx
 
-    port = free_port(set())
+    port, me = free_port(set()), os.getpid()
     RECORDS.mkdir(parents=True, exist_ok=True)
-    log_file = RECORDS / f"{os.getpid()}.log"
-    me = os.getpid()
+    log_file = RECORDS / f"{me}.log"
     with open(log_file, "ab") as out:
         process = subprocess.Popen([part.format(port=port) for part in _command()],
                                    env=_environment(), stdin=subprocess.DEVNULL, stdout=out,
@@ -138,12 +137,12 @@ def _send_pending() -> None:
 
 
 def shutdown(record: dict[str, Any]) -> None:
+    """Stop a server this process started (its pending logs sent first) and drop its record."""
     if record["process"].poll() is None:
         _send_pending()
     stop({k: v for k, v in record.items() if k != "process"}, timeout=10.0)
-    if (process := record.get("process")) is not None:
-        with suppress(Exception):
-            process.wait(timeout=1)
+    with suppress(Exception):
+        record["process"].wait(timeout=1)  # reaped: no zombie left for the command's life
     _record_path(record["owner"]["pid"]).unlink(missing_ok=True)
     Path(record["log"]).unlink(missing_ok=True)
 
