@@ -392,11 +392,11 @@ def cmd_retrain(args: argparse.Namespace) -> None:
                 raise RuntimeError(f"{err}. Run the same command again to resume training "
                                    f"(--fresh starts over)") from None
             except Exception as err:
-                if server_lost(err) is None:
+                lost = server_lost(err)
+                if lost is None:
                     raise
                 down = servers_down(params)
-                line = f"{down}; the run stopped, nothing was promoted" if down else str(
-                    server_lost(err))
+                line = f"{down}; the run stopped, nothing was promoted" if down else str(lost)
                 if down.startswith("the Prefect server"):
                     exit_now(line)
                 raise RuntimeError(line) from None

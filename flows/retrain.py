@@ -171,7 +171,7 @@ class ServerWatch:
 
     def __init__(self, checks: dict[str, Callable[[], None]], interval: float = 3.0) -> None:
         self.checks, self.interval = checks, interval
-        self.lost: str | None = None
+        self.lost: PrefectUnavailable | RegistryUnavailable | None = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="server-watch", daemon=True)
 
@@ -182,11 +182,11 @@ class ServerWatch:
                 try:
                     check()
                     failures[name] = 0
-                except Exception as err:
+                except (PrefectUnavailable, RegistryUnavailable) as err:
                     failures[name] = failures.get(name, 0) + 1
                     if failures[name] >= 2:
-                        self.lost = str(err)
-                        if name == "prefect":
+                        self.lost = err
+                        if isinstance(err, PrefectUnavailable):
                             _quiet_prefect_clients()
                         request_stop(f"the loss of a server: {err}")
                         return
@@ -194,8 +194,7 @@ class ServerWatch:
     def raise_if_lost(self) -> None:
         """Raise the loss as the run's error (before Prefect's client retries hide it)."""
         if self.lost is not None:
-            error = PrefectUnavailable if "Prefect" in self.lost else RegistryUnavailable
-            raise error(f"{self.lost}; the run stopped, nothing was promoted")
+            raise type(self.lost)(f"{self.lost}; the run stopped, nothing was promoted")
 
     def __enter__(self) -> ServerWatch:
         self._thread.start()
