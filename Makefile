@@ -51,6 +51,7 @@ bench: setup
 	$(BIN)/python bench/ddp.py
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/retrain_overhead.py
+	$(BIN)/python bench/scale.py --encode-speedup
 	$(BIN)/python bench/quality.py
 	$(BIN)/python bench/recipes.py
 	test -f mlflow/mlflow.db || $(MAKE) run   # serve_load needs a champion to serve

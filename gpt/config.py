@@ -70,9 +70,30 @@ class DataConfig:
     # Stop a run whose data's byte distribution moved further than this from the champion's
     # (Jensen-Shannon divergence in bits, 0 to 1); None: measure and report only.
     max_drift: float | None = None
+    # Data preparation works in chunks of about this many MB of text (a Parquet row group of
+    # the raw and validated records): memory per step is bounded by a chunk, not the corpus.
+    # A record (a paragraph, a JSONL line) longer than a chunk is refused at ingest.
+    chunk_mb: float = 4.0
+    # Where validation, pretoken counting and encoding run when there is more than one chunk:
+    # null starts a Dask local cluster of `workers` processes (0: one per core); an address
+    # (tcp://HOST:PORT) sends them to a running Dask cluster.
+    dask_address: str | None = None
+    workers: int = 0
 
     def __post_init__(self) -> None:
         _one_of("data", "kind", self.kind, DATA_KINDS)
+        if not self.chunk_mb > 0:
+            raise ValueError(f"data.chunk_mb must be positive, got {self.chunk_mb!r}")
+        if self.workers < 0:
+            raise ValueError(f"data.workers must be >= 0 (0: one per core), got "
+                             f"{self.workers!r}")
+        if self.dask_address is not None and "://" not in self.dask_address:
+            raise ValueError(f"data.dask_address must be a scheduler address like "
+                             f"tcp://HOST:PORT, got {self.dask_address!r}")
+
+    @property
+    def chunk_bytes(self) -> int:
+        return max(1, int(self.chunk_mb * 2**20))
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction!r}")
         _positive_ints("data", self, ["tokens_per_shard"])
@@ -100,6 +121,18 @@ class ValidateConfig:
             raise ValueError("validate.min_chars must be between 0 and validate.max_chars")
         if not 0 <= self.max_control_share <= 1:
             raise ValueError("validate.max_control_share must be in [0, 1]")
+
+
+@dataclass
+class EvaluateConfig:
+    """How much held-out text the text kind's evaluation scores."""
+
+    # At most this many validation tokens are scored: a fixed, evenly spaced sample of the
+    # validation records when the split is larger (the same text for candidate and champion).
+    max_tokens: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        _positive_ints("evaluate", self, ["max_tokens"])
 
 
 @dataclass
@@ -313,6 +346,7 @@ class Params:
 
     data: DataConfig = field(default_factory=DataConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: GPTConfig = field(default_factory=GPTConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

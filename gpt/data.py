@@ -1,15 +1,17 @@
 """Token storage and batching.
 
-Tokens live in Parquet shards (one `token` column, uint16 when the vocabulary fits, zstd) or
-a `.npy` file. Either way they are read into one contiguous NumPy array, never a Python list,
-and batches are windows cut from it with a seeded torch.Generator whose state is saved in
+Tokens live in Parquet shards (one `token` column, uint16 when the vocabulary fits, zstd),
+written as they fill, or a `.npy` file. Training and evaluation copy a split's shards into one
+memory-mapped `.npy` (never a Python list, never the corpus in memory), and batches are
+windows cut from it with a seeded torch.Generator whose state is saved in
 checkpoints, so a resumed run draws exactly the batches it would have drawn: random windows
 (nanoGPT's sampling), or strided windows visited once per epoch (a sliding-window dataset).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -62,21 +64,51 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
+class ShardWriter:
+    """Tokens appended in pieces, written as prefix-00000.parquet, prefix-00001.parquet, ...
+    (zstd) as each fills: memory holds at most one shard. At least one shard is written."""
+
+    def __init__(self, out_dir: str | Path, prefix: str, tokens_per_shard: int,
+                 vocab_size: int) -> None:
+        if tokens_per_shard <= 0:
+            raise ValueError(f"tokens_per_shard must be positive, got {tokens_per_shard}")
+        self.out, self.prefix, self.per_shard = Path(out_dir), prefix, tokens_per_shard
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.dtype = token_dtype(vocab_size)
+        self.pending: list[np.ndarray] = []
+        self.pending_tokens = 0
+        self.paths: list[Path] = []
+
+    def add(self, tokens: np.ndarray) -> None:
+        tokens = np.asarray(tokens).astype(self.dtype, copy=False)
+        while len(tokens):
+            take = min(len(tokens), self.per_shard - self.pending_tokens)
+            self.pending.append(tokens[:take])
+            self.pending_tokens += take
+            tokens = tokens[take:]
+            if self.pending_tokens == self.per_shard:
+                self._write()
+
+    def close(self) -> list[Path]:
+        if self.pending_tokens or not self.paths:
+            self._write()
+        return self.paths
+
+    def _write(self) -> None:
+        path = self.out / f"{self.prefix}-{len(self.paths):05d}.parquet"
+        tokens = (np.concatenate(self.pending) if self.pending
+                  else np.zeros(0, dtype=self.dtype))
+        pq.write_table(pa.table({TOKEN_COLUMN: tokens}), path, compression="zstd")
+        self.paths.append(path)
+        self.pending, self.pending_tokens = [], 0
+
+
 def write_token_shards(tokens: np.ndarray, out_dir: str | Path, prefix: str,
                        tokens_per_shard: int, vocab_size: int) -> list[Path]:
     """Write tokens as prefix-00000.parquet, prefix-00001.parquet, ... (zstd)."""
-    if tokens_per_shard <= 0:
-        raise ValueError(f"tokens_per_shard must be positive, got {tokens_per_shard}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tokens = np.asarray(tokens).astype(token_dtype(vocab_size), copy=False)
-    paths = []
-    for shard, start in enumerate(range(0, max(len(tokens), 1), tokens_per_shard)):
-        path = out / f"{prefix}-{shard:05d}.parquet"
-        table = pa.table({TOKEN_COLUMN: tokens[start:start + tokens_per_shard]})
-        pq.write_table(table, path, compression="zstd")
-        paths.append(path)
-    return paths
+    writer = ShardWriter(out_dir, prefix, tokens_per_shard, vocab_size)
+    writer.add(tokens)
+    return writer.close()
 
 
 def read_token_shards(paths: Sequence[str | Path]) -> np.ndarray:
@@ -99,6 +131,32 @@ def load_tokens(path: str | Path, prefix: str | None = None) -> np.ndarray:
     if source.suffix == ".parquet":
         return read_token_shards([source])
     raise ValueError(f"{source}: expected a .npy file, a .parquet shard or a folder of shards")
+
+
+def mapped_tokens(shards_dir: str | Path, prefix: str, cache: str | Path) -> np.ndarray:
+    """A split's tokens as one memory-mapped array: its shards are copied into the .npy file
+    `cache` a shard at a time (once; an existing cache is reused), so the corpus is never held
+    in memory, only the windows read from it."""
+    cache = Path(cache)
+    if not cache.is_file():
+        paths = sorted(Path(shards_dir).glob(f"{prefix}-*.parquet"))
+        if not paths:
+            raise FileNotFoundError(f"no {prefix}-*.parquet token shards in {shards_dir}")
+        files = [pq.ParquetFile(p) for p in paths]
+        dtype = np.dtype(files[0].schema_arrow.field(TOKEN_COLUMN).type.to_pandas_dtype())
+        total = sum(f.metadata.num_rows for f in files)
+        partial = cache.with_name(f"{cache.name}.part-{os.getpid()}")  # ranks race to make it
+        out = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=(total,))
+        at = 0
+        for file in files:
+            for batch in file.iter_batches(columns=[TOKEN_COLUMN]):
+                tokens = batch.column(0).to_numpy()
+                out[at:at + len(tokens)] = tokens
+                at += len(tokens)
+        out.flush()
+        del out
+        partial.replace(cache)
+    return np.load(cache, mmap_mode="r", allow_pickle=False)
 
 
 class _Windows:
@@ -189,22 +247,21 @@ class StridedWindows(_Windows):
 
 
 def sequential_windows(tokens: np.ndarray, block_size: int, batch_size: int
-                       ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Every token of the array scored once: consecutive non-overlapping windows, batched.
+                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Every token of the array scored once: consecutive non-overlapping windows, batched,
+    cut as they are needed (the array may be memory-mapped).
 
     A final partial window is kept (shorter), so no validation token is dropped.
     """
     n_targets = len(tokens) - 1
     if n_targets < 1:
         raise ValueError("need at least 2 tokens to evaluate")
-    starts = list(range(0, n_targets, block_size))
-    data = torch.from_numpy(np.asarray(tokens).astype(np.int64))
-    batches = []
-    full = [s for s in starts if s + block_size <= n_targets]
-    for i in range(0, len(full), batch_size):
-        chunk = torch.stack([data[s:s + block_size + 1] for s in full[i:i + batch_size]])
-        batches.append((chunk[:, :-1], chunk[:, 1:]))
-    if starts and starts[-1] + block_size > n_targets:
-        tail = data[starts[-1]:]
-        batches.append((tail[None, :-1], tail[None, 1:]))
-    return batches
+    n_full = n_targets // block_size
+    offsets = np.arange(block_size + 1)
+    for first in range(0, n_full, batch_size):
+        starts = np.arange(first, min(first + batch_size, n_full)) * block_size
+        chunk = torch.from_numpy(np.asarray(tokens[starts[:, None] + offsets], dtype=np.int64))
+        yield chunk[:, :-1], chunk[:, 1:]
+    if n_full * block_size < n_targets:
+        tail = torch.from_numpy(np.asarray(tokens[n_full * block_size:], dtype=np.int64))
+        yield tail[None, :-1], tail[None, 1:]

@@ -6,6 +6,7 @@ depend on the tokenizer: a char-level and a BPE model can be compared on it dire
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -13,7 +14,10 @@ import torch
 
 from gpt.data import sequential_windows
 from gpt.model import GPT
+from gpt.progress import Progress
 from gpt.train import autocast
+
+log = logging.getLogger("tinygpt.evaluate")
 
 
 @torch.no_grad()
@@ -25,12 +29,14 @@ def evaluate_tokens(model: GPT, tokens: np.ndarray, n_bytes: int, batch_size: in
     model.eval()
     device = next(model.parameters()).device
     total_nats, total_tokens = 0.0, 0
-    for x, y in sequential_windows(tokens, model.config.block_size, batch_size):
-        x, y = x.to(device), y.to(device)
-        with autocast(device, dtype):
-            _, loss = model(x, y)
-        total_nats += loss.item() * y.numel()
-        total_tokens += y.numel()
+    with Progress(log, "evaluating", len(tokens) - 1, "tokens") as progress:
+        for x, y in sequential_windows(tokens, model.config.block_size, batch_size):
+            x, y = x.to(device), y.to(device)
+            with autocast(device, dtype):
+                _, loss = model(x, y)
+            total_nats += loss.item() * y.numel()
+            total_tokens += y.numel()
+            progress.update(total_tokens)
     loss = total_nats / total_tokens
     # The first token is context only, so scale the bits to the bytes actually predicted.
     bytes_scored = n_bytes * total_tokens / (total_tokens + 1)

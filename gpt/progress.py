@@ -15,9 +15,11 @@ import shutil
 import sys
 import threading
 import time
+from collections import deque
 from typing import TextIO
 
 BAR_WIDTH = 24
+RATE_WINDOW = 30.0  # seconds: the rate, and the time left, come from this recent stretch
 MIN_COLUMNS = 40  # narrower terminals would wrap the line, which erasing cannot undo
 REDRAW_SECONDS = 0.1
 _ERASE_LINE = "\r\x1b[2K"
@@ -57,6 +59,7 @@ class Bar(logging.Filter):
         self.stream = (stream or terminal()) if draw else None
         self.label, self.total, self.unit, self.start = label, total, unit, start
         self.started = time.perf_counter()
+        self.marks: deque[tuple[float, int]] = deque([(self.started, start)])
         self.drawn_at = -float("inf")
         self.shown = False
         self.handlers = [h for h in _handlers(log)
@@ -107,9 +110,14 @@ class Bar(logging.Filter):
 
 
     def rate(self, done: int, now: float) -> tuple[float, float | None]:
-        """Units per second since the start, and the seconds left at that rate (None before
-        the first unit)."""
-        rate = (done - self.start) / max(now - self.started, 1e-9)
+        """Units per second over the last RATE_WINDOW seconds (a step that slows down or
+        speeds up shows it, which an average since the start would hide), and the seconds
+        left at that rate (None before the first unit)."""
+        self.marks.append((now, done))
+        while len(self.marks) > 2 and now - self.marks[1][0] >= RATE_WINDOW:
+            self.marks.popleft()
+        then, done_then = self.marks[0]
+        rate = (done - done_then) / max(now - then, 1e-9)
         return rate, (self.total - done) / rate if rate > 0 else None
 
 

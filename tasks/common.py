@@ -1,5 +1,5 @@
 """What every pipeline step shares: the file names steps hand each other, the kinds of data,
-the retry rule, record splitting and cache keys."""
+the retry rule and cache keys."""
 
 from __future__ import annotations
 
@@ -101,41 +101,6 @@ def permanent_error(err: BaseException) -> bool:
             return True
         err = err.__cause__ or err.__context__
     return False
-
-
-def documents(frame: Any) -> list[tuple[str, int]]:
-    """(text, n_bytes) per document: consecutive records of the same source, joined.
-
-    A text file's paragraphs join back into the file; each JSONL record has a source of its
-    own, so it stays a document by itself. Each document's pieces are joined once (adding
-    them one by one would copy the document again for every paragraph: quadratic in its size).
-    """
-    docs: list[tuple[str, int]] = []
-    pieces: list[str] = []
-    n_bytes_of_doc = 0
-    last_source = None
-    for text, source, n_bytes in zip(frame["text"], frame["source"], frame["n_bytes"],
-                                     strict=True):
-        if source != last_source and pieces:
-            docs.append(("".join(pieces), n_bytes_of_doc))
-            pieces, n_bytes_of_doc = [], 0
-        pieces.append(text)
-        n_bytes_of_doc += int(n_bytes)
-        last_source = source
-    if pieces:
-        docs.append(("".join(pieces), n_bytes_of_doc))
-    return docs
-
-
-def split_records(frame: Any, val_fraction: float) -> tuple[Any, Any]:
-    """Deterministic split by record order: the last val_fraction of bytes is held out."""
-    if len(frame) < 2:
-        raise ValueError(f"need at least 2 records to hold some out for validation, got "
-                         f"{len(frame)}")
-    cumulative = frame["n_bytes"].cumsum()
-    cut = int((cumulative <= cumulative.iloc[-1] * (1 - val_fraction)).sum())
-    cut = min(max(cut, 1), len(frame) - 1)
-    return frame.iloc[:cut], frame.iloc[cut:]
 
 
 def validated_path(params: Params) -> Path:

@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import numpy as np
+import pyarrow.parquet as pq
 from prefect import task
 
 from gpt.config import Params
@@ -33,18 +33,40 @@ class DataDriftError(ValueError):
     """The run's data moved further from the champion's than data.max_drift allows."""
 
 
-def corpus_text(params: Params) -> str:
-    """The validated data as one text (prompt and completion, for pairs)."""
-    frame = pd.read_parquet(validated_path(params))
+CODE_POINTS = 0x110000
+
+
+def character_counts(params: Params) -> tuple[np.ndarray, str]:
+    """How often each code point occurs in the validated data (prompt and completion, for
+    pairs), read a row group at a time, and the data's first MiB (a record at a time)."""
     columns = ["text"] if params.kind == "text" else ["prompt", "completion"]
-    return "\n".join("\n".join(frame[c].astype(str)) for c in columns)
+    table = pq.ParquetFile(validated_path(params))
+    counts = np.zeros(CODE_POINTS, dtype=np.int64)
+    sample: list[str] = []
+    sampled = 0
+    for group in range(table.num_row_groups):
+        rows = table.read_row_group(group, columns=columns)
+        for column in columns:
+            texts = rows[column].to_pylist()
+            codes = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32)
+            counts += np.bincount(codes, minlength=CODE_POINTS)
+            for text in texts:
+                if sampled >= SAMPLE_BYTES:
+                    break
+                sample.append(text)
+                sampled += len(text.encode("utf-8"))
+    return counts, sample_of("\n".join(sample))
 
 
-def profile(text: str) -> dict[str, Any]:
-    data = text.encode("utf-8")
-    counts = Counter(data)
-    return {"bytes": len(data), "byte_counts": [counts.get(b, 0) for b in range(256)],
-            "characters": "".join(sorted(set(text)))}
+def profile(counts: np.ndarray) -> dict[str, Any]:
+    """Byte counts and the set of characters, from the code points' counts."""
+    byte_counts = [0] * 256
+    characters = [chr(code) for code in np.flatnonzero(counts)]
+    for ch in characters:
+        for byte in ch.encode("utf-8"):
+            byte_counts[byte] += int(counts[ord(ch)])
+    return {"bytes": sum(byte_counts), "byte_counts": byte_counts,
+            "characters": "".join(characters)}
 
 
 def js_divergence(p_counts: list[int], q_counts: list[int]) -> float:
@@ -81,7 +103,8 @@ def tokens_per_byte(tokenizer_dir: Path, sample: str, known: set[str] | None = N
     return len(tokens) / max(1, len(sample.encode()))
 
 
-def compare(params: Params, text: str, current: dict[str, Any]) -> dict[str, float] | None:
+def compare(params: Params, counts: np.ndarray, sample: str, current: dict[str, Any]
+            ) -> dict[str, float] | None:
     """The drift figures against the champion's profile; None without a champion that has
     one (a first run, or a champion older than profiles)."""
     import mlflow
@@ -99,8 +122,10 @@ def compare(params: Params, text: str, current: dict[str, Any]) -> dict[str, flo
         before = json.loads(Path(path).read_text(encoding="utf-8"))
         seen = set(before["characters"])
         tokenizer = download_checkpoint(params, name, str(champion.version), Path(scratch))
-        champion_rate = tokens_per_byte(tokenizer, sample_of(text), seen)
-    unseen = sum(1 for ch in text if ch not in seen) / max(1, len(text))
+        champion_rate = tokens_per_byte(tokenizer, sample, seen)
+    known = np.zeros(CODE_POINTS, dtype=bool)
+    known[[ord(ch) for ch in seen]] = True
+    unseen = int(counts[~known].sum()) / max(1, int(counts.sum()))
     figures = {"drift_js_divergence": round(js_divergence(current["byte_counts"],
                                                           before["byte_counts"]), 6),
                "drift_unseen_chars": round(unseen, 6),
@@ -114,9 +139,9 @@ def compare(params: Params, text: str, current: dict[str, Any]) -> dict[str, flo
 def drift(params: Params, run_id: str | None = None) -> dict[str, Any]:
     """Profile the run's validated data, compare it with the champion's, log both; raise
     DataDriftError past data.max_drift."""
-    text = corpus_text(params)
-    current = profile(text)
-    figures = compare(params, text, current)
+    counts, sample = character_counts(params)
+    current = profile(counts)
+    figures = compare(params, counts, sample, current)
     if run_id is not None:
         mlflow_client = client(params)
         for key, value in (figures or {}).items():
@@ -131,7 +156,7 @@ def drift(params: Params, run_id: str | None = None) -> dict[str, Any]:
             f"{figures.get('drift_tokens_per_byte_ratio', float('nan')):.2f}x the tokens per "
             f"byte); "
             f"raise data.max_drift or set it to null to train anyway")
-    return {"profile": current, "figures": figures or {}, "sample": sample_of(text)}
+    return {"profile": current, "figures": figures or {}, "sample": sample}
 
 
 def record_profile(params: Params, run_id: str, drifted: dict[str, Any]) -> None:

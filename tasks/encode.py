@@ -1,7 +1,9 @@
 """encode: validated records -> token files for training, plus a manifest.
 
 Text: Parquet shards `{train,val}-NNNNN.parquet` with one `token` column (uint16 when the
-vocabulary fits, zstd), split by document; documents are separated by <|endoftext|>.
+vocabulary fits, zstd), split by document; documents are separated by <|endoftext|>. Chunks
+of records are encoded in parallel (tasks/chunks.py) and the shards written as they fill, so
+memory holds a chunk and a shard, never the corpus.
 Prompt -> completion pairs: `{train,val,test}.parquet`, each record's (inputs, labels) with
 labels -100 outside the answer. manifest.json records the digests and counts that training,
 evaluation and the registry tags need.
@@ -9,7 +11,8 @@ evaluation and the registry tags need.
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Iterable
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -19,46 +22,95 @@ from prefect import task
 
 import gpt.data
 import gpt.sft
+import tasks.chunks
 from gpt.config import Params
-from gpt.data import CorpusError, token_dtype, write_token_shards
+from gpt.data import CorpusError, ShardWriter, token_dtype
 from gpt.files import atomic_directory, sha256_file, sha256_json, sha256_tree, write_json
-from gpt.progress import Progress
-from gpt.tokenizer import ENDOFTEXT, Tokenizer, load_tokenizer
-from tasks.common import MANIFEST, documents, split_records, step_cache_key, validated_path
-
-log = logging.getLogger("tinygpt.encode")
+from gpt.tokenizer import ENDOFTEXT, BPETokenizer, Tokenizer, load_tokenizer
+from gpt.tokenizer.bpe import safe_slices
+from tasks.chunks import Chunk, chunk_task_options, combined_digest, fan_out, plan, text_digest
+from tasks.common import MANIFEST, step_cache_key, validated_path
 
 SFT_SPLITS = ("train", "val", "test")
 
 
-def encode_documents(tokenizer: Tokenizer, docs: list[tuple[str, int]]) -> np.ndarray:
-    """All documents' ids in one array, <|endoftext|> after each document but the last."""
+def encode_text(tokenizer: Tokenizer, text: str) -> np.ndarray:
+    """One document part's ids; a BPE encodes it a slice at a time (the same ids as the
+    whole), so memory holds one slice's lists."""
+    dtype = token_dtype(tokenizer.vocab_size)
+    pieces = safe_slices(text) if isinstance(tokenizer, BPETokenizer) else [text]
+    arrays = [np.asarray(tokenizer.encode(piece), dtype=dtype) for piece in pieces]
+    return np.concatenate(arrays) if arrays else np.zeros(0, dtype=dtype)
+
+
+def encode_documents(tokenizer: Tokenizer, documents: Iterable[tuple[str, int, bool]]
+                     ) -> np.ndarray:
+    """Document parts' ids in one array, <|endoftext|> before each part that starts a
+    document after another."""
     eot = tokenizer.special_tokens.get(ENDOFTEXT)
-    ids: list[int] = []
-    with Progress(log, "encoding", len(docs), "documents") as progress:
-        for i, (text, _) in enumerate(docs):
-            if i and eot is not None:
-                ids.append(eot)
-            ids.extend(tokenizer.encode(text))
-            progress.update(i + 1)
-    return np.asarray(ids, dtype=token_dtype(tokenizer.vocab_size))
+    dtype = token_dtype(tokenizer.vocab_size)
+    arrays = []
+    for text, _, separated in documents:
+        if separated and eot is not None:
+            arrays.append(np.asarray([eot], dtype=dtype))
+        arrays.append(encode_text(tokenizer, text))
+    return np.concatenate(arrays) if arrays else np.zeros(0, dtype=dtype)
+
+
+@lru_cache(maxsize=2)
+def cached_tokenizer(directory: str, digest: str) -> Tokenizer:
+    """The tokenizer a worker encodes with, loaded once per (folder, digest): its cache of
+    encoded pretokens carries over from chunk to chunk."""
+    return load_tokenizer(directory)
+
+
+def encode_chunk(chunk: Chunk, tokenizer_dir: str, tokenizer_digest: str,
+                 parts: str) -> dict[str, Any]:
+    """One chunk's ids into parts/ (a .npy file); its counts and text digest."""
+    tokenizer = cached_tokenizer(tokenizer_dir, tokenizer_digest)
+    documents = list(chunk.documents())
+    ids = encode_documents(tokenizer, documents)
+    part = Path(parts) / f"{chunk.split}-{chunk.group:06d}-{chunk.start:09d}.npy"
+    np.save(part, ids, allow_pickle=False)
+    return {"part": str(part), "tokens": len(ids), "bytes": sum(n for _, n, _ in documents),
+            "separators": sum(separated for _, _, separated in documents),
+            "records": chunk.stop - chunk.start, "digest": text_digest(iter(documents))}
+
+
+encode_chunk_task = task(encode_chunk, name="encode chunk", **chunk_task_options())
 
 
 def encode_corpus(params: Params, tokenizer: Tokenizer, out: Path) -> dict[str, Any]:
-    """Token shards of the train and val documents; their counts for the manifest."""
+    """Token shards of the train and val documents, written as they fill from the chunks'
+    parts (encoded in parallel); their counts for the manifest."""
     per_shard = params.data.tokens_per_shard
     manifest: dict[str, Any] = {"dtype": str(token_dtype(tokenizer.vocab_size)),
                                 "tokens_per_shard": per_shard}
-    frame = pd.read_parquet(validated_path(params))
-    for split, part in zip(("train", "val"), split_records(frame, params.data.val_fraction),
-                           strict=True):
-        docs = documents(part)
-        ids = encode_documents(tokenizer, docs)
-        shards = write_token_shards(ids, out, split, per_shard, tokenizer.vocab_size)
-        manifest[split] = {"tokens": len(ids), "bytes": sum(n for _, n in docs),
-                           "text_digest": sha256_json([text for text, _ in docs]),
-                           "documents": len(docs), "records": len(part),
-                           "shards": [p.name for p in shards]}
+    tokenizer_dir = params.path("tokenizer").resolve()
+    parts = out.resolve() / ".parts"
+    parts.mkdir()
+    chunks = plan(validated_path(params), params.data.val_fraction)
+    writers = {split: ShardWriter(out, split, per_shard, tokenizer.vocab_size)
+               for split in ("train", "val")}
+    counts = {split: {"tokens": 0, "bytes": 0, "documents": 1, "records": 0}
+              for split in writers}
+    digests: dict[str, list[str]] = {split: [] for split in writers}
+    results = fan_out(params, encode_chunk_task, chunks, "encoding",
+                      tokenizer_dir=str(tokenizer_dir), tokenizer_digest=sha256_tree(
+                          tokenizer_dir), parts=str(parts))
+    for chunk, result in zip(chunks, results, strict=True):
+        part = Path(result["part"])
+        writers[chunk.split].add(np.load(part, allow_pickle=False))
+        part.unlink()
+        split = counts[chunk.split]
+        for key in ("tokens", "bytes", "records"):
+            split[key] += result[key]
+        split["documents"] += result["separators"]
+        digests[chunk.split].append(result["digest"])
+    parts.rmdir()
+    for split, writer in writers.items():
+        manifest[split] = {**counts[split], "text_digest": combined_digest(digests[split]),
+                           "shards": [p.name for p in writer.close()]}
     return manifest
 
 
@@ -115,7 +167,7 @@ def cache_key(_context, arguments: dict[str, Any]) -> str:
     code = gpt.data.__file__ if params.kind == "text" else gpt.sft.__file__
     return step_cache_key("encode", params, settings,
                           [validated_path(params), params.path("tokenizer"), Path(__file__),
-                           Path(code)])
+                           Path(code), Path(tasks.chunks.__file__)])
 
 
 # Cached on its inputs, like tokenize; results are stored as JSON.

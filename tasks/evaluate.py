@@ -1,6 +1,9 @@
 """evaluate: score the best checkpoint on held-out data, by the kind's measure.
 
-Text: val loss, perplexity and bits per byte over the whole held-out split. Prompt ->
+Text: val loss, perplexity and bits per byte over the held-out split, or, when it holds more
+than `evaluate.max_tokens` tokens, over a fixed sample of it: evenly spaced runs of its
+records, the same text whichever model scores it (promotion re-scores the champion on it).
+Prompt ->
 completion pairs: completion-only loss, exact match on the test split (per task too) and, for
 code, the share of answers that parse as Python (parsed, never executed).
 """
@@ -14,26 +17,63 @@ from prefect import task
 
 from gpt.checkpoint import load_model
 from gpt.config import Params
-from gpt.data import load_tokens
 from gpt.evaluate import evaluate_tokens
 from gpt.files import read_json, write_json
-from tasks.common import BEST, EVAL_METRICS, MANIFEST
+from gpt.tokenizer import load_tokenizer
+from tasks.chunks import plan, text_digest
+from tasks.common import BEST, EVAL_METRICS, MANIFEST, validated_path
+from tasks.encode import encode_documents
 from tasks.tracking import log_metrics
+
+SAMPLE_RUNS = 64  # a big split's sample: this many runs of consecutive records, evenly spaced
+
+
+def evaluation_documents(params: Params) -> list[tuple[str, int, bool]]:
+    """The text a text model is scored on, as document parts (text, bytes, separated): the
+    whole held-out split, or a sample of about evaluate.max_tokens of its tokens (at the
+    run's tokens per byte) in SAMPLE_RUNS runs of records starting at evenly spaced bytes."""
+    val = read_json(params.path("tokens") / MANIFEST)["val"]
+    chunks = [c for c in plan(validated_path(params), params.data.val_fraction)
+              if c.split == "val"]
+    budget = params.evaluate.max_tokens * val["bytes"] / max(val["tokens"], 1)
+    if budget >= val["bytes"]:
+        return [doc for chunk in chunks for doc in chunk.documents()]
+    run_bytes = budget / SAMPLE_RUNS
+    runs: dict[int, tuple[list[str], int]] = {}
+    at = 0
+    for chunk in chunks:
+        table = chunk.read(["text", "n_bytes"])
+        for text, size in zip(table["text"].to_pylist(), table["n_bytes"].to_pylist(),
+                              strict=True):
+            run = int(at * SAMPLE_RUNS // val["bytes"])
+            if at < run * val["bytes"] / SAMPLE_RUNS + run_bytes:
+                pieces, n_bytes = runs.setdefault(run, ([], 0))
+                pieces.append(text)
+                runs[run] = (pieces, n_bytes + size)
+            at += size
+    return [("".join(pieces), n_bytes, i > 0)
+            for i, (pieces, n_bytes) in enumerate(runs.values())]
+
+
+def score_text(model, tokenizer, documents: list[tuple[str, int, bool]]) -> dict[str, float]:
+    """A model's held-out metrics on document parts, encoded with its own tokenizer."""
+    ids = encode_documents(tokenizer, documents)
+    return evaluate_tokens(model, ids, sum(n for _, n, _ in documents))
 
 
 def evaluate_corpus(params: Params) -> dict[str, Any]:
-    tokens_dir = params.path("tokens")
-    manifest = read_json(tokens_dir / MANIFEST)
-    model = load_model(params.path("model") / BEST)
-    metrics = evaluate_tokens(model, load_tokens(tokens_dir, "val"), manifest["val"]["bytes"])
-    return {k: round(v, 6) for k, v in metrics.items()}
+    best = params.path("model") / BEST
+    documents = evaluation_documents(params)
+    metrics: dict[str, Any] = {k: round(v, 6) for k, v in score_text(
+        load_model(best), load_tokenizer(best), documents).items()}
+    metrics["val_text_digest"] = text_digest(iter(documents))
+    return metrics
 
 
 def evaluate_pairs(params: Params) -> dict[str, Any]:
     import torch
 
     from gpt.sft import PAD, answer_all, eval_batches, parses_as_python
-    from gpt.tokenizer import load_tokenizer
     from gpt.train import estimate_loss
     from tasks.train import read_examples
 

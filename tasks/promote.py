@@ -16,7 +16,6 @@ import pandas as pd
 from prefect import task
 
 from gpt.config import Params
-from gpt.evaluate import evaluate_tokens
 from registry import (
     alias_history,
     alias_version,
@@ -27,26 +26,17 @@ from registry import (
     move_alias,
     smoke_test,
 )
-from tasks.common import (
-    Kind,
-    documents,
-    kind_tagged,
-    retry_transient,
-    split_records,
-    validated_path,
-)
-from tasks.encode import encode_documents
+from tasks.common import Kind, kind_tagged, retry_transient
+from tasks.evaluate import evaluation_documents, score_text
 
 log = logging.getLogger("tinygpt.tasks.promote")
 
 
 def score_on_current_val(params: Params, model_uri: str) -> float:
-    """A registered model's val bits per byte on this run's validation text."""
+    """A registered model's val bits per byte on the text this run's candidate was scored
+    on."""
     model, tokenizer, _ = load_registered(params, model_uri)
-    _, val = split_records(pd.read_parquet(validated_path(params)), params.data.val_fraction)
-    docs = documents(val)
-    ids = encode_documents(tokenizer, docs)
-    return evaluate_tokens(model, ids, sum(n for _, n in docs))["val_bits_per_byte"]
+    return score_text(model, tokenizer, evaluation_documents(params))["val_bits_per_byte"]
 
 
 def score_on_current_test(params: Params, model_uri: str) -> float:

@@ -25,7 +25,7 @@ def corpus_tags(params: Params, metrics: dict[str, Any], manifest: dict[str, Any
     """A pretrained model's provenance and val bits per byte; its example prompt."""
     tags = {"data_digest": manifest["data_digest"],
             "tokenizer_digest": manifest["tokenizer_digest"],
-            "val_text_digest": manifest["val"]["text_digest"],
+            "val_text_digest": metrics["val_text_digest"],
             "val_bits_per_byte": f"{metrics['val_bits_per_byte']:.6f}",
             "val_loss": f"{metrics['val_loss']:.6f}"}
     return tags, params.sample.prompt

@@ -1,6 +1,9 @@
 """tokenize: the run's tokenizer, trained on the training split only.
 
-Text: trained on the training documents, with <|endoftext|> between documents. Prompt ->
+Text: trained on the training documents, with a blank line between documents. A BPE counts
+its pretokens chunk by chunk, in parallel (tasks/chunks.py), and learns its merges from the
+summed counts: memory holds the table of distinct pretokens, never the corpus. The word-level
+kinds (the recipes' small corpora) read the training text whole. Prompt ->
 completion pairs: the base model's tokenizer plus the control tokens when fine-tuning a
 registered model (`sft.init`), otherwise one trained on the training records.
 """
@@ -8,6 +11,7 @@ registered model (`sft.init`), otherwise one trained on the training records.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -16,19 +20,34 @@ import pandas as pd
 from prefect import task
 
 import gpt.tokenizer
+import tasks.chunks
 from gpt.config import Params
 from gpt.files import atomic_directory, sha256_tree
-from gpt.tokenizer import ENDOFTEXT, Tokenizer, train_tokenizer
-from tasks.common import documents, split_records, step_cache_key, validated_path
+from gpt.tokenizer import ENDOFTEXT, BPETokenizer, Tokenizer, count_pretokens, train_tokenizer
+from tasks.chunks import Chunk, chunk_task_options, fan_out, plan
+from tasks.common import step_cache_key, validated_path
+
+
+def count_chunk(chunk: Chunk) -> Counter[str]:
+    """How often each pretoken occurs in one chunk of the training text."""
+    return count_pretokens(chunk.text())
+
+
+count_chunk_task = task(count_chunk, name="count pretokens", **chunk_task_options())
 
 
 def corpus_tokenizer(params: Params) -> Tokenizer:
-    frame = pd.read_parquet(validated_path(params))
-    train_frame, _ = split_records(frame, params.data.val_fraction)
-    text = "\n\n".join(doc for doc, _ in documents(train_frame))
-    return train_tokenizer(params.tokenizer.kind, text, params.tokenizer.vocab_size,
-                           special_tokens=(ENDOFTEXT,),
-                           min_frequency=params.tokenizer.min_frequency)
+    settings = params.tokenizer
+    chunks = [c for c in plan(validated_path(params), params.data.val_fraction)
+              if c.split == "train"]
+    if settings.kind == "bpe":
+        counts: Counter[str] = Counter()
+        for part in fan_out(params, count_chunk_task, chunks, "counting pretokens"):
+            counts.update(part)
+        return BPETokenizer.from_counts(counts, settings.vocab_size, (ENDOFTEXT,))
+    text = "".join(chunk.text() for chunk in chunks)
+    return train_tokenizer(settings.kind, text, settings.vocab_size,
+                           special_tokens=(ENDOFTEXT,), min_frequency=settings.min_frequency)
 
 
 def pairs_tokenizer(params: Params) -> Tokenizer:
@@ -74,7 +93,8 @@ def cache_key(_context, arguments: dict[str, Any]) -> str:
     settings = {"tokenizer": asdict(params.tokenizer), "val_fraction": params.data.val_fraction,
                 "base": base_version(params)}
     return step_cache_key("tokenize", params, settings,
-                          [validated_path(params), Path(__file__), *gpt.tokenizer.SOURCE_FILES])
+                          [validated_path(params), Path(__file__), Path(tasks.chunks.__file__),
+                           *gpt.tokenizer.SOURCE_FILES])
 
 
 # Cached on its inputs: a re-run with unchanged data and parameters skips it. Results are

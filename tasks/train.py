@@ -1,6 +1,7 @@
 """train: the gpt/ trainer on the encoded tokens, with every metric logged to MLflow.
 
-Text trains on random windows of the token shards from fresh (seeded) weights. Prompt ->
+Text trains on random windows of the token shards (copied into memory-mapped arrays in the
+staging folder: the corpus is never held in memory) from fresh (seeded) weights. Prompt ->
 completion pairs train on length-bucketed batches with the loss on answers only, from a
 registered model (`sft.init`, its vocabulary grown by the control tokens) or from fresh.
 
@@ -33,7 +34,7 @@ from prefect import task
 
 from gpt.checkpoint import OPTIMIZER_FILE, STATE_FILE, load_model
 from gpt.config import Params, as_flat_dict
-from gpt.data import CorpusError, load_tokens
+from gpt.data import CorpusError, mapped_tokens
 from gpt.files import atomic_file, read_json, replace_directory, write_json
 from gpt.generate import generate_text
 from gpt.model import GPT
@@ -64,8 +65,9 @@ def corpus_trainer(params: Params, tokenizer: Tokenizer, out: Path,
     model_cfg = params.model_config(tokenizer.vocab_size)
     check_windows(read_json(tokens_dir / MANIFEST), model_cfg.block_size)
     torch.manual_seed(params.train.seed)  # the initial weights too come from the seed
-    trainer = windows_trainer(GPT(model_cfg), load_tokens(tokens_dir, "train"),
-                              load_tokens(tokens_dir, "val"), params.train, out,
+    train, val = (mapped_tokens(tokens_dir, split, out / f"{split}-{TOKENS_CACHE}")
+                  for split in ("train", "val"))
+    trainer = windows_trainer(GPT(model_cfg), train, val, params.train, out,
                               stride=params.window_stride, callback=callback,
                               assets_dir=params.path("tokenizer"))
     return trainer, None
@@ -157,8 +159,9 @@ def write_samples(params: Params, checkpoint: Path, path: Path) -> str:
 
 
 # In the staging folder: what the run is training (to resume it), and, under torchrun, the
-# params the ranks read and the summary rank 0 writes back.
+# params the ranks read and the summary rank 0 writes back; the splits' memory-mapped tokens.
 RUN_FILE, PARAMS_FILE, RESULT_FILE = "run.json", "params.json", "result.json"
+TOKENS_CACHE = "tokens.npy"
 
 
 def fingerprint(params: Params) -> dict[str, Any]:
@@ -241,7 +244,8 @@ def train(params: Params, run_id: str | None = None, fresh: bool = False) -> dic
     resume = prepare_staging(params, staging, fresh)
     launch = fit_distributed if params.train.nproc > 1 else fit
     result = launch(params, staging, run_id, resume)
-    for scratch in (RUN_FILE, PARAMS_FILE, RESULT_FILE):
+    for scratch in (RUN_FILE, PARAMS_FILE, RESULT_FILE, f"train-{TOKENS_CACHE}",
+                    f"val-{TOKENS_CACHE}"):
         (staging / scratch).unlink(missing_ok=True)
     replace_directory(staging, model_dir)
 

@@ -11,19 +11,23 @@ import.
 
 from __future__ import annotations
 
+import copy
 import html
 import os
 import re
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from prefect import task
 
 from gpt.config import Params, ValidateConfig
 from gpt.files import atomic_file
+from tasks.chunks import Chunk, chunk_task_options, fan_out, plan
 from tasks.common import CORPUS_FILE, PAIRS_RAW, validated_path
 from tasks.web_assets import self_host
 
@@ -34,6 +38,19 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 class DataValidationError(ValueError):
     """The data broke the suite; the message lists every failed expectation."""
+
+
+@dataclass
+class Checked:
+    """A kind's records checked: the (combined) result, the rows checked, a few offending
+    rows per failed expectation, the suite (for the Data Docs), and the validated file's
+    writer."""
+
+    result: Any
+    rows: int
+    examples: dict[int, list[str]]
+    make_suite: Callable[[], Any]
+    write_validated: Callable[[Path], None]
 
 
 def control_share(text: str) -> float:
@@ -60,40 +77,56 @@ def build_suite(settings: ValidateConfig):
     return suite
 
 
-def _context(docs_dir: Path):
+def _context(docs_dir: Path | None = None):
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    context.add_data_docs_site("tinygpt", {
-        "class_name": "SiteBuilder",
-        "store_backend": {"class_name": "TupleFilesystemStoreBackend",
-                          "base_directory": str(docs_dir.resolve())},
-        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-    })
+    if docs_dir is not None:
+        context.add_data_docs_site("tinygpt", {
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                              "base_directory": str(docs_dir.resolve())},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        })
     return context
 
 
-def run_suite(frame: pd.DataFrame, make_suite: Callable[[], Any], docs_dir: Path):
+def suite_result(frame: pd.DataFrame, make_suite: Callable[[], Any]):
     """Validate frame with the suite make_suite builds (it needs a live context, so it is
-    called here), through a Checkpoint that writes Data Docs to docs_dir."""
+    called here)."""
     import great_expectations as gx
 
-    shutil.rmtree(docs_dir, ignore_errors=True)
-    context = _context(docs_dir)
+    context = _context()
     suite = make_suite()
     batch = (context.data_sources.add_pandas(suite.name).add_dataframe_asset("records")
              .add_batch_definition_whole_dataframe("all"))
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name=suite.name, data=batch, suite=context.suites.add(suite)))
-    checkpoint = context.checkpoints.add(gx.Checkpoint(
-        name=suite.name, validation_definitions=[definition], result_format="SUMMARY",
-        actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["tinygpt"])]))
-    result = checkpoint.run(batch_parameters={"dataframe": frame})
+    definition = gx.ValidationDefinition(name=suite.name, data=batch,
+                                         suite=context.suites.add(suite))
+    return definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
+
+
+def write_data_docs(result, make_suite: Callable[[], Any], docs_dir: Path) -> Path:
+    """Great Expectations' Data Docs of one validation result (of one batch, or combined from
+    many), with their scripts and styles copied inside; the index page back."""
+    from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.data_context.types.resource_identifiers import (
+        ExpectationSuiteIdentifier,
+        ValidationResultIdentifier,
+    )
+
+    shutil.rmtree(docs_dir, ignore_errors=True)
+    context = _context(docs_dir)
+    suite = context.suites.add(make_suite())
+    key = ValidationResultIdentifier(
+        expectation_suite_identifier=ExpectationSuiteIdentifier(name=suite.name),
+        run_id=RunIdentifier(run_name="tinygpt"), batch_identifier="records")
+    context.validation_results_store.set(key, result)
+    context.build_data_docs(site_names=["tinygpt"])
     self_host(docs_dir)
-    return next(iter(result.run_results.values()))
+    return docs_dir / "index.html"
 
 
 STATIC_REPORT = "validation.html"
@@ -123,10 +156,28 @@ def write_static_report(result, rows: int, path: Path) -> Path:
     return path
 
 
-def describe_failure(result, frame: pd.DataFrame) -> str:
-    """One line per failed expectation, with up to three offending rows by doc_id."""
+def failing_examples(result, frame: pd.DataFrame) -> dict[int, list[str]]:
+    """Up to three offending rows (doc_id, length, the start of the text) of each failed
+    expectation, by its position in the suite."""
+    examples: dict[int, list[str]] = {}
+    column = "text" if "text" in frame else "prompt"
+    for position, item in enumerate(result.results):
+        indices = (item.result or {}).get("partial_unexpected_index_list") or []
+        shown = []
+        for index in indices[:3]:
+            if isinstance(index, int) and "doc_id" in frame and index < len(frame):
+                text = str(frame[column].iloc[index]) if column in frame else ""
+                preview = (text[:40] + "…") if len(text) > 40 else text
+                shown.append(f"{frame['doc_id'].iloc[index]} ({len(text)} chars: {preview!r})")
+        if shown and not item.success:
+            examples[position] = shown
+    return examples
+
+
+def describe_failure(result, examples: dict[int, list[str]]) -> str:
+    """One line per failed expectation, with up to three offending rows."""
     lines = []
-    for item in result.results:
+    for position, item in enumerate(result.results):
         if item.success:
             continue
         config = item.expectation_config
@@ -134,14 +185,7 @@ def describe_failure(result, frame: pd.DataFrame) -> str:
         title = f"{config.type}({column})" if column else config.type
         details = item.result or {}
         if "unexpected_count" in details:
-            rows = details.get("partial_unexpected_index_list") or []
-            shown = []
-            for index in rows[:3]:
-                if isinstance(index, int) and "doc_id" in frame and index < len(frame):
-                    column = "text" if "text" in frame else "prompt"
-                    text = str(frame[column].iloc[index]) if column in frame else ""
-                    preview = (text[:40] + "…") if len(text) > 40 else text
-                    shown.append(f"{frame['doc_id'].iloc[index]} ({len(text)} chars: {preview!r})")
+            shown = examples.get(position, [])
             lines.append(f"- {title}: {details['unexpected_count']} row(s) fail"
                          + (f", e.g. {'; '.join(shown)}" if shown else ""))
         else:
@@ -149,14 +193,94 @@ def describe_failure(result, frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def check_corpus(params: Params) -> tuple[pd.DataFrame, Any, Callable[[Path], None]]:
-    """(frame, suite factory, writer of the validated file) of a text corpus."""
+# -- a text corpus, a chunk at a time ------------------------------------------------------
+
+def validate_chunk(chunk: Chunk, settings: ValidateConfig) -> dict[str, Any]:
+    """The suite on one chunk of records: its result (plain JSON), the offending rows it
+    shows, and a stable 64-bit hash of each doc_id (uniqueness is checked across chunks)."""
+    frame = chunk.read(["doc_id", "text", "source", "n_bytes"]).to_pandas()
+    frame["control_share"] = [control_share(t) if isinstance(t, str) else 0.0
+                              for t in frame["text"]]
+    result = suite_result(frame, lambda: build_suite(settings))
+    return {"result": result.to_json_dict(), "rows": len(frame),
+            "examples": failing_examples(result, frame),
+            "id_hashes": pd.util.hash_pandas_object(frame["doc_id"], index=False).to_numpy()}
+
+
+validate_chunk_task = task(validate_chunk, name="validate chunk", **chunk_task_options())
+
+
+def combine(parts: list[dict[str, Any]]) -> tuple[Any, int, dict[int, list[str]]]:
+    """One validation result from the chunks' results: row counts add up, unexpected rows
+    add up (their indices shifted to the whole table's), a value must be unique across
+    chunks, and each verdict is taken again on the sums. (result, rows, examples) back."""
+    from great_expectations.core.expectation_validation_result import (
+        ExpectationSuiteValidationResultSchema,
+    )
+
+    combined = copy.deepcopy(parts[0]["result"])
+    offsets = np.cumsum([0] + [part["rows"] for part in parts])
+    ids = np.concatenate([part["id_hashes"] for part in parts])
+    _, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    duplicated = int((counts[inverse] > 1).sum())
+    examples: dict[int, list[str]] = {}
+    for position, item in enumerate(combined["results"]):
+        items = [part["result"]["results"][position] for part in parts]
+        kwargs = item["expectation_config"]["kwargs"]
+        details = item["result"]
+        if item["expectation_config"]["type"] == "expect_table_row_count_to_be_between":
+            details["observed_value"] = total = int(offsets[-1])
+            item["success"] = (kwargs.get("min_value") is None or total >= kwargs["min_value"]
+                               ) and (kwargs.get("max_value") is None
+                                      or total <= kwargs["max_value"])
+        elif "unexpected_count" in details:
+            add_up(details, [i["result"] for i in items], offsets)
+            if item["expectation_config"]["type"] == "expect_column_values_to_be_unique":
+                details["unexpected_count"] = duplicated
+            item["success"] = details["unexpected_count"] == 0
+        else:
+            item["success"] = all(i["success"] for i in items)
+        shown = [e for part in parts for e in part["examples"].get(position, [])]
+        if shown:
+            examples[position] = shown[:3]
+    failed = sum(not item["success"] for item in combined["results"])
+    evaluated = len(combined["results"])
+    combined["success"] = failed == 0
+    combined["statistics"].update({
+        "successful_expectations": evaluated - failed, "unsuccessful_expectations": failed,
+        "success_percent": 100 * (evaluated - failed) / max(evaluated, 1)})
+    return ExpectationSuiteValidationResultSchema().load(combined), int(offsets[-1]), examples
+
+
+def add_up(details: dict[str, Any], parts: list[dict[str, Any]], offsets: np.ndarray) -> None:
+    """A column expectation's counts over every chunk, in place of the first chunk's."""
+    for key in ("element_count", "unexpected_count", "missing_count"):
+        if key in details:
+            details[key] = sum(part.get(key) or 0 for part in parts)
+    elements = details.get("element_count") or 0
+    if "unexpected_percent" in details:
+        details["unexpected_percent"] = 100 * details["unexpected_count"] / max(elements, 1)
+    for key in ("unexpected_percent_total", "unexpected_percent_nonmissing"):
+        details.pop(key, None)
+    if "partial_unexpected_index_list" in details:
+        details["partial_unexpected_index_list"] = [
+            int(offset) + index for part, offset in zip(parts, offsets, strict=False)
+            for index in part.get("partial_unexpected_index_list") or []][:20]
+    if "partial_unexpected_list" in details:
+        details["partial_unexpected_list"] = [
+            value for part in parts for value in part.get("partial_unexpected_list") or []][:20]
+    details.pop("partial_unexpected_counts", None)
+
+
+def check_corpus(params: Params) -> Checked:
+    """The corpus's suite, a chunk at a time (in parallel), combined into one verdict."""
     raw = params.path("raw") / CORPUS_FILE
-    frame = pd.read_parquet(raw)
-    if "text" in frame:
-        frame["control_share"] = [control_share(t) if isinstance(t, str) else 0.0
-                                  for t in frame["text"]]
-    return frame, lambda: build_suite(params.validate), lambda tmp: shutil.copyfile(raw, tmp)
+    chunks = plan(raw, None)
+    parts = list(fan_out(params, validate_chunk_task, chunks, "validating",
+                         settings=params.validate))
+    result, rows, examples = combine(parts)
+    return Checked(result, rows, examples, lambda: build_suite(params.validate),
+                   lambda tmp: shutil.copyfile(raw, tmp))
 
 
 def build_sft_suite(block_size: int):
@@ -198,8 +322,8 @@ def length_limits(params: Params) -> tuple[Callable[[str, str], int], int]:
     return (lambda p, c: len(p.encode()) + len(c.encode()) + controls), block
 
 
-def check_pairs(params: Params) -> tuple[pd.DataFrame, Any, Callable[[Path], None]]:
-    """(frame, suite factory, writer of the validated file) of prompt -> completion records."""
+def check_pairs(params: Params) -> Checked:
+    """The suite on prompt -> completion records (a set small enough to check whole)."""
     from tasks.ingest import read_pairs
 
     frame = read_pairs(params.path("raw") / PAIRS_RAW)
@@ -207,8 +331,13 @@ def check_pairs(params: Params) -> tuple[pd.DataFrame, Any, Callable[[Path], Non
     frame["n_tokens"] = [
         count_tokens(p, c) if isinstance(p, str) and isinstance(c, str) else 0
         for p, c in zip(frame["prompt"], frame["completion"], strict=True)]
-    return (frame, lambda: build_sft_suite(block_size),
-            lambda tmp: frame.astype({"prompt": str, "completion": str}).to_parquet(tmp))
+
+    def make_suite():
+        return build_sft_suite(block_size)
+
+    result = suite_result(frame, make_suite)
+    return Checked(result, len(frame), failing_examples(result, frame), make_suite,
+                   lambda tmp: frame.astype({"prompt": str, "completion": str}).to_parquet(tmp))
 
 
 CHECKS = {"text": check_corpus, "sft": check_pairs}
@@ -217,20 +346,19 @@ CHECKS = {"text": check_corpus, "sft": check_pairs}
 def validate(params: Params) -> dict[str, Any]:
     """Check the raw records against the kind's suite; write the validated file only when
     they pass. The Data Docs report is written either way."""
-    frame, make_suite, write_validated = CHECKS[params.kind](params)
-    docs_dir = params.path("reports") / "data_docs"
-    result = run_suite(frame, make_suite, docs_dir)
-    write_static_report(result, len(frame), params.path("reports") / STATIC_REPORT)
-    report = docs_dir / "index.html"
-    if not result.success:
+    checked = CHECKS[params.kind](params)
+    report = write_data_docs(checked.result, checked.make_suite,
+                             params.path("reports") / "data_docs")
+    write_static_report(checked.result, checked.rows, params.path("reports") / STATIC_REPORT)
+    if not checked.result.success:
         raise DataValidationError(
-            f"data validation failed ({len(frame)} records); report: {report}\n"
-            + describe_failure(result, frame))
+            f"data validation failed ({checked.rows} records); report: {report}\n"
+            + describe_failure(checked.result, checked.examples))
     target = validated_path(params)
     with atomic_file(target) as tmp:
-        write_validated(tmp)
-    return {"path": str(target), "rows": len(frame), "report": str(report),
-            "expectations": len(result.results)}
+        checked.write_validated(tmp)
+    return {"path": str(target), "rows": checked.rows, "report": str(report),
+            "expectations": len(checked.result.results)}
 
 
 validate_task = task(validate, name="validate")

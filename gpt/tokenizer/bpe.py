@@ -77,23 +77,28 @@ def split_pretokens(text: str) -> list[str]:
     return _SPLIT_RE.findall(text)
 
 
-def count_pretokens(text: str, slice_chars: int = 1 << 20) -> Counter[str]:
-    """How often each chunk occurs, counted a slice of text at a time: memory holds the unique
-    chunks and one slice's list, never every chunk of a large corpus.
-
-    A slice ends just before a line break that follows a non-space character: no chunk spans
-    that point, and the whitespace run starting there splits the same with or without what
-    came before, so the counts equal those of the whole text.
-    """
-    counts: Counter[str] = Counter()
+def safe_slices(text: str, slice_chars: int = 1 << 20) -> Iterator[str]:
+    """Consecutive slices of text of about slice_chars, each ending just before a line break
+    that follows a non-space character: no chunk spans that point, and the whitespace run
+    starting there splits the same with or without what came before, so splitting (and
+    encoding) slice by slice gives what the whole text gives."""
     start = 0
     while start < len(text):
         end = text.find("\n", start + slice_chars)
         while end > 0 and text[end - 1].isspace():
             end = text.find("\n", end + 1)
         end = len(text) if end < 0 else end
-        counts.update(_SPLIT_RE.findall(text, start, end))
+        yield text[start:end]
         start = end
+
+
+def count_pretokens(text: str, slice_chars: int = 1 << 20) -> Counter[str]:
+    """How often each chunk occurs, counted a slice of text at a time: memory holds the unique
+    chunks and one slice's list, never every chunk of a large corpus; the counts equal those
+    of the whole text."""
+    counts: Counter[str] = Counter()
+    for piece in safe_slices(text, slice_chars):
+        counts.update(_SPLIT_RE.findall(piece))
     return counts
 
 
@@ -122,7 +127,14 @@ class BPETokenizer(Tokenizer):
     @classmethod
     def train(cls, text: str, vocab_size: int,
               special_tokens: Iterable[str] = (ENDOFTEXT,)) -> BPETokenizer:
-        """Learn merges from text until the vocabulary (bytes + merges + specials) is full.
+        """Learn merges from text until the vocabulary (bytes + merges + specials) is full."""
+        return cls.from_counts(count_pretokens(text), vocab_size, special_tokens)
+
+    @classmethod
+    def from_counts(cls, chunk_counts: Counter[str], vocab_size: int,
+                    special_tokens: Iterable[str] = (ENDOFTEXT,)) -> BPETokenizer:
+        """Learn merges from how often each chunk occurs (counted a piece of the corpus at a
+        time, anywhere: the counts of the pieces add up).
 
         Unique chunks are counted once; pair counts are then kept up to date only where a
         merge touches, and a lazy max-heap finds the most frequent pair.
@@ -132,7 +144,6 @@ class BPETokenizer(Tokenizer):
             raise ValueError(f"vocab_size must be between {MIN_BPE_VOCAB + len(specials)} "
                              f"and {MAX_VOCAB} for a byte-level BPE, got {vocab_size}")
         with _cyclic_gc_paused():
-            chunk_counts = count_pretokens(text)
             words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]
             counts = list(chunk_counts.values())
             merges = _learn_merges(words, counts, vocab_size - MIN_BPE_VOCAB - len(specials))

@@ -134,3 +134,12 @@ def read_until_closed(leader: int, timeout: float = 30.0) -> bytes:
         raise AssertionError(f"the terminal was still open after {timeout}s: {shown!r}")
     finally:
         os.close(leader)
+
+
+def test_the_rate_and_time_left_follow_the_last_half_minute_not_the_whole_run():
+    bar = Bar(logging.getLogger("test"), "encoding", 1000, "MB")
+    start = bar.started
+    for seconds, done in ((10, 100), (60, 600)):  # 10 MB/s for a minute
+        bar.rate(done, start + seconds)
+    rate, left = bar.rate(630, start + 90)  # then 1 MB/s
+    assert rate == 1.0 and left == 370.0  # the average since the start would say 7 MB/s

@@ -106,20 +106,53 @@ def test_split_holds_out_the_tail_at_a_line_break():
     assert 0.08 < len(val) / len(text) < 0.12
 
 
-def test_a_files_paragraphs_join_back_into_one_document_in_linear_time():
+def records_table(tmp_path, texts_and_sources, chunk_bytes):
+    from tasks.ingest import write_records
+
+    records = [{"doc_id": f"{source}:{i}", "text": text, "source": source,
+                "n_bytes": len(text.encode())}
+               for i, (text, source) in enumerate(texts_and_sources)]
+    path, _, _ = write_records(records, tmp_path, chunk_bytes)
+    return path
+
+
+def test_chunks_join_a_sources_records_into_documents_across_row_groups(tmp_path):
+    from tasks.chunks import plan
+
+    path = records_table(tmp_path, [("a\n\n", "x"), ("b", "x"), ("c", "y"), ("d", "x"),
+                                    ("e", "x"), ("f", "z")], chunk_bytes=2)
+    whole = [d for chunk in plan(path, None) for d in chunk.documents()]
+    assert whole == [("a\n\n", 3, False), ("b", 1, False), ("c", 1, True), ("de", 2, True),
+                     ("f", 1, True)]
+    chunks = plan(path, 0.2)  # row groups: a | b c | d e | f; the last 20% of bytes: e, f
+    assert [c.split for c in chunks] == ["train"] * 3 + ["val"] * 2
+    assert "".join(c.text() for c in chunks if c.split == "train") == "a\n\nb\n\nc\n\nd"
+    assert [c for c in chunks if c.split == "val"][0].separated is False  # a split begins
+
+
+def test_a_files_paragraphs_join_back_into_one_document_in_linear_time(tmp_path):
     import time
 
-    import pandas as pd
+    from tasks.chunks import plan
 
-    from tasks.common import documents
-
-    frame = pd.DataFrame({"text": ["a\n\n", "b", "c", "d"], "source": ["x", "x", "y", "x"],
-                          "n_bytes": [3, 1, 1, 1]})
-    assert documents(frame) == [("a\n\nb", 4), ("c", 1), ("d", 1)]
     paragraphs = 400_000  # 40 MB in one file: adding piece by piece copied it each time
-    big = pd.DataFrame({"text": ["x" * 99 + "\n"] * paragraphs, "source": ["f"] * paragraphs,
-                        "n_bytes": [100] * paragraphs})
+    path = records_table(tmp_path, [("x" * 99 + "\n", "f")] * paragraphs, chunk_bytes=64 << 20)
+    [chunk] = plan(path, None)
     started = time.perf_counter()
-    [(text, n_bytes)] = documents(big)
+    [(text, n_bytes, _)] = chunk.documents()
     assert len(text) == n_bytes == 100 * paragraphs
     assert time.perf_counter() - started < 20  # seconds; adding piece by piece: many minutes
+
+
+def test_shards_fill_as_pieces_come_and_map_back_as_one_array(tmp_path):
+    from gpt.data import ShardWriter, mapped_tokens
+
+    writer = ShardWriter(tmp_path, "train", 1000, vocab_size=300)
+    pieces = [np.arange(n) % 300 for n in (10, 990, 1500, 1)]
+    for piece in pieces:
+        writer.add(piece)
+    shards = writer.close()
+    assert [pq.ParquetFile(p).metadata.num_rows for p in shards] == [1000, 1000, 501]
+    mapped = mapped_tokens(tmp_path, "train", tmp_path / "train.npy")
+    assert isinstance(mapped, np.memmap) and mapped.dtype == np.uint16
+    assert np.array_equal(mapped, np.concatenate(pieces))

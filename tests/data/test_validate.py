@@ -83,7 +83,7 @@ def test_text_files_become_paragraph_records_that_join_back_exactly(tmp_path):
     (tmp_path / "corpus" / "a.txt").write_text(text)
     (tmp_path / "corpus" / "b.jsonl").write_text(
         json.dumps({"id": "x1", "text": "héllo"}) + "\n\n" + json.dumps({"text": "two"}) + "\n")
-    records = read_records(tmp_path / "corpus")
+    records = list(read_records(tmp_path / "corpus"))
     assert [r["doc_id"] for r in records] == ["a.txt:0", "a.txt:1", "a.txt:2", "x1",
                                               "b.jsonl:3"]
     assert records[3]["n_bytes"] == 6 and records[3]["source"] == "b.jsonl:1"

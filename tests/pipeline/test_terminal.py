@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.scale import make_corpus
 from stack.processes import alive
 from tests.pipeline.test_crash import Run, registry, versions
 
@@ -115,6 +116,23 @@ def test_a_second_ctrl_c_exits_at_once(project):
     assert run.output.strip().splitlines()[-1].startswith("tinygpt: SIGINT again: stopped")
     assert no_champion(project)
     wait_gone(server, 10)
+
+
+def test_ctrl_c_inside_a_long_data_step_on_dask_returns_within_5_s(project, tmp_path):
+    corpus = make_corpus(tmp_path / "16mb.txt", 16, as_folder=False)
+    run = Run(project, "retrain", "--source", str(corpus), "--set", "data.chunk_mb=0.5",
+              *LONG, embedded=True)
+    deadline = time.monotonic() + 300
+    while "chunks on Dask" not in run.output.partition("step encode")[2]:
+        assert run.proc.poll() is None and time.monotonic() < deadline, run.output[-3000:]
+        time.sleep(0.2)
+    time.sleep(1)  # inside the step, chunks in flight
+    signalled = ctrl_c(run)
+    code = run.finish(60)
+    seconds = time.monotonic() - signalled
+    print(f"\n{seconds:.1f} s from Ctrl-C inside encode (on Dask) to the exit")
+    assert code == 1 and seconds < 5, (seconds, run.output[-3000:])
+    assert "run stopped by SIGINT" in run.error_line()
 
 
 @pytest.fixture(scope="module", autouse=True)

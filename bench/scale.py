@@ -1,0 +1,195 @@
+"""Data at any size: each pipeline step's seconds, MB/s and peak memory at several corpus sizes.
+
+Corpora are made from the venv's own docs and sources (text files under site-packages), as one
+file and as a folder of files. Each step runs as `python -m tasks STEP` (the DVC stages' code)
+in a scratch project; the peak resident memory counts every process of the step (Dask workers
+included), sampled every 50 ms. Training is capped by steps, so its figure is the cost of
+reading the shards, not of learning.
+
+    python bench/scale.py --sizes 10 100 1000            # MB; one file and a folder each
+    python bench/scale.py --sizes 100 --encode-speedup   # encoding on 2 workers vs 1 process
+
+Printed: a table per corpus, and the two ratios the issue asks for: peak memory at the largest
+size against the smallest, and each step's seconds per MB at the largest size against the next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = ("ingest", "validate", "tokenize", "encode", "train", "evaluate")
+SUFFIXES = (".py", ".txt", ".rst", ".md", ".pyi")
+# A small model and a few steps: the data's cost, not the learning's. Source files hold
+# paragraphs (a data table, a long docstring) over the default 100,000-character limit.
+SETTINGS = ["validate.max_chars=1000000", "train.max_steps=20", "train.eval_interval=20",
+            "train.eval_iters=2", "train.batch_size=8", "model.n_layer=2", "model.n_embd=64",
+            "model.n_head=2", "model.block_size=64", "tokenizer.vocab_size=1024"]
+
+
+def source_files() -> list[Path]:
+    """Text files of the venv's site-packages, in a fixed order."""
+    site = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    found = []
+    for path in sorted((site / "site-packages").rglob("*")):
+        if path.suffix in SUFFIXES and path.is_file() and 0 < path.stat().st_size < 1 << 20:
+            found.append(path)
+    return found
+
+
+def make_corpus(out: Path, megabytes: float, as_folder: bool) -> Path:
+    """About `megabytes` of UTF-8 text from the venv: one file, or a folder of files (the
+    sources cycled when the size asks for more than they hold)."""
+    target, files = int(megabytes * 2**20), source_files()
+    written, index = 0, 0
+    (out if as_folder else out.parent).mkdir(parents=True, exist_ok=True)
+    handle = None if as_folder else open(out, "wb")  # noqa: SIM115 - closed below
+    try:
+        while written < target:
+            data = files[index % len(files)].read_bytes()
+            index += 1
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            if b"\x00" in data or not data.strip():
+                continue
+            data = data.replace(b"\r", b"")
+            if as_folder:
+                (out / f"{index:07d}{files[(index - 1) % len(files)].suffix}.txt"
+                 ).write_bytes(data)
+            else:
+                handle.write(data + b"\n\n")
+            written += len(data)
+    finally:
+        if handle is not None:
+            handle.close()
+    return out
+
+
+class PeakMemory:
+    """The largest summed resident memory of a process and its descendants, sampled."""
+
+    def __init__(self, pid: int, every: float = 0.05) -> None:
+        self.pid, self.every, self.peak = pid, every, 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            try:
+                root = psutil.Process(self.pid)
+                processes = [root, *root.children(recursive=True)]
+                total = 0
+                for process in processes:
+                    with contextlib.suppress(psutil.Error):
+                        total += process.memory_info().rss
+                self.peak = max(self.peak, total)
+            except psutil.Error:
+                pass
+            self._done.wait(self.every)
+
+    def stop(self) -> int:
+        self._done.set()
+        self._thread.join()
+        return self.peak
+
+
+def run_step(project: Path, step: str, overrides: list[str]) -> tuple[float, int]:
+    """(seconds, peak resident bytes of every process) of one `python -m tasks STEP`."""
+    command = [sys.executable, "-m", "tasks", step,
+               *[arg for o in overrides for arg in ("--set", o)]]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=project, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    memory = PeakMemory(process.pid)
+    output, _ = process.communicate()
+    seconds = time.perf_counter() - started
+    peak = memory.stop()
+    if process.returncode != 0:
+        raise RuntimeError(f"{step} failed ({process.returncode}):\n{output[-3000:]}")
+    return seconds, peak
+
+
+def measure(corpus: Path, project: Path, overrides: list[str] = (),
+            steps: tuple[str, ...] = STEPS) -> dict[str, tuple[float, int]]:
+    """Every step of a scratch project on this corpus: {step: (seconds, peak bytes)}."""
+    shutil.rmtree(project, ignore_errors=True)
+    project.mkdir(parents=True)
+    shutil.copy(ROOT / "params.yaml", project / "params.yaml")
+    settings = [f"data.source={corpus.resolve()}", "data.sha256=null", *SETTINGS, *overrides]
+    return {step: run_step(project, step, settings) for step in steps}
+
+
+def table(name: str, megabytes: float, figures: dict[str, tuple[float, int]]) -> str:
+    lines = [f"\n{name} ({megabytes:,.0f} MB)", "| step | seconds | MB/s | peak memory (MB) |",
+             "|---|---|---|---|"]
+    for step, (seconds, peak) in figures.items():
+        lines.append(f"| {step} | {seconds:.1f} | {megabytes / seconds:.2f} | "
+                     f"{peak / 2**20:,.0f} |")
+    return "\n".join(lines)
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=float, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--layouts", nargs="+", default=["file", "folder"])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/tinygpt-scale"))
+    parser.add_argument("--encode-speedup", action="store_true",
+                        help="also time encoding the largest corpus in one process")
+    args = parser.parse_args()
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores")
+    for layout in args.layouts:
+        results = {}
+        for size in args.sizes:
+            name = f"corpus-{size:g}-{layout}" + ("" if layout == "folder" else ".txt")
+            corpus = make_corpus(args.work / name, size, layout == "folder")
+            results[size] = measure(corpus, args.work / f"project-{size:g}-{layout}")
+            print(table(f"one {layout}" if layout == "file" else "a folder of files", size,
+                        results[size]), flush=True)
+        small, big = min(results), max(results)
+        peak_small = max(p for _, p in results[small].values())
+        peak_big = max(p for _, p in results[big].values())
+        print(f"\n{layout}: peak memory {peak_big / 2**20:,.0f} MB at {big:g} MB vs "
+              f"{peak_small / 2**20:,.0f} MB at {small:g} MB: {peak_big / peak_small:.2f}x")
+        if len(results) > 1:
+            previous = sorted(results)[-2]
+            for step in STEPS:
+                ratio = ((results[big][step][0] / big)
+                         / (results[previous][step][0] / previous))
+                print(f"{layout}: {step} seconds per MB at {big:g} MB / at {previous:g} MB: "
+                      f"{ratio:.2f}x")
+    if args.encode_speedup:
+        big = max(args.sizes)
+        corpus = args.work / f"corpus-{big:g}-file.txt"
+        project = args.work / f"project-{big:g}-file"
+        one, _ = run_step(project, "encode", [f"data.source={corpus}", "data.sha256=null",
+                                              *SETTINGS, "data.workers=1"])
+        two, _ = run_step(project, "encode", [f"data.source={corpus}", "data.sha256=null",
+                                              *SETTINGS])
+        print(f"\nencoding {big:g} MB: {one:.1f}s on 1 worker, {two:.1f}s on "
+              f"{os.cpu_count()} workers: {one / two:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
