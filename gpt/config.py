@@ -90,10 +90,6 @@ class DataConfig:
         if self.dask_address is not None and "://" not in self.dask_address:
             raise ValueError(f"data.dask_address must be a scheduler address like "
                              f"tcp://HOST:PORT, got {self.dask_address!r}")
-
-    @property
-    def chunk_bytes(self) -> int:
-        return max(1, int(self.chunk_mb * 2**20))
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction!r}")
         _positive_ints("data", self, ["tokens_per_shard"])
@@ -105,6 +101,10 @@ class DataConfig:
         if self.max_drift is not None and not 0 <= self.max_drift <= 1:
             raise ValueError(f"data.max_drift must be in [0, 1] (bits) or null, got "
                              f"{self.max_drift!r}")
+
+    @property
+    def chunk_bytes(self) -> int:
+        return max(1, int(self.chunk_mb * 2**20))
 
 
 @dataclass

@@ -18,9 +18,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import signal
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,17 +143,30 @@ def prefect_api() -> str | None:
     return PREFECT_API_URL.value()
 
 
-def task_runner(params: Params, api: str | None) -> Any:
-    """Prefect's Dask task runner: the cluster at data.dask_address, or a local one whose
-    workers report to the same Prefect API as this process."""
-    from prefect_dask import DaskTaskRunner
-
+@contextmanager
+def local_cluster(params: Params, api: str | None) -> Iterator[Any]:
+    """A Dask local cluster of data.workers processes reporting to this process's Prefect
+    API, closed on the way out; None where data.dask_address names a running cluster."""
     if params.data.dask_address:
-        return DaskTaskRunner(address=params.data.dask_address)
-    return DaskTaskRunner(cluster_kwargs={
-        "n_workers": workers(params), "threads_per_worker": 1, "processes": True,
-        "dashboard_address": None, "silence_logs": logging.WARNING,
-        "env": {"PREFECT_API_URL": api} if api else {}})
+        yield None
+        return
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(n_workers=workers(params), threads_per_worker=1, processes=True,
+                           dashboard_address=None, silence_logs=logging.WARNING,
+                           env={"PREFECT_API_URL": api} if api else {})
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def kill_workers(cluster: Any) -> None:
+    """End a local cluster's worker processes at once: a stopped step does not wait for the
+    chunks in flight (closing a busy cluster takes seconds)."""
+    for nanny in list(cluster.workers.values()):
+        with suppress(ProcessLookupError, TypeError):
+            os.kill(nanny.pid, signal.SIGKILL)
 
 
 def fan_out(params: Params, step: Any, chunks: Sequence[Chunk], label: str,
@@ -180,7 +195,10 @@ def _results(params: Params, step: Any, chunks: Sequence[Chunk],
     started = time.perf_counter()
     logging.getLogger("distributed").setLevel(logging.WARNING)
     api = prefect_api()
-    with task_runner(params, api) as runner:
+    from prefect_dask import DaskTaskRunner
+
+    with local_cluster(params, api) as cluster, DaskTaskRunner(
+            cluster=cluster, address=params.data.dask_address) as runner:
         log.info("%d chunks on Dask (%s, %s), started in %.1fs", len(chunks),
                  params.data.dask_address or f"a local cluster of {workers(params)} processes",
                  "as Prefect tasks" if api else "no Prefect API: as plain functions",
@@ -194,13 +212,18 @@ def _results(params: Params, step: Any, chunks: Sequence[Chunk],
         waiting: deque[tuple[Chunk, Any]] = deque()
         queue = iter(chunks)
         in_flight = 2 * max(1, len(runner.client.scheduler_info()["workers"]))
-        while True:
-            while len(waiting) < in_flight and (chunk := next(queue, None)) is not None:
-                waiting.append((chunk, submit(chunk)))
-            if not waiting:
-                return
-            chunk, future = waiting.popleft()
-            yield chunk, wait_for(future)
+        try:
+            while True:
+                while len(waiting) < in_flight and (chunk := next(queue, None)) is not None:
+                    waiting.append((chunk, submit(chunk)))
+                if not waiting:
+                    return
+                chunk, future = waiting.popleft()
+                yield chunk, wait_for(future)
+        except BaseException:
+            if cluster is not None:
+                kill_workers(cluster)
+            raise
 
 
 def wait_for(future: Any) -> Any:

@@ -1,7 +1,8 @@
 """train: the gpt/ trainer on the encoded tokens, with every metric logged to MLflow.
 
-Text trains on random windows of the token shards (copied into memory-mapped arrays in the
-staging folder: the corpus is never held in memory) from fresh (seeded) weights. Prompt ->
+Text trains on random windows of the token shards (copied, a shard at a time, into
+memory-mapped arrays in a temporary folder: the corpus is never held in memory) from fresh
+(seeded) weights. Prompt ->
 completion pairs train on length-bucketed batches with the loss on answers only, from a
 registered model (`sft.init`, its vocabulary grown by the control tokens) or from fresh.
 
@@ -23,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -58,14 +60,14 @@ def check_windows(manifest: dict[str, Any], block_size: int) -> None:
                 f"fewer than one training window of model.block_size + 1 = {block_size + 1}")
 
 
-def corpus_trainer(params: Params, tokenizer: Tokenizer, out: Path,
-                   callback: Callback) -> tuple[Trainer, str | None]:
+def corpus_trainer(params: Params, tokenizer: Tokenizer, out: Path, callback: Callback,
+                   scratch: Path) -> tuple[Trainer, str | None]:
     """Windows of the token shards (data.windows), fresh weights from the seed."""
     tokens_dir = params.path("tokens")
     model_cfg = params.model_config(tokenizer.vocab_size)
     check_windows(read_json(tokens_dir / MANIFEST), model_cfg.block_size)
     torch.manual_seed(params.train.seed)  # the initial weights too come from the seed
-    train, val = (mapped_tokens(tokens_dir, split, out / f"{split}-{TOKENS_CACHE}")
+    train, val = (mapped_tokens(tokens_dir, split, scratch / f"{split}.npy")
                   for split in ("train", "val"))
     trainer = windows_trainer(GPT(model_cfg), train, val, params.train, out,
                               stride=params.window_stride, callback=callback,
@@ -85,8 +87,8 @@ def read_examples(path: Path) -> list:
                             strict=True)]
 
 
-def pairs_trainer(params: Params, tokenizer: Tokenizer, out: Path,
-                  callback: Callback) -> tuple[Trainer, str | None]:
+def pairs_trainer(params: Params, tokenizer: Tokenizer, out: Path, callback: Callback,
+                  _scratch: Path) -> tuple[Trainer, str | None]:
     """Length-bucketed batches of records, from a registered base model or fresh weights."""
     from gpt.sft import PAD, BucketedBatches, eval_batches
 
@@ -159,9 +161,8 @@ def write_samples(params: Params, checkpoint: Path, path: Path) -> str:
 
 
 # In the staging folder: what the run is training (to resume it), and, under torchrun, the
-# params the ranks read and the summary rank 0 writes back; the splits' memory-mapped tokens.
+# params the ranks read and the summary rank 0 writes back.
 RUN_FILE, PARAMS_FILE, RESULT_FILE = "run.json", "params.json", "result.json"
-TOKENS_CACHE = "tokens.npy"
 
 
 def fingerprint(params: Params) -> dict[str, Any]:
@@ -193,16 +194,18 @@ def fit(params: Params, staging: Path, run_id: str | None, resume: bool) -> dict
     """Build the kind's trainer here (this process, or one torchrun rank) and train it into
     staging; a plain summary back."""
     tokenizer = load_tokenizer(params.path("tokenizer"))
-    trainer, base_version = TRAINERS[params.kind](params, tokenizer, staging,
-                                                  metric_logger(params, run_id))
-    trainer.should_stop = stop_requested
-    resumed_from = None
-    if resume:
-        trainer.resume()
-        resumed_from = trainer.step
-        log.info("resuming an interrupted run from step %d (same data and parameters; "
-                 "--fresh starts over)", resumed_from)
-    result = trainer.fit()
+    with tempfile.TemporaryDirectory(prefix="tinygpt-tokens-") as scratch:
+        trainer, base_version = TRAINERS[params.kind](params, tokenizer, staging,
+                                                      metric_logger(params, run_id),
+                                                      Path(scratch))
+        trainer.should_stop = stop_requested
+        resumed_from = None
+        if resume:
+            trainer.resume()
+            resumed_from = trainer.step
+            log.info("resuming an interrupted run from step %d (same data and parameters; "
+                     "--fresh starts over)", resumed_from)
+        result = trainer.fit()
     return {"steps": result.steps, "best_val_loss_estimate": result.best_val_loss,
             "train_seconds": round(result.seconds, 2),
             "tokens_per_s": round(result.tokens_per_s, 1),
@@ -244,8 +247,7 @@ def train(params: Params, run_id: str | None = None, fresh: bool = False) -> dic
     resume = prepare_staging(params, staging, fresh)
     launch = fit_distributed if params.train.nproc > 1 else fit
     result = launch(params, staging, run_id, resume)
-    for scratch in (RUN_FILE, PARAMS_FILE, RESULT_FILE, f"train-{TOKENS_CACHE}",
-                    f"val-{TOKENS_CACHE}"):
+    for scratch in (RUN_FILE, PARAMS_FILE, RESULT_FILE):
         (staging / scratch).unlink(missing_ok=True)
     replace_directory(staging, model_dir)
 

@@ -92,6 +92,10 @@ def test_a_misspelt_section_and_a_derived_key_are_refused():
     ("data.val_fraction=1.5", "data.val_fraction must be in"),
     ("data.windows=sliding", "data.windows must be one of random, strided"),
     ("data.stride=64", "data.stride applies to data.windows: strided"),
+    ("data.chunk_mb=0", "data.chunk_mb must be positive"),
+    ("data.workers=-1", "data.workers must be >= 0"),
+    ("data.dask_address=localhost", "data.dask_address must be a scheduler address"),
+    ("evaluate.max_tokens=0", "evaluate.max_tokens must be a positive integer"),
     ("train.keep_checkpoints=0", "train.keep_checkpoints must be a positive integer"),
 ])
 def test_wrong_types_and_values_are_refused(override, message):
