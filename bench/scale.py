@@ -8,6 +8,7 @@ reading the shards, not of learning.
 
     python bench/scale.py --sizes 10 100 1000            # MB; one file and a folder each
     python bench/scale.py --sizes 100 --encode-speedup   # encoding on 2 workers vs 1 process
+    python bench/scale.py --bad-input                    # 1 GB of junk, a 200 MB line, ...
 
 Printed: a table per corpus, and the two ratios the issue asks for: peak memory at the largest
 size against the smallest, and each step's seconds per MB at the largest size against the next.
@@ -32,10 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("ingest", "validate", "tokenize", "encode", "train", "evaluate")
 SUFFIXES = (".py", ".txt", ".rst", ".md", ".pyi")
 # A small model and a few steps: the data's cost, not the learning's. Source files hold
-# paragraphs (a data table, a long docstring) over the default 100,000-character limit.
-SETTINGS = ["validate.max_chars=1000000", "train.max_steps=20", "train.eval_interval=20",
-            "train.eval_iters=2", "train.batch_size=8", "model.n_layer=2", "model.n_embd=64",
-            "model.n_head=2", "model.block_size=64", "tokenizer.vocab_size=1024"]
+# paragraphs (a data table, a long docstring) over the default 100,000-character limit, and a
+# few with terminal colour codes over the default 1% of control characters.
+SETTINGS = ["validate.max_chars=1000000", "validate.max_control_share=0.2",
+            "train.max_steps=20", "train.eval_interval=20", "train.eval_iters=2",
+            "train.batch_size=8", "model.n_layer=2", "model.n_embd=64", "model.n_head=2",
+            "model.block_size=64", "tokenizer.vocab_size=1024"]
 
 
 def source_files() -> list[Path]:
@@ -51,6 +54,8 @@ def source_files() -> list[Path]:
 def make_corpus(out: Path, megabytes: float, as_folder: bool) -> Path:
     """About `megabytes` of UTF-8 text from the venv: one file, or a folder of files (the
     sources cycled when the size asks for more than they hold)."""
+    if out.exists():  # made by an earlier run of the bench
+        return out
     target, files = int(megabytes * 2**20), source_files()
     written, index = 0, 0
     (out if as_folder else out.parent).mkdir(parents=True, exist_ok=True)
@@ -120,7 +125,8 @@ def run_step(project: Path, step: str, overrides: list[str]) -> tuple[float, int
     seconds = time.perf_counter() - started
     peak = memory.stop()
     if process.returncode != 0:
-        raise RuntimeError(f"{step} failed ({process.returncode}):\n{output[-3000:]}")
+        raise RuntimeError(f"{step} failed ({process.returncode}):\n{output[-3000:]}",
+                           seconds, peak)
     return seconds, peak
 
 
@@ -150,6 +156,44 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def bad_inputs(work: Path) -> dict[str, Path]:
+    """A 1 GB file of random bytes, a 200 MB single line, and 100,000 tiny files of which one
+    is not UTF-8."""
+    work.mkdir(parents=True, exist_ok=True)
+    junk, line, folder = work / "junk.bin", work / "line.txt", work / "many"
+    if not junk.exists():
+        with open(junk, "wb") as out:
+            for _ in range(1024):
+                out.write(os.urandom(1 << 20))
+    if not line.exists():
+        line.write_bytes(b"word " * (40 << 20))
+    if not folder.exists():
+        folder.mkdir()
+        for i in range(100_000):
+            (folder / f"{i:06d}.txt").write_text(f"file {i}: a short paragraph.\n")
+        (folder / "071717.txt").write_bytes(b"fine start \xc3\x28 then bad")
+    return {"1 GB of random bytes": junk, "a 200 MB single line": line,
+            "100,000 files, one not UTF-8": folder}
+
+
+def refusals(work: Path) -> None:
+    """Each bad input through `ingest`: seconds, peak memory and its one line."""
+    for name, source in bad_inputs(work).items():
+        project = work / "project"
+        shutil.rmtree(project, ignore_errors=True)
+        project.mkdir()
+        shutil.copy(ROOT / "params.yaml", project / "params.yaml")
+        try:
+            run_step(project, "ingest", [f"data.source={source}", "data.sha256=null"])
+            print(f"{name}: accepted?!")
+        except RuntimeError as refused:
+            seconds, peak = refused.args[1:]
+            last = [x for x in refused.args[0].splitlines() if "error:" in x][-1]
+            print(f"{name}: refused in {seconds:.1f}s, peak {peak / 2**20:,.0f} MB, "
+                  f"raw/ left empty: {not any((project / 'data' / 'raw').glob('*'))}\n"
+                  f"  {last.strip()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=float, nargs="+", default=[10, 100, 1000])
@@ -157,8 +201,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/tinygpt-scale"))
     parser.add_argument("--encode-speedup", action="store_true",
                         help="also time encoding the largest corpus in one process")
+    parser.add_argument("--bad-input", action="store_true",
+                        help="only ingest bad inputs at scale, each refused with one line")
     args = parser.parse_args()
     print(f"CPU: {cpu_name()}, {os.cpu_count()} cores")
+    if args.bad_input:
+        refusals(args.work / "bad")
+        return
     for layout in args.layouts:
         results = {}
         for size in args.sizes:

@@ -146,15 +146,15 @@ def mapped_tokens(shards_dir: str | Path, prefix: str, cache: str | Path) -> np.
         dtype = np.dtype(files[0].schema_arrow.field(TOKEN_COLUMN).type.to_pandas_dtype())
         total = sum(f.metadata.num_rows for f in files)
         partial = cache.with_name(f"{cache.name}.part-{os.getpid()}")  # ranks race to make it
-        out = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=(total,))
-        at = 0
-        for file in files:
-            for batch in file.iter_batches(columns=[TOKEN_COLUMN]):
-                tokens = batch.column(0).to_numpy()
-                out[at:at + len(tokens)] = tokens
-                at += len(tokens)
-        out.flush()
-        del out
+        # Written with plain writes, not through a writable map: pages written through a map
+        # would count in this process's resident memory, the whole corpus's worth.
+        with open(partial, "wb") as out:
+            np.lib.format.write_array_header_1_0(out, {
+                "descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                "shape": (total,)})
+            for file in files:
+                for batch in file.iter_batches(columns=[TOKEN_COLUMN]):
+                    out.write(batch.column(0).to_numpy().astype(dtype, copy=False).tobytes())
         partial.replace(cache)
     return np.load(cache, mmap_mode="r", allow_pickle=False)
 

@@ -220,9 +220,7 @@ def combine(parts: list[dict[str, Any]]) -> tuple[Any, int, dict[int, list[str]]
 
     combined = copy.deepcopy(parts[0]["result"])
     offsets = np.cumsum([0] + [part["rows"] for part in parts])
-    ids = np.concatenate([part["id_hashes"] for part in parts])
-    _, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
-    duplicated = int((counts[inverse] > 1).sum())
+    duplicated = repeated_rows(np.concatenate([part.pop("id_hashes") for part in parts]))
     examples: dict[int, list[str]] = {}
     for position, item in enumerate(combined["results"]):
         items = [part["result"]["results"][position] for part in parts]
@@ -234,9 +232,9 @@ def combine(parts: list[dict[str, Any]]) -> tuple[Any, int, dict[int, list[str]]
                                ) and (kwargs.get("max_value") is None
                                       or total <= kwargs["max_value"])
         elif "unexpected_count" in details:
-            add_up(details, [i["result"] for i in items], offsets)
-            if item["expectation_config"]["type"] == "expect_column_values_to_be_unique":
-                details["unexpected_count"] = duplicated
+            unique = item["expectation_config"]["type"] == "expect_column_values_to_be_unique"
+            add_up(details, [i["result"] for i in items], offsets,
+                   duplicated if unique else None)
             item["success"] = details["unexpected_count"] == 0
         else:
             item["success"] = all(i["success"] for i in items)
@@ -252,11 +250,26 @@ def combine(parts: list[dict[str, Any]]) -> tuple[Any, int, dict[int, list[str]]
     return ExpectationSuiteValidationResultSchema().load(combined), int(offsets[-1]), examples
 
 
-def add_up(details: dict[str, Any], parts: list[dict[str, Any]], offsets: np.ndarray) -> None:
-    """A column expectation's counts over every chunk, in place of the first chunk's."""
+def repeated_rows(ids: np.ndarray) -> int:
+    """How many rows share their value with another row (sorted in place: memory for the
+    values and two flags per row, whatever the corpus's size)."""
+    ids.sort()
+    same = ids[1:] == ids[:-1]
+    repeated = np.zeros(len(ids), dtype=bool)
+    repeated[1:] |= same
+    repeated[:-1] |= same
+    return int(repeated.sum())
+
+
+def add_up(details: dict[str, Any], parts: list[dict[str, Any]], offsets: np.ndarray,
+           unexpected: int | None = None) -> None:
+    """A column expectation's counts over every chunk, in place of the first chunk's;
+    `unexpected`: the count taken over the whole table instead (uniqueness)."""
     for key in ("element_count", "unexpected_count", "missing_count"):
         if key in details:
             details[key] = sum(part.get(key) or 0 for part in parts)
+    if unexpected is not None:
+        details["unexpected_count"] = unexpected
     elements = details.get("element_count") or 0
     if "unexpected_percent" in details:
         details["unexpected_percent"] = 100 * details["unexpected_count"] / max(elements, 1)

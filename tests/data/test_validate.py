@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import re
 import subprocess
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from gpt.config import Params, build_params
@@ -123,3 +125,30 @@ def test_validate_command_exit_codes(tmp_path):
     assert failed.returncode == 1
     assert "expect_column_value_lengths_to_be_between(text)" in failed.stderr
     assert not (tmp_path / "data").exists()  # the project's data is never touched
+
+
+def test_chunks_add_up_to_one_verdict_and_one_report(tmp_path):
+    """Validated a row group at a time (on Dask): a doc_id repeated in two chunks and bad
+    rows in different chunks come out as one verdict naming each, as one whole table would."""
+    from tasks.ingest import write_records
+
+    records = [{"doc_id": f"d{i}", "text": f"paragraph {i}", "source": "f"} for i in range(40)]
+    records[3]["doc_id"] = records[37]["doc_id"] = "twice"
+    records[5]["text"], records[33]["text"] = "x" * 201, "y" * 300
+    for record in records:
+        record["n_bytes"] = len(record["text"].encode())
+    write_records(records, tmp_path / "raw", chunk_bytes=64)
+    assert pq.ParquetFile(tmp_path / "raw" / "corpus.parquet").num_row_groups > 3
+    with pytest.raises(DataValidationError) as err:
+        validate(params_for(tmp_path))
+    message = str(err.value)
+    assert "data validation failed (40 records)" in message
+    assert "expect_column_values_to_be_unique(doc_id): 2 row(s) fail" in message
+    assert "expect_column_value_lengths_to_be_between(text): 2 row(s) fail, e.g. d5" in message
+    assert "control_share" not in message
+    page = (tmp_path / "reports" / "validation.html").read_text()
+    assert "40 records" in page and page.count("<td class=failed>failed</td>") == 2
+    pages = list((tmp_path / "reports" / "data_docs" / "validations").rglob("*.html"))
+    assert len(pages) == 1  # one Data Docs page for the whole table
+    shown = html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", pages[0].read_text())))
+    assert "values must be unique. 2 unexpected values found. 5% of 40 total rows" in shown
