@@ -9,6 +9,7 @@ reading the shards, not of learning.
     python bench/scale.py --sizes 10 100 1000            # MB; one file and a folder each
     python bench/scale.py --sizes 100 --encode-speedup   # encoding on 2 workers vs 1 process
     python bench/scale.py --bad-input                    # 1 GB of junk, a 200 MB line, ...
+    python bench/scale.py --stops --sizes 100            # Ctrl-C inside each step of a run
 
 Printed: a table per corpus, and the two ratios the issue asks for: peak memory at the largest
 size against the smallest, and each step's seconds per MB at the largest size against the next.
@@ -21,6 +22,7 @@ import contextlib
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -194,6 +196,40 @@ def refusals(work: Path) -> None:
                   f"  {last.strip()}")
 
 
+# (step, what shows the step is under way), for Ctrl-C 3 s later.
+STOP_POINTS = [("ingest", "step ingest"), ("validate", "chunks on Dask"),
+               ("tokenize", "chunks on Dask"), ("encode", "chunks on Dask"),
+               ("evaluate", "step evaluate")]
+
+
+def stop_times(work: Path, corpus: Path) -> None:
+    """`tinygpt retrain` in a clone of this checkout, stopped as a terminal's Ctrl-C does
+    (SIGINT to its process group) inside each step: seconds to its exit, and its last line."""
+    project = work / "stops-project"
+    shutil.rmtree(project, ignore_errors=True)
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(project)], check=True)
+    for number, (step, marker) in enumerate(STOP_POINTS):
+        log = project / f"{step}.log"
+        command = [str(Path(sys.executable).with_name("tinygpt")), "retrain", "--source",
+                   str(corpus), *[a for o in SETTINGS for a in ("--set", o)],
+                   "--set", f"tokenizer.vocab_size={1024 + number}"]  # nothing from the cache
+        with open(log, "w") as out:
+            process = subprocess.Popen(command, cwd=project, stdout=out,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        while process.poll() is None:
+            after = log.read_text().partition(f"step {step}")
+            if after[1] and (marker == f"step {step}" or marker in after[2]):
+                break
+            time.sleep(0.1)
+        time.sleep(3)
+        signalled = time.monotonic()
+        os.killpg(process.pid, signal.SIGINT)
+        code = process.wait(120)
+        last = [x for x in log.read_text().splitlines() if x.startswith("tinygpt: error")]
+        print(f"Ctrl-C 3 s into {step}: exit {code} after {time.monotonic() - signalled:.1f}s: "
+              f"{last[-1][:90] if last else '(no error line)'}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=float, nargs="+", default=[10, 100, 1000])
@@ -203,10 +239,16 @@ def main() -> None:
                         help="also time encoding the largest corpus in one process")
     parser.add_argument("--bad-input", action="store_true",
                         help="only ingest bad inputs at scale, each refused with one line")
+    parser.add_argument("--stops", action="store_true",
+                        help="only Ctrl-C inside each step of a retrain on the largest size")
     args = parser.parse_args()
     print(f"CPU: {cpu_name()}, {os.cpu_count()} cores")
     if args.bad_input:
         refusals(args.work / "bad")
+        return
+    if args.stops:
+        size = max(args.sizes)
+        stop_times(args.work, make_corpus(args.work / f"corpus-{size:g}-file.txt", size, False))
         return
     for layout in args.layouts:
         results = {}
