@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from prefect import task
 
 from gpt.config import Params
-from gpt.data import CorpusError, decode_utf8
+from gpt.data import CorpusError
 from gpt.files import atomic_file, sha256_file
 from gpt.progress import Progress
 from tasks.common import CORPUS_FILE, PAIRS_RAW, retry_transient
@@ -136,14 +136,12 @@ def json_lines(path: Path, limit: int | None = None) -> Iterator[tuple[int, Any,
             number += 1
             if limit and len(line) > limit:
                 raise too_long(str(path), f"line {number}", limit)
+            if (nul := line.find(b"\x00")) >= 0:
+                raise CorpusError(f"{path}: looks like a binary file (NUL byte at offset "
+                                  f"{offset + nul}); expected UTF-8 text")
             try:
-                text = decode_utf8(line, str(path))
-            except CorpusError:
-                bad = line.find(b"\x00")
-                if bad >= 0:
-                    raise CorpusError(f"{path}: looks like a binary file (NUL byte at offset "
-                                      f"{offset + bad}); expected UTF-8 text") from None
-                err = _utf8_error(line)
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as err:
                 raise CorpusError(f"{path}: invalid UTF-8 at byte offset {offset + err.start} "
                                   f"(line {number}, byte 0x{line[err.start]:02x})") from None
             offset += len(line)
@@ -162,14 +160,6 @@ def json_lines(path: Path, limit: int | None = None) -> Iterator[tuple[int, Any,
                                      f"{type(obj).__name__}")
     if not seen:
         raise CorpusError(f"{path}: file is empty")
-
-
-def _utf8_error(data: bytes) -> UnicodeDecodeError:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        return err
-    raise AssertionError("decoded after all")
 
 
 class Problems:
