@@ -27,8 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.baselines import NanoGPT, nanogpt_lr
 from bench.common import ROOT, corpus_path, save, table
+from gpt.batches import sequential_windows
 from gpt.config import load_params, recipe_overrides
-from gpt.data import sequential_windows
 from gpt.quick import train_from_text
 
 

@@ -28,7 +28,7 @@ from contextlib import nullcontext, suppress
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import get_run_context
 from prefect.states import Cancelled
@@ -44,11 +44,12 @@ from registry import (
     connect,
     tracking_uri,
 )
-from tasks.drift import drift_task, record_profile
-from tasks.encode import encode_task
-from tasks.evaluate import evaluate_task
+from tasks import encode, tokenize
+from tasks.common import retry_transient
+from tasks.drift import drift, record_profile
+from tasks.evaluate import evaluate
 from tasks.gc import HOST_TAG, PID_TAG, close_stale_runs
-from tasks.ingest import ingest_task
+from tasks.ingest import ingest
 from tasks.interrupt import (
     RunInterrupted,
     abortable,
@@ -58,17 +59,35 @@ from tasks.interrupt import (
     stop_reason,
 )
 from tasks.lock import run_lock
-from tasks.promote import promote_task
-from tasks.register import register_task
-from tasks.tokenize import tokenize_task
-from tasks.train import train_task
-from tasks.validate import STATIC_REPORT, validate_task
-from tasks.version import LOCK_FILE, restore_outputs, snapshot, version_task
+from tasks.promote import promote
+from tasks.register import register
+from tasks.train import train
+from tasks.validate import STATIC_REPORT, validate
+from tasks.version import LOCK_FILE, restore_outputs, snapshot, version
 
 log = logging.getLogger("tinygpt.flow")
 # Our progress lines (steps, BPE, encoding, training) are INFO: keep them wherever the flow runs
 # (a worker's flow-run process configures logging as Prefect does, with the root at WARNING).
 logging.getLogger("tinygpt").setLevel(logging.INFO)
+
+
+# The steps as Prefect tasks. tasks/ holds plain functions that know nothing of Prefect (so
+# data workers and DVC stages import them without it); what Prefect adds is said here:
+# transient failures of a store are retried, and tokenize and encode are cached on their
+# inputs (a re-run with unchanged data and parameters skips them; results stored as JSON).
+RETRIED = {"retries": 2, "retry_delay_seconds": 5, "retry_condition_fn": retry_transient}
+CACHED = {"persist_result": True, "result_serializer": "json"}
+ingest_task = task(ingest, name="ingest", **RETRIED)
+validate_task = task(validate, name="validate")
+drift_task = task(drift, name="drift")
+tokenize_task = task(tokenize.tokenize, name="tokenize", cache_key_fn=tokenize.cache_key,
+                     **CACHED)
+encode_task = task(encode.encode, name="encode", cache_key_fn=encode.cache_key, **CACHED)
+train_task = task(train, name="train")
+evaluate_task = task(evaluate, name="evaluate")
+version_task = task(version, name="version", **RETRIED)
+register_task = task(register, name="register", **RETRIED)
+promote_task = task(promote, name="promote", **RETRIED)
 
 
 # Steps a Ctrl-C may stop at once: each writes its outputs whole, and a stopped run puts back
@@ -113,13 +132,13 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     steps = "\n".join(f"| {k} | {v:.1f} s{' (cached)' if k in summary['cached'] else ''} |"
                       for k, v in summary["seconds"].items())
     sample = f"**Sample**\n\n```\n{summary['sample']}\n```\n" if summary["sample"] else ""
-    drift = "\n".join(f"| {k} | {v:.4f} |" for k, v in summary["drift"].items())
+    drifts = "\n".join(f"| {k} | {v:.4f} |" for k, v in summary["drift"].items())
     return (f"# tinygpt retrain ({summary['kind']})\n\n**Model** `{summary['model']}` version "
             f"**{summary['version']}**; champion is now version **{summary['champion']}**.\n\n"
             f"**Promotion:** {summary['promotion']}\n\n| metric | value |\n|---|---|\n{rows}\n\n"
             + (f"| task | accuracy |\n|---|---|\n{tasks}\n\n" if tasks else "")
-            + (f"| data drift from the champion's | value |\n|---|---|\n{drift}\n\n"
-               if drift else "")
+            + (f"| data drift from the champion's | value |\n|---|---|\n{drifts}\n\n"
+               if drifts else "")
             + f"| step | time |\n|---|---|\n{steps}\n\n{sample}")
 
 
@@ -338,10 +357,11 @@ def unpromoted(params: Params, run_id: str, why: str) -> str:
         return f"whether it registered a version is unknown ({type(err).__name__})"
     if not made:
         return "nothing was registered or promoted"
-    for version in made:
-        if "promotion_decision" not in version.tags:
+    for unpromoted_version in made:
+        if "promotion_decision" not in unpromoted_version.tags:
             with suppress(Exception):  # the words below tell the truth either way
-                mlflow_client.set_model_version_tag(version.name, version.version,
+                mlflow_client.set_model_version_tag(unpromoted_version.name,
+                                                    unpromoted_version.version,
                                                     "promotion_decision",
                                                     f"not promoted: {why}"[:4000])
     names = ", ".join(f"{v.name} version {v.version}" for v in made)

@@ -75,8 +75,8 @@ class DataConfig:
     # A record (a paragraph, a JSONL line) longer than a chunk is refused at ingest.
     chunk_mb: float = 4.0
     # Where validation, pretoken counting and encoding run when there is more than one chunk:
-    # null starts a Dask local cluster of `workers` processes (0: one per core); an address
-    # (tcp://HOST:PORT) sends them to a running Dask cluster.
+    # null starts a Dask local cluster of `workers` processes (0: one per core; 1: none, they
+    # run in this process); an address (tcp://HOST:PORT) sends them to a running Dask cluster.
     dask_address: str | None = None
     workers: int = 0
 

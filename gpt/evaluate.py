@@ -12,7 +12,7 @@ import math
 import numpy as np
 import torch
 
-from gpt.data import sequential_windows
+from gpt.batches import sequential_windows
 from gpt.model import GPT
 from gpt.progress import Progress
 from gpt.train import autocast

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from gpt.batches import RandomWindows, StridedWindows
 from gpt.checkpoint import (
     OPTIMIZER_FILE,
     STATE_FILE,
@@ -34,7 +35,6 @@ from gpt.checkpoint import (
     write_model_files,
 )
 from gpt.config import TrainConfig
-from gpt.data import RandomWindows, StridedWindows
 from gpt.files import atomic_directory, write_json
 from gpt.model import GPT
 from gpt.muon import MuonAdamW

@@ -23,6 +23,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from gpt.files import write_json
 from stack.processes import HOST, alive, free_port, record_of, stop, wait_until
 
 log = logging.getLogger("tinygpt.prefect")
@@ -112,7 +113,7 @@ def start() -> dict[str, Any]:
                                    preexec_fn=lambda: _die_with(me))
     url = f"http://{HOST}:{port}/api"
     record = {**record_of(process.pid, log=log_file), "url": url, "owner": record_of(me)}
-    _record_path(me).write_text(json.dumps(record), encoding="utf-8")
+    write_json(_record_path(me), record)  # whole or not at all: others read it any time
     record["process"] = process
     log.info("starting the embedded Prefect server on %s", url)
     try:

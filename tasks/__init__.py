@@ -1,2 +1,4 @@
-"""Pipeline steps. Each module holds a plain function and the Prefect task over it; each
-step also runs alone as `python -m tasks STEP`, which is what dvc.yaml calls."""
+"""Pipeline steps as plain functions, one module per step. flows/retrain.py makes them Prefect
+tasks; nothing here imports Prefect at import time, so data workers load a step's chunk
+function without it. Each step also runs alone as `python -m tasks STEP`, which is what
+dvc.yaml calls."""

@@ -9,8 +9,8 @@ the same tokenizer and the same shards as one process.
 `fan_out` runs a step's chunk function over the chunks as Prefect tasks on Prefect's Dask task
 runner: a local cluster of `data.workers` processes (one per core by default), or the running
 cluster at `data.dask_address` (whose workers need the same PREFECT_API_URL and a view of
-the project's folder). Data of a single row group (Tiny Shakespeare) runs here, in
-this process: a cluster would only add its start-up.
+the project's folder). With data.workers: 1, or too few chunks to pay for a worker's start
+(under MIN_CHUNKS_PER_WORKER each: Tiny Shakespeare is one), they run here, in this process.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import hashlib
 import logging
 import os
 import signal
+import sys
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,9 @@ from tasks.interrupt import check_stop
 log = logging.getLogger("tinygpt.chunks")
 DOC_SEPARATOR = "\n\n"  # between documents in a tokenizer's training text
 POLL_SECONDS = 0.2      # how often a wait for a chunk looks for a stop request
+# Fewer chunks than this per worker run in this process: a worker's start (a fresh interpreter,
+# the step's imports: 1 s, 3 s with Great Expectations) costs more than a few chunks' work.
+MIN_CHUNKS_PER_WORKER = 4
 
 
 @dataclass(frozen=True)
@@ -136,8 +140,11 @@ def workers(params: Params) -> int:
 
 
 def prefect_api() -> str | None:
-    """The Prefect API this process reports to, if one is configured (a flow run, a CLI
-    command); None when a step runs alone (`python -m tasks`, a DVC stage)."""
+    """The Prefect API this process reports to: the one a flow run or a CLI command set up,
+    else PREFECT_API_URL; None when a step runs alone without one (`python -m tasks`, a DVC
+    stage), which then never imports Prefect (a second of start-up)."""
+    if "prefect" not in sys.modules:
+        return os.environ.get("PREFECT_API_URL") or None
     from prefect.settings import PREFECT_API_URL
 
     return PREFECT_API_URL.value()
@@ -169,73 +176,111 @@ def kill_workers(cluster: Any) -> None:
             os.kill(nanny.pid, signal.SIGKILL)
 
 
-def fan_out(params: Params, step: Any, chunks: Sequence[Chunk], label: str,
+def fan_out(params: Params, work: Callable[..., Any], chunks: Sequence[Chunk], label: str,
             **arguments: Any) -> Iterator[Any]:
-    """step(chunk, **arguments) for every chunk, results in the chunks' order, with progress
-    lines; more than one row group (or a Dask address): on Dask, a few per worker in flight,
-    as Prefect tasks when there is a Prefect API to report to (else as the plain function:
-    a step run alone has no flow to show them in). A stop request stops the wait within
-    POLL_SECONDS (a local cluster goes with it)."""
-    total = sum(c.n_bytes for c in chunks)
+    """work(chunk, **arguments) for every chunk, results in the chunks' order, with progress
+    lines. Enough chunks for more than one worker (or a Dask address): on Dask, two
+    chunks per worker running, as Prefect tasks named after `work` when there is a Prefect API
+    to report to (else as the plain function: a step run alone has no flow to show them in).
+    A stop request stops the wait within POLL_SECONDS (a local cluster goes with it)."""
+    total, started = sum(c.n_bytes for c in chunks), time.perf_counter()
     with Progress(log, label, total >> 20, "MB") as progress:
-        done = 0
-        for chunk, result in _results(params, step, chunks, arguments):
-            done += chunk.n_bytes
-            progress.update(done >> 20)
+        finished = 0
+        for chunk, result in _results(params, work, chunks, arguments):
+            finished += chunk.n_bytes
+            progress.update(finished >> 20)
             yield result
+    seconds = time.perf_counter() - started
+    log.info("%s: %.1f MB in %.1fs (%.1f MB/s)", label, total / 2**20, seconds,
+             total / 2**20 / max(seconds, 1e-9))
 
 
-def _results(params: Params, step: Any, chunks: Sequence[Chunk],
+def _results(params: Params, work: Callable[..., Any], chunks: Sequence[Chunk],
              arguments: dict[str, Any]) -> Iterator[tuple[Chunk, Any]]:
-    if len({c.group for c in chunks}) <= 1 and not params.data.dask_address:
+    if not params.data.dask_address and (
+            workers(params) == 1 or len(chunks) < MIN_CHUNKS_PER_WORKER * workers(params)):
         for chunk in chunks:
             check_stop()
-            yield chunk, step.fn(chunk, **arguments)
+            yield chunk, work(chunk, **arguments)
         return
     started = time.perf_counter()
-    logging.getLogger("distributed").setLevel(logging.WARNING)
     api = prefect_api()
-    from prefect_dask import DaskTaskRunner
-
-    with local_cluster(params, api) as cluster, DaskTaskRunner(
-            cluster=cluster, address=params.data.dask_address) as runner:
+    quiet_dask()
+    with local_cluster(params, api) as cluster, dask_submit(params, cluster, work,
+                                                            api) as (submit, n_workers):
         log.info("%d chunks on Dask (%s, %s), started in %.1fs", len(chunks),
-                 params.data.dask_address or f"a local cluster of {workers(params)} processes",
+                 params.data.dask_address or f"a local cluster of {n_workers} processes",
                  "as Prefect tasks" if api else "no Prefect API: as plain functions",
                  time.perf_counter() - started)
-
-        def submit(chunk: Chunk) -> Any:
-            if api:
-                return runner.submit(step, {"chunk": chunk, **arguments})
-            return runner.client.submit(step.fn, chunk, **arguments, pure=False)
-
-        waiting: deque[tuple[Chunk, Any]] = deque()
-        queue = iter(chunks)
-        in_flight = 2 * max(1, len(runner.client.scheduler_info()["workers"]))
         try:
-            while True:
-                while len(waiting) < in_flight and (chunk := next(queue, None)) is not None:
-                    waiting.append((chunk, submit(chunk)))
-                if not waiting:
-                    return
-                chunk, future = waiting.popleft()
-                yield chunk, wait_for(future)
+            yield from _in_order(chunks, lambda chunk: submit(chunk, **arguments), n_workers)
         except BaseException:
             if cluster is not None:
                 kill_workers(cluster)
             raise
 
 
-def wait_for(future: Any) -> Any:
-    """A chunk's result (a Prefect future's or a Dask future's), looking for a stop request
-    while it runs."""
-    dask_future = getattr(future, "wrapped_future", future)
-    while not dask_future.done():
+@contextmanager
+def dask_submit(params: Params, cluster: Any, work: Callable[..., Any], api: str | None
+                ) -> Iterator[tuple[Callable[..., Any], int]]:
+    """(submit(chunk, **arguments) -> a future, the number of workers) for the local cluster
+    or the running one at data.dask_address: through Prefect's Dask task runner as a Prefect
+    task when there is a Prefect API, else straight to Dask."""
+    address = cluster if cluster is not None else params.data.dask_address
+    if api:
+        from prefect_dask import DaskTaskRunner
+
+        as_task = prefect_task(work)
+        with DaskTaskRunner(cluster=cluster, address=params.data.dask_address) as runner:
+            yield ((lambda chunk, **arguments: runner.submit(as_task, {"chunk": chunk,
+                                                                        **arguments})),
+                   len(runner.client.scheduler_info()["workers"]))
+        return
+    from distributed import Client
+
+    with Client(address) as client:
+        yield ((lambda chunk, **arguments: client.submit(work, chunk, **arguments, pure=False)),
+               len(client.scheduler_info()["workers"]))
+
+
+def quiet_dask() -> None:
+    """Dask's INFO lines (a scheduler starting, workers joining) are not the step's news. Its
+    import sets them to INFO, so it is imported first."""
+    import distributed  # noqa: F401
+
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+
+
+def prefect_task(work: Callable[..., Any]) -> Any:
+    """A chunk function as a Prefect task ("encode chunk"); its results travel back through
+    Dask, never to result storage."""
+    from prefect import task
+
+    return task(work, name=work.__name__.replace("_", " "), persist_result=False, retries=0)
+
+
+def _in_order(chunks: Sequence[Chunk], submit: Callable[[Chunk], Any],
+              n_workers: int) -> Iterator[tuple[Chunk, Any]]:
+    """Each chunk's result in the chunks' order, keeping two chunks per worker running: a
+    slow chunk holds back the results behind it (at most four per worker wait), not the
+    workers."""
+    queue, waiting = iter(chunks), deque[tuple[Chunk, Any]]()
+    running, lookahead = 2 * max(1, n_workers), 4 * max(1, n_workers)
+    while True:
+        while (len(waiting) < lookahead
+               and sum(not done(f) for _, f in waiting) < running
+               and (chunk := next(queue, None)) is not None):
+            waiting.append((chunk, submit(chunk)))
+        if not waiting:
+            return
+        if done(waiting[0][1]):
+            chunk, future = waiting.popleft()
+            yield chunk, future.result()
+            continue
         check_stop()
         time.sleep(POLL_SECONDS)
-    return future.result()
 
 
-def chunk_task_options() -> dict[str, Any]:
-    """What every chunk task shares: results travel back through Dask, never to storage."""
-    return {"persist_result": False, "retries": 0}
+def done(future: Any) -> bool:
+    """Whether a Prefect future's or a Dask future's chunk has finished."""
+    return getattr(future, "wrapped_future", future).done()

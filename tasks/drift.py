@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
-from prefect import task
 
 from gpt.config import Params
 from registry import alias_version, client, download_checkpoint
@@ -165,6 +164,3 @@ def record_profile(params: Params, run_id: str, drifted: dict[str, Any]) -> None
     rate = tokens_per_byte(params.path("tokenizer"), drifted["sample"])
     client(params).log_text(run_id, json.dumps({**drifted["profile"], "tokens_per_byte": rate}),
                             PROFILE_FILE)
-
-
-drift_task = task(drift, name="drift")

@@ -13,22 +13,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import lru_cache
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from prefect import task
 
 import gpt.data
-import gpt.sft
 import tasks.chunks
 from gpt.config import Params
 from gpt.data import CorpusError, ShardWriter, token_dtype
 from gpt.files import atomic_directory, sha256_file, sha256_json, sha256_tree, write_json
 from gpt.tokenizer import ENDOFTEXT, BPETokenizer, Tokenizer, load_tokenizer
 from gpt.tokenizer.bpe import safe_slices
-from tasks.chunks import Chunk, chunk_task_options, combined_digest, fan_out, plan, text_digest
+from tasks.chunks import Chunk, combined_digest, fan_out, plan, text_digest
 from tasks.common import MANIFEST, step_cache_key, validated_path
 
 SFT_SPLITS = ("train", "val", "test")
@@ -77,9 +76,6 @@ def encode_chunk(chunk: Chunk, tokenizer_dir: str, tokenizer_digest: str,
             "records": chunk.stop - chunk.start, "digest": text_digest(iter(documents))}
 
 
-encode_chunk_task = task(encode_chunk, name="encode chunk", **chunk_task_options())
-
-
 def encode_corpus(params: Params, tokenizer: Tokenizer, out: Path) -> dict[str, Any]:
     """Token shards of the train and val documents, written as they fill from the chunks'
     parts (encoded in parallel); their counts for the manifest."""
@@ -95,7 +91,7 @@ def encode_corpus(params: Params, tokenizer: Tokenizer, out: Path) -> dict[str, 
     counts = {split: {"tokens": 0, "bytes": 0, "documents": 1, "records": 0}
               for split in writers}
     digests: dict[str, list[str]] = {split: [] for split in writers}
-    results = fan_out(params, encode_chunk_task, chunks, "encoding",
+    results = fan_out(params, encode_chunk, chunks, "encoding",
                       tokenizer_dir=str(tokenizer_dir), tokenizer_digest=sha256_tree(
                           tokenizer_dir), parts=str(parts))
     for chunk, result in zip(chunks, results, strict=True):
@@ -164,12 +160,8 @@ def cache_key(_context, arguments: dict[str, Any]) -> str:
     settings = ({"val_fraction": params.data.val_fraction,
                  "tokens_per_shard": params.data.tokens_per_shard}
                 if params.kind == "text" else {})
-    code = gpt.data.__file__ if params.kind == "text" else gpt.sft.__file__
+    # gpt.sft imports torch, which this module (imported by data workers) does without
+    code = gpt.data.__file__ if params.kind == "text" else find_spec("gpt.sft").origin
     return step_cache_key("encode", params, settings,
                           [validated_path(params), params.path("tokenizer"), Path(__file__),
                            Path(code), Path(tasks.chunks.__file__)])
-
-
-# Cached on its inputs, like tokenize; results are stored as JSON.
-encode_task = task(encode, name="encode", cache_key_fn=cache_key, persist_result=True,
-                   result_serializer="json")

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 import pandas as pd
-from prefect import task
 
 from gpt.checkpoint import load_model
 from gpt.config import Params
@@ -110,6 +109,3 @@ def evaluate(params: Params, run_id: str | None = None) -> dict[str, Any]:
     write_json(params.path("metrics") / EVAL_METRICS, metrics)
     log_metrics(params, run_id, metrics)
     return metrics
-
-
-evaluate_task = task(evaluate, name="evaluate")

@@ -26,13 +26,12 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from prefect import task
 
 from gpt.config import Params
 from gpt.data import CorpusError
 from gpt.files import atomic_file, sha256_file
 from gpt.progress import Progress
-from tasks.common import CORPUS_FILE, PAIRS_RAW, retry_transient
+from tasks.common import CORPUS_FILE, PAIRS_RAW
 
 log = logging.getLogger("tinygpt.ingest")
 BLOCK = 1 << 20  # bytes read at a time
@@ -339,7 +338,3 @@ READERS = {"text": ingest_text, "sft": ingest_pairs}
 def ingest(params: Params, source: str | None = None) -> dict[str, Any]:
     """The run's source (data.source, sft.dataset, or the one given) -> the raw folder."""
     return READERS[params.kind](params, source)
-
-
-ingest_task = task(ingest, name="ingest", retries=2, retry_delay_seconds=5,
-                   retry_condition_fn=retry_transient)

@@ -8,13 +8,12 @@ import logging
 from typing import Any
 
 import pandas as pd
-from prefect import task
 
 from gpt.config import Params
 from gpt.files import read_json, sha256_json
 from registry import client, git_commit, register_checkpoint
 from tasks.card import CARD_FILE, description, model_card
-from tasks.common import BEST, MANIFEST, kind_of, retry_transient
+from tasks.common import BEST, MANIFEST, kind_of
 from tasks.version import RUN_OWNED
 
 log = logging.getLogger("tinygpt.register")
@@ -76,7 +75,3 @@ def register(params: Params, run_id: str, metrics: dict[str, Any], dvc_lock_dige
         log.warning("%s version %s registered without its description or model card: %s",
                     name, version, err)
     return registered
-
-
-register_task = task(register, name="register", retries=2, retry_delay_seconds=5,
-                     retry_condition_fn=retry_transient)

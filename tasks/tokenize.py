@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from prefect import task
 
 import gpt.tokenizer
 import tasks.chunks
 from gpt.config import Params
 from gpt.files import atomic_directory, sha256_tree
 from gpt.tokenizer import ENDOFTEXT, BPETokenizer, Tokenizer, count_pretokens, train_tokenizer
-from tasks.chunks import Chunk, chunk_task_options, fan_out, plan
+from tasks.chunks import Chunk, fan_out, plan
 from tasks.common import step_cache_key, validated_path
 
 
@@ -33,16 +32,13 @@ def count_chunk(chunk: Chunk) -> Counter[str]:
     return count_pretokens(chunk.text())
 
 
-count_chunk_task = task(count_chunk, name="count pretokens", **chunk_task_options())
-
-
 def corpus_tokenizer(params: Params) -> Tokenizer:
     settings = params.tokenizer
     chunks = [c for c in plan(validated_path(params), params.data.val_fraction)
               if c.split == "train"]
     if settings.kind == "bpe":
         counts: Counter[str] = Counter()
-        for part in fan_out(params, count_chunk_task, chunks, "counting pretokens"):
+        for part in fan_out(params, count_chunk, chunks, "counting pretokens"):
             counts.update(part)
         return BPETokenizer.from_counts(counts, settings.vocab_size, (ENDOFTEXT,))
     text = "".join(chunk.text() for chunk in chunks)
@@ -95,9 +91,3 @@ def cache_key(_context, arguments: dict[str, Any]) -> str:
     return step_cache_key("tokenize", params, settings,
                           [validated_path(params), Path(__file__), Path(tasks.chunks.__file__),
                            *gpt.tokenizer.SOURCE_FILES])
-
-
-# Cached on its inputs: a re-run with unchanged data and parameters skips it. Results are
-# stored as JSON (never pickled).
-tokenize_task = task(tokenize, name="tokenize", cache_key_fn=cache_key, persist_result=True,
-                     result_serializer="json")

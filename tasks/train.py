@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from prefect import task
 
 from gpt.checkpoint import OPTIMIZER_FILE, STATE_FILE, load_model
 from gpt.config import Params, as_flat_dict
@@ -267,6 +266,3 @@ def train(params: Params, run_id: str | None = None, fresh: bool = False) -> dic
         log_params(params, run_id, flat)
         run_artifacts(params, run_id, artifacts)
     return {**summary, "checkpoint": str(model_dir / BEST), "sample": sample}
-
-
-train_task = task(train, name="train")

@@ -15,11 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from prefect import task
-
 from gpt.config import Params
 from gpt.files import atomic_directory, atomic_file, replace_directory, sha256_file
-from tasks.common import kind_of, retry_transient
+from tasks.common import kind_of
 
 LOCK_FILE = "dvc.lock"
 # Tracked by git and rewritten by every run: a version's commit tag ignores them, and each
@@ -148,7 +146,3 @@ def record_run_params(stages: list[str], overrides: list[str],
                 values[key] = node
     with atomic_file(LOCK_FILE) as tmp:
         tmp.write_text(yaml.safe_dump(lock, sort_keys=False), encoding="utf-8")
-
-
-version_task = task(version, name="version", retries=2, retry_delay_seconds=5,
-                    retry_condition_fn=retry_transient)

@@ -98,3 +98,17 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     probe.write_text("def f():\n    from serve.app import create_app\n    import tasks.train\n")
     assert imports_of(probe, {"serve.app", "tasks.train", "tasks"}) == {"serve.app",
                                                                        "tasks.train"}
+
+
+def test_data_workers_import_a_step_without_torch_or_prefect():
+    """A Dask worker imports the step module of the chunk function it runs: neither torch nor
+    Prefect may come with it (each costs a second of every worker's start, and memory)."""
+    import subprocess
+    import sys
+
+    steps = ["tasks.validate", "tasks.tokenize", "tasks.encode", "tasks.drift", "gpt.data"]
+    check = (f"import sys; import {', '.join(steps)}; "
+             "print(sorted(m for m in ('torch', 'prefect') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout.strip()
+    assert loaded == "[]", loaded

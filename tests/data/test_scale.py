@@ -21,7 +21,7 @@ from tasks.chunks import plan
 from tasks.ingest import ingest
 
 BIN = Path(sys.executable).parent
-CHUNKS = ["data.chunk_mb=0.5"]  # several chunks even at 2 MB: Dask at both sizes
+CHUNKS = ["data.chunk_mb=0.25"]  # enough chunks at 2 MB for Dask at both sizes
 PREP = ("ingest", "validate", "tokenize", "encode", "train")
 
 
@@ -85,23 +85,27 @@ def dask_cluster(tmp_path, prefect_api):
             process.wait(30)
 
 
-def test_a_running_dask_cluster_makes_the_same_tokenizer_and_shards(corpora, tmp_path,
-                                                                     dask_cluster):
+def test_a_running_dask_cluster_and_one_process_make_the_same_tokenizer_and_shards(
+        corpora, tmp_path, dask_cluster):
     steps = ("ingest", "validate", "tokenize", "encode")
     local = measure(corpora[2], tmp_path / "local", CHUNKS, steps)
     remote = measure(corpora[2], tmp_path / "remote", [*CHUNKS,
                                                        f"data.dask_address={dask_cluster}"],
                      steps)
-    print(f"\nlocal cluster {local}\nrunning cluster {remote}")
+    alone = measure(corpora[2], tmp_path / "alone", [*CHUNKS, "data.workers=1"], steps)
+    print(f"\nlocal cluster {local}\nrunning cluster {remote}\nin one process {alone}")
     for folder in ("data/tokenizer", "data/tokens"):
-        a, b = tmp_path / "local" / folder, tmp_path / "remote" / folder
+        a = tmp_path / "local" / folder
         names = sorted(p.name for p in a.iterdir())
-        assert names == sorted(p.name for p in b.iterdir()) and len(names) > 1
-        match, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
-        assert match == names, (folder, mismatch, errors)
+        assert len(names) > 1
+        for other in ("remote", "alone"):
+            b = tmp_path / other / folder
+            assert names == sorted(p.name for p in b.iterdir()), other
+            match, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
+            assert match == names, (folder, other, mismatch, errors)
     chunks = len(plan(tmp_path / "local" / "data/validated/corpus.parquet", 0.1))
     assert chunks > 2
-    for name in ("validate chunk", "count pretokens", "encode chunk"):  # as Prefect tasks
+    for name in ("validate chunk", "count chunk", "encode chunk"):  # as Prefect tasks
         states = task_run_states(name)
         assert len(states) >= chunks and set(states) == {"COMPLETED"}, (name, states)
 

@@ -7,16 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from gpt.data import (
-    CorpusError,
-    RandomWindows,
-    StridedWindows,
-    load_tokens,
-    read_text,
-    sequential_windows,
-    split_text,
-    write_token_shards,
-)
+from gpt.batches import RandomWindows, StridedWindows, sequential_windows
+from gpt.data import CorpusError, load_tokens, read_text, split_text, write_token_shards
 
 
 def test_shards_round_trip_as_uint16_with_zstd(tmp_path):
@@ -156,3 +148,32 @@ def test_shards_fill_as_pieces_come_and_map_back_as_one_array(tmp_path):
     mapped = mapped_tokens(tmp_path, "train", tmp_path / "train.npy")
     assert isinstance(mapped, np.memmap) and mapped.dtype == np.uint16
     assert np.array_equal(mapped, np.concatenate(pieces))
+
+
+def test_a_slow_chunk_holds_back_results_not_workers():
+    """Results come in the chunks' order, but while the first chunk runs long the others go on
+    being submitted (up to the lookahead), so the other workers never wait for it."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks.chunks import _in_order
+
+    first_done, submitted = threading.Event(), []
+
+    def work(chunk: int) -> int:
+        if chunk == 0:
+            first_done.wait(10)
+        return chunk * 10
+
+    with ThreadPoolExecutor(4) as pool:
+        def submit(chunk: int):
+            submitted.append(chunk)
+            if len(submitted) == 8:  # the lookahead (4 per worker) past a stuck first chunk
+                threading.Timer(0.3, first_done.set).start()
+            return pool.submit(work, chunk)
+
+        started = time.monotonic()
+        results = list(_in_order(list(range(12)), submit, n_workers=2))
+    assert results == [(c, c * 10) for c in range(12)]
+    assert time.monotonic() - started < 5

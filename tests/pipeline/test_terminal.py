@@ -74,12 +74,15 @@ def test_kill_9_of_the_command_takes_its_prefect_server_with_it(project):
     wait_gone(server, 10)
 
 
-def test_ctrl_c_inside_a_step_stops_it_there_and_returns_in_seconds(project):
-    run = Run(project, "retrain", *LONG, embedded=True)
+def test_ctrl_c_inside_a_step_stops_it_there_and_returns_in_seconds(project, tmp_path):
+    corpus = make_corpus(tmp_path / "8mb.txt", 8, as_folder=False)  # validate takes seconds
+    run = Run(project, "retrain", "--source", str(corpus), "--set", "data.chunk_mb=16",
+              "--set", "validate.max_chars=1000000", *LONG, embedded=True)
     server = server_of(project, run)
     assert not list((project / ".tinygpt" / "prefect-servers").glob("*.json"))[1:], \
         "the last test's record was not reaped"
     run.wait_for("step validate")
+    time.sleep(0.5)  # inside the step, one chunk in-process
     signalled = ctrl_c(run)
     code = run.finish(60)
     assert code == 1 and time.monotonic() - signalled < 10, run.output[-3000:]
