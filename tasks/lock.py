@@ -1,9 +1,14 @@
-"""One run at a time per project: a lock file held for the whole run.
+"""One run at a time per project, and one promotion at a time per model.
 
-The lock is an `flock` on `.tinygpt/run.lock`, so the kernel releases it when its process dies,
-even by kill -9. The file also says who holds it (PID, host, start time, command), for the one
-line a second run stops with; a file left by a dead holder is taken over, and the log says so.
-Serving and read-only commands never take it.
+The run lock is an `flock` on `.tinygpt/run.lock`, so the kernel releases it when its process
+dies, even by kill -9. The file also says who holds it (PID, host, start time, command), for
+the one line a second run stops with; a file left by a dead holder is taken over, and the log
+says so. Serving and read-only commands never take it.
+
+The promotion lease serializes the moves of a model's aliases. On the team stack it is a
+PostgreSQL advisory lock on the stack's database, which every host of the stack shares and
+which the server releases when the holder's connection ends (its process died, its host was
+lost); embedded, an `flock` on `.tinygpt/promote-<model>.lock`. A holder waits for it.
 """
 
 from __future__ import annotations
@@ -78,3 +83,68 @@ def read(path: Path = LOCK_FILE) -> dict[str, Any]:
         return json.loads(text) if text else {}
     except (OSError, json.JSONDecodeError):
         return {}
+
+
+PROMOTE_LOCKS = Path(".tinygpt")
+LEASE_WAIT_SECONDS = 600  # a promote that holds the lease longer is stuck: the waiter gives up
+
+
+class LeaseTimeout(RuntimeError):
+    """Another promote held the promotion lease for longer than LEASE_WAIT_SECONDS."""
+
+
+@contextmanager
+def promotion_lease(name: str, shared: bool) -> Iterator[None]:
+    """Hold the lease to move model `name`'s aliases, waiting for another holder: `shared`,
+    the stack's PostgreSQL advisory lock (PGHOST, PGPORT, PGUSER as the stack's env file sets
+    them); else a lock file of this project."""
+    lease = _advisory_lock if shared else _file_lock
+    with lease(f"tinygpt promote {name}", PROMOTE_LOCKS / f"promote-{name}.lock"):
+        yield
+
+
+@contextmanager
+def _advisory_lock(key: str, _path: Path) -> Iterator[None]:
+    import psycopg2
+    from psycopg2.errors import QueryCanceled
+
+    connection = psycopg2.connect(dbname="postgres", connect_timeout=10)
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,))
+            if not cursor.fetchone()[0]:
+                log.info("waiting for the promotion lease (%s): another promote holds it", key)
+                cursor.execute(f"SET statement_timeout = '{LEASE_WAIT_SECONDS}s'")
+                try:
+                    cursor.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+                except QueryCanceled:
+                    raise LeaseTimeout(f"the promotion lease ({key}) stayed held for "
+                                       f"{LEASE_WAIT_SECONDS} s; nothing was moved") from None
+        yield
+    finally:
+        connection.close()  # ends the session, and with it the lock
+
+
+@contextmanager
+def _file_lock(key: str, path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for the promotion lease (%s): another promote holds it", key)
+            deadline = time.monotonic() + LEASE_WAIT_SECONDS
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise LeaseTimeout(f"the promotion lease ({key}) stayed held for "
+                                           f"{LEASE_WAIT_SECONDS} s; nothing was moved") from None
+                    time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -5,15 +5,20 @@ is no champion yet, or when it beats the champion by its kind's measure on the s
 (val bits per byte on the same validation text, exact match on the same test records; the
 champion is re-scored when the data differ), or when forced. The decision and the previous
 champion are recorded as tags on the candidate.
+
+Promotions of a model are serialized by the promotion lease (tasks/lock.py), shared by every
+host of the team stack: the comparison runs outside it (a re-score takes a while), and the
+aliases move under it only if `champion` is still the version compared against; otherwise
+the candidate is compared again with the new champion.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import pandas as pd
-from prefect import task
 
 from gpt.config import Params
 from registry import (
@@ -25,9 +30,11 @@ from registry import (
     model_version,
     move_alias,
     smoke_test,
+    tracking_uri,
 )
-from tasks.common import Kind, kind_tagged, retry_transient
+from tasks.common import Kind, kind_tagged
 from tasks.evaluate import evaluation_documents, score_text
+from tasks.lock import promotion_lease
 
 log = logging.getLogger("tinygpt.tasks.promote")
 
@@ -87,26 +94,54 @@ def promote(params: Params, version: str, force: bool = False,
         smoke_test(params, name, version)
     except ValueError as err:
         raise PromotionError(f"not promoted: {err}") from None
-    candidate_score = float(candidate.tags[kind.metric])
     champion = alias_version(mlflow_client, name, champion_alias)
+    while True:
+        promote_it, reason, score = compare(params, kind, name, candidate, champion)
+        if force and not promote_it:
+            promote_it, reason = True, f"forced ({reason})"
+        with promotion_lease(name, shared=stack_shared(params)):
+            now = alias_version(mlflow_client, name, champion_alias)
+            if version_of(now) == version_of(champion):  # compare-and-set
+                return record_decision(params, kind, candidate, champion, promote_it, reason,
+                                       score, by)
+        log.info("%s moved from v%s to v%s while this promote compared: comparing again",
+                 champion_alias, version_of(champion), version_of(now))
+        champion = now
 
-    score = None
+
+def version_of(model_version) -> str | None:
+    return str(model_version.version) if model_version is not None else None
+
+
+def stack_shared(params: Params) -> bool:
+    """Whether the registry is the team stack's, shared by several hosts (its env file sets
+    PGHOST): promotions then take the stack's lease, not this project's lock file."""
+    return tracking_uri(params).startswith("http") and bool(os.environ.get("PGHOST"))
+
+
+def compare(params: Params, kind: Kind, name: str, candidate, champion
+            ) -> tuple[bool, str, float | None]:
+    """(whether the candidate should be champion, why, the champion's score when compared)."""
     if champion is None:
-        promote_it, reason = True, "no champion yet"
-    elif str(champion.version) == str(candidate.version):
-        promote_it, reason = True, "already the champion"
-    else:
-        score = champion_score(params, kind, name, champion, candidate)
-        promote_it = kind.better(candidate_score, score)
-        reason = (f"{kind.metric} {candidate_score:.4f} "
-                  f"{'beats' if promote_it else 'does not beat'} champion v{champion.version}'s "
-                  f"{score:.4f}")
-    if force and not promote_it:
-        promote_it, reason = True, f"forced ({reason})"
+        return True, "no champion yet", None
+    if str(champion.version) == str(candidate.version):
+        return True, "already the champion", None
+    candidate_score = float(candidate.tags[kind.metric])
+    score = champion_score(params, kind, name, champion, candidate)
+    better = kind.better(candidate_score, score)
+    return better, (f"{kind.metric} {candidate_score:.4f} "
+                    f"{'beats' if better else 'does not beat'} champion "
+                    f"v{champion.version}'s {score:.4f}"), score
 
+
+def record_decision(params: Params, kind: Kind, candidate, champion, promote_it: bool,
+                    reason: str, score: float | None, by: str | None) -> dict[str, Any]:
+    """Tag the candidate with the decision, then move the aliases it calls for."""
+    name, version = candidate.name, str(candidate.version)
+    mlflow_client = client(params)
     decision = "promoted" if promote_it else "not promoted"
     tags = {"promotion_decision": f"{decision}: {reason}", "promotion_reason": reason,
-            "previous_champion": str(champion.version) if champion else "none"}
+            "previous_champion": version_of(champion) or "none"}
     if score is not None:
         tags[f"champion_{kind.metric}"] = f"{score:.6f}"
     # The decision is on the version before any alias moves: a promote killed part-way
@@ -117,13 +152,14 @@ def promote(params: Params, version: str, force: bool = False,
         mlflow_client.update_model_version(
             name, version, f"{candidate.description}; {tags['promotion_decision']}")
     if promote_it:
-        move_alias(params, name, champion_alias, version, f"{decision}: {reason}", by)
+        move_alias(params, name, params.registry.champion_alias, version,
+                   f"{decision}: {reason}", by)
     move_alias(params, name, params.registry.candidate_alias, version,
                f"candidate, {decision}: {reason}", by)
     log.info("model %s v%s %s: %s", name, version, decision, reason)
-    champion_now = version if promote_it else str(champion.version)
     return {"version": version, "promoted": promote_it, "reason": reason,
-            "champion": champion_now, "previous_champion": tags["previous_champion"]}
+            "champion": version if promote_it else version_of(champion),
+            "previous_champion": tags["previous_champion"]}
 
 
 def rollback(params: Params, model_name: str | None = None) -> dict[str, Any]:
@@ -157,7 +193,3 @@ def rollback(params: Params, model_name: str | None = None) -> dict[str, Any]:
     log.info("model %s %s rolled back from v%s to v%s", name, champion_alias, current.version,
              target)
     return {"champion": target, "previous_champion": str(current.version)}
-
-
-promote_task = task(promote, name="promote", retries=2, retry_delay_seconds=5,
-                    retry_condition_fn=retry_transient)

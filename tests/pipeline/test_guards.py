@@ -4,8 +4,12 @@ run whose target is full stops with the workspace as it was."""
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +29,7 @@ from registry import (
 )
 from tasks.gc import gc
 from tasks.promote import PromotionError, promote
+from tests.conftest import ROOT
 from tests.pipeline.conftest import sh
 
 
@@ -182,3 +187,44 @@ def test_a_failed_run_in_a_fresh_clone_puts_back_what_was_there(champion, tmp_pa
         retrain(source="long.jsonl")
     assert sha256_file("dvc.lock") == lock
     assert not [path for path in Path("data").rglob("*") if path.is_file()]  # as before
+
+
+def test_promote_waits_for_the_lease_and_compares_again_when_the_champion_moved(champion,
+                                                                               caplog):
+    """Another promote holds the lease and moves `champion` to a better version meanwhile:
+    this one waits, sees the champion it compared against is gone, compares again against
+    the new one, and loses (compare-and-set, never a move based on a stale comparison)."""
+    params, mlflow_client = load_params(), client(load_params())
+    score = float(mlflow_client.get_model_version("tinygpt", champion["version"])
+                  .tags["val_bits_per_byte"])
+    better, best = (register_copy(champion, Path("data/model/best")) for _ in range(2))
+    mlflow_client.set_model_version_tag("tinygpt", better, "val_bits_per_byte", str(score - 0.1))
+    mlflow_client.set_model_version_tag("tinygpt", best, "val_bits_per_byte", str(score - 0.2))
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "from gpt.config import load_params\n"
+         "from registry import move_alias\n"
+         "from tasks.lock import promotion_lease\n"
+         "with promotion_lease('tinygpt', shared=False):\n"
+         "    print('held', flush=True)\n"
+         "    time.sleep(3)\n"
+         f"    move_alias(load_params(), 'tinygpt', 'champion', '{best}', 'the other promote')\n"],
+        cwd=Path.cwd(), env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        with caplog.at_level(logging.INFO, logger="tinygpt"):
+            decision = promote(params, better)
+        waited = time.monotonic() - started
+        assert holder.wait(30) == 0
+        assert waited > 1.5, waited  # it waited for the holder
+        assert "waiting for the promotion lease" in caplog.text
+        assert f"champion moved from v{champion['version']} to v{best}" in caplog.text
+        assert not decision["promoted"] and decision["champion"] == best, decision
+        assert f"does not beat champion v{best}'s" in decision["reason"]
+        assert champion_version() == best
+    finally:
+        holder.kill()
+        mlflow_client.set_registered_model_alias("tinygpt", "champion", champion["version"])

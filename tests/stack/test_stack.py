@@ -16,6 +16,9 @@ import json
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,10 +30,12 @@ from stack.envfile import ENV_FILE, VARIABLES
 from stack.processes import alive
 from stack.remote import VARIABLE as DVC_REMOTE_VARIABLE
 from stack.services import BUCKET, POOL, S3_CREDENTIALS, SERVICES
+from tests.conftest import ROOT
 from tests.stack.conftest import (
     BIN,
     OVERRIDES,
     StackUp,
+    clean_env,
     deployment,
     flow_run,
     ok,
@@ -332,3 +337,45 @@ def test_the_env_file_fills_in_only_what_is_not_set(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.setenv(OPT_OUT, "off")
     assert apply_env(tmp_path) == {}
+
+
+LEASE_HOLDER = """
+import logging, sys, time
+from tasks.lock import promotion_lease
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+started = time.monotonic()
+with promotion_lease("tinygpt", shared=True):
+    print(f"held after {time.monotonic() - started:.2f}", flush=True)
+    time.sleep(float(sys.argv[1]))
+"""
+
+
+def test_the_promotion_lease_is_the_stacks_and_a_dead_holder_releases_it(stack: StackUp):
+    """Two processes with the stack's variables (as two hosts have them): the second waits for
+    the PostgreSQL advisory lock the first holds, and gets it as soon as the first is killed
+    (-9: the server ends its session)."""
+    env = {**clean_env(), **stack.env, "PYTHONPATH": str(ROOT)}
+
+    def holder(seconds: float) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", LEASE_HOLDER, str(seconds)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    first = holder(60)
+    assert first.stdout.readline().startswith("held after")
+    second = holder(0)
+    try:
+        time.sleep(2)
+        assert second.poll() is None  # still waiting
+        first.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        line = second.stdout.readline()
+        assert line.startswith("held after"), line + second.stderr.read()
+        print(f"\nthe lease passed {time.monotonic() - killed:.2f} s after its holder's kill -9")
+        assert time.monotonic() - killed < 10
+        assert float(line.split()[-1]) >= 1  # it waited for the holder (killed 2 s in)
+        assert second.wait(30) == 0
+        assert "waiting for the promotion lease" in second.stderr.read()
+    finally:
+        for process in (first, second):
+            process.kill()
+            process.wait(30)
