@@ -254,6 +254,10 @@ def retrain(overrides: list[str] | None = None, params_file: str | None = None,
     """
     overrides = [*(recipe_overrides(recipe) if recipe else []), *(overrides or [])]
     params = load_params(params_file, overrides)
+    if params.train.node_rank > 0:
+        raise ValueError(f"train.node_rank={params.train.node_rank} lends this host's ranks to "
+                         f"node 0's training: run `python -m tasks train` here with the same "
+                         f"--set options; `tinygpt retrain` runs on node 0")
     with run_lock(), stop_on_signals():
         return run_steps(params, overrides, source, force_promote, fresh, params_file)
 

@@ -208,6 +208,11 @@ class TrainConfig:
     dtype: str = "auto"            # autocast dtype: "auto", "float32", "bfloat16"
     max_seconds: float = 0.0       # wall-clock budget for the loop; 0 = none
     nproc: int = 1                 # training processes under torchrun (DDP); 1 = in-process
+    # Across hosts: each of `nnodes` runs the train step with its own node_rank, nproc processes
+    # each; node 0 keeps the model and reports; their ranks meet at node 0's rdzv_endpoint.
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_endpoint: str | None = None  # HOST:PORT, a free port on node 0
     # adamw | muon: Muon on the blocks' weight matrices, AdamW on the rest (gpt/muon.py)
     optimizer: str = "adamw"
     muon_lr: float = 0.02          # muon: its own peak rate, on the same schedule
@@ -223,7 +228,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _positive_ints("train", self, ["max_steps", "batch_size", "grad_accum",
                                        "eval_interval", "eval_iters", "log_interval", "nproc",
-                                       "keep_checkpoints"])
+                                       "nnodes", "keep_checkpoints"])
+        if not 0 <= self.node_rank < self.nnodes:
+            raise ValueError(f"train.node_rank must be in [0, train.nnodes), got "
+                             f"{self.node_rank!r}")
+        if self.nnodes > 1 and not re.fullmatch(r"[\w.\-]+:\d+", self.rdzv_endpoint or ""):
+            raise ValueError(f"train.nnodes={self.nnodes} needs train.rdzv_endpoint, node 0's "
+                             f"HOST:PORT, got {self.rdzv_endpoint!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"train.learning_rate must be > 0, got {self.learning_rate!r}")
         if not 0 <= self.min_lr <= self.learning_rate:

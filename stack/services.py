@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -594,4 +595,6 @@ def env_lines(root: Path | None = None) -> list[str]:
     values = read_env(root)
     if not values:
         raise StackError("no stack is up here (no .stack/stack.env): run `tinygpt stack up`")
-    return export_lines({k: values[k] for k in VARIABLES if k in values})
+    tools = shlex.quote(str(Path(sys.executable).parent))  # prefect, mlflow, dvc, dask
+    return [*export_lines({k: values[k] for k in VARIABLES if k in values}),
+            f'export PATH={tools}:"$PATH"']

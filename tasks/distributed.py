@@ -28,7 +28,8 @@ def main(argv: list[str]) -> None:
     on_cuda = pick_device(params.train.device).type == "cuda"
     dist.init_process_group("nccl" if on_cuda else "gloo")
     rank, world_size = dist.get_rank(), dist.get_world_size()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))  # torchrun sets 1
+    on_this_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // on_this_node))  # torchrun sets 1
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s rank {rank} %(name)s: %(message)s")
     try:

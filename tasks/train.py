@@ -214,16 +214,30 @@ def fit(params: Params, staging: Path, run_id: str | None, resume: bool) -> dict
             "model": trainer.model.config.to_dict()}
 
 
+def torchrun_command(params: Params, staging: Path, run_id: str | None,
+                     resume: bool) -> list[str]:
+    """torchrun for this node: standalone on one node; across nodes a static rendezvous at
+    node 0's endpoint, so ranks follow node_rank and global rank 0 (which keeps the model
+    and reports) is on node 0 (c10d would rank the nodes in the order it sorts them)."""
+    settings = params.train
+    where = ["--standalone"] if settings.nnodes == 1 else [
+        f"--nnodes={settings.nnodes}", f"--node_rank={settings.node_rank}",
+        "--rdzv_backend=static", f"--rdzv_endpoint={settings.rdzv_endpoint}"]
+    return [str(Path(sys.executable).with_name("torchrun")), *where,
+            f"--nproc_per_node={settings.nproc}", "-m", "tasks.distributed", str(staging),
+            run_id or "", str(int(resume))]
+
+
 def fit_distributed(params: Params, staging: Path, run_id: str | None,
-                    resume: bool) -> dict[str, Any]:
-    """`fit` in train.nproc processes under torchrun (tasks/distributed.py is one rank)."""
+                    resume: bool) -> dict[str, Any] | None:
+    """`fit` in train.nproc processes of each of train.nnodes nodes under torchrun
+    (tasks/distributed.py is one rank); node 0's summary back, None on the others."""
     values = params.to_dict()
     values["model"].pop("vocab_size")
     write_json(staging / PARAMS_FILE, values)
-    torchrun = Path(sys.executable).with_name("torchrun")
-    command = [str(torchrun), "--standalone", f"--nproc_per_node={params.train.nproc}",
-               "-m", "tasks.distributed", str(staging), run_id or "", str(int(resume))]
-    log.info("training in %d processes: %s", params.train.nproc, " ".join(command))
+    command = torchrun_command(params, staging, run_id, resume)
+    log.info("training in %d processes on node %d of %d: %s", params.train.nproc,
+             params.train.node_rank, params.train.nnodes, " ".join(command))
     threads = max(1, (os.cpu_count() or 1) // params.train.nproc)  # each rank its share
     ranks = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     while (code := ranks.poll()) is None:
@@ -233,19 +247,38 @@ def fit_distributed(params: Params, staging: Path, run_id: str | None,
             break
         time.sleep(0.5)
     check_stop()  # a stopped run says so (resumable from the last eval's latest/)
+    if code == 0 and params.train.node_rank > 0:
+        return None
     if code != 0 or not (staging / RESULT_FILE).is_file():
         raise RuntimeError(f"distributed training failed (torchrun exit {code}); its ranks' "
                            f"errors are in the log above")
     return read_json(staging / RESULT_FILE)
 
 
+def join_training(params: Params, model_dir: Path) -> dict[str, Any]:
+    """This node's ranks of a training that node 0 keeps: nothing written here but a scratch
+    folder, removed after (on a shared folder, node 0's staging is left alone)."""
+    staging = model_dir.with_name(f".{model_dir.name}.node{params.train.node_rank}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        fit_distributed(params, staging, None, resume=False)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"node_rank": params.train.node_rank, "nnodes": params.train.nnodes,
+            "nproc": params.train.nproc}
+
+
 def train(params: Params, run_id: str | None = None, fresh: bool = False) -> dict[str, Any]:
     """Train the run's kind of model into the model folder; summary metrics back."""
     model_dir = params.path("model")
+    if params.train.node_rank > 0:
+        return join_training(params, model_dir)
     staging = model_dir.with_name(f".{model_dir.name}.staging")
-    resume = prepare_staging(params, staging, fresh)
-    launch = fit_distributed if params.train.nproc > 1 else fit
-    result = launch(params, staging, run_id, resume)
+    # Across nodes a run starts over: the other nodes' ranks hold no checkpoint to resume from.
+    resume = prepare_staging(params, staging, fresh or params.train.nnodes > 1)
+    distributed = params.train.nproc > 1 or params.train.nnodes > 1
+    result = (fit_distributed if distributed else fit)(params, staging, run_id, resume)
     for scratch in (RUN_FILE, PARAMS_FILE, RESULT_FILE):
         (staging / scratch).unlink(missing_ok=True)
     replace_directory(staging, model_dir)

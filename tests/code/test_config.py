@@ -97,6 +97,8 @@ def test_a_misspelt_section_and_a_derived_key_are_refused():
     ("data.dask_address=localhost", "data.dask_address must be a scheduler address"),
     ("evaluate.max_tokens=0", "evaluate.max_tokens must be a positive integer"),
     ("train.keep_checkpoints=0", "train.keep_checkpoints must be a positive integer"),
+    ("train.nnodes=2", "train.nnodes=2 needs train.rdzv_endpoint, node 0's HOST:PORT"),
+    ("train.node_rank=1", "train.node_rank must be in"),
 ])
 def test_wrong_types_and_values_are_refused(override, message):
     with pytest.raises(ValueError, match=message):

@@ -65,7 +65,12 @@ def test_status_lists_every_service_up_and_the_env_file_holds_the_variables(stac
         DVC_REMOTE_VARIABLE: f"s3://{BUCKET}/dvc",
     }
     exports = ok(tinygpt("stack", "env", cwd=stack.root)).splitlines()
-    assert [line.split("=")[0] for line in exports] == [f"export {k}" for k in VARIABLES]
+    assert [line.split("=")[0] for line in exports] == [f"export {k}"
+                                                         for k in (*VARIABLES, "PATH")]
+    # After eval, the venv's tools are the ones a shell finds (README's commands use them).
+    shell = f'eval "$({sys.executable} {ROOT / "cli.py"} stack env)"; command -v prefect dvc'
+    found = ok(run("bash", "-c", shell, cwd=stack.root, env={"PATH": "/usr/bin:/bin"})).split()
+    assert found == [str(BIN / "prefect"), str(BIN / "dvc")], found
     assert httpx.get(f"{stack.env['MLFLOW_TRACKING_URI']}/health").status_code == 200
     assert httpx.get(f"{stack.env['PREFECT_API_URL']}/health").status_code == 200
 
