@@ -170,14 +170,26 @@ class BPETokenizer(Tokenizer):
         return ids
 
     def _encode_chunk(self, chunk: str) -> list[int]:
-        """Apply merges to one chunk, lowest rank first, as GPT-2 does."""
+        """Apply merges to one chunk, lowest rank first, as GPT-2 does.
+
+        One occurrence at a time, the leftmost first, with each pair's rank kept beside it
+        and only the two pairs around a merge looked up again. That equals GPT-2's merging
+        of every occurrence at once: a pair with the new token always ranks after the merge
+        that made it, so the next occurrence of the same pair still comes first."""
         ids = [self._byte_ids[b] for b in chunk.encode("utf-8")]
-        ranks = self._ranks
-        while len(ids) > 1:
-            best = min(pairwise(ids), key=lambda p: ranks.get(p, len(ranks)))
-            if best not in ranks:
+        ranks, none = self._ranks, len(self._ranks)
+        pair_ranks = [ranks.get(pair, none) for pair in pairwise(ids)]
+        while pair_ranks:
+            best = min(pair_ranks)
+            if best == none:
                 break
-            ids = _replace_pair(ids, best, self._merged_id[best])
+            i = pair_ranks.index(best)
+            ids[i:i + 2] = [self._merged_id[ids[i], ids[i + 1]]]
+            del pair_ranks[i]
+            if i > 0:
+                pair_ranks[i - 1] = ranks.get((ids[i - 1], ids[i]), none)
+            if i < len(pair_ranks):
+                pair_ranks[i] = ranks.get((ids[i], ids[i + 1]), none)
         return ids
 
     def _plain_token_bytes(self, token_id: int) -> bytes:
@@ -235,21 +247,6 @@ def _cyclic_gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-def _replace_pair(ids: list[int], pair: Pair, new_id: int) -> list[int]:
-    """Replace every non-overlapping occurrence of pair, left to right."""
-    out: list[int] = []
-    i, n = 0, len(ids)
-    first, second = pair
-    while i < n:
-        if i + 1 < n and ids[i] == first and ids[i + 1] == second:
-            out.append(new_id)
-            i += 2
-        else:
-            out.append(ids[i])
-            i += 1
-    return out
 
 
 def _count_pairs(words: list[list[int]], counts: list[int]
