@@ -98,13 +98,26 @@ def promotion_lease(name: str, shared: bool) -> Iterator[None]:
     """Hold the lease to move model `name`'s aliases, waiting for another holder: `shared`,
     the stack's PostgreSQL advisory lock (PGHOST, PGPORT, PGUSER as the stack's env file sets
     them); else a lock file of this project."""
-    lease = _advisory_lock if shared else _file_lock
-    with lease(f"tinygpt promote {name}", PROMOTE_LOCKS / f"promote-{name}.lock"):
-        yield
+    key = f"tinygpt promote {name}"
+    if shared:
+        with _advisory_lock(key):
+            yield
+    else:
+        with _file_lock(key, PROMOTE_LOCKS / f"promote-{name}.lock"):
+            yield
+
+
+def _waiting(key: str) -> None:
+    log.info("waiting for the promotion lease (%s): another promote holds it", key)
+
+
+def _timed_out(key: str) -> LeaseTimeout:
+    return LeaseTimeout(f"the promotion lease ({key}) stayed held for {LEASE_WAIT_SECONDS} s; "
+                        f"nothing was moved")
 
 
 @contextmanager
-def _advisory_lock(key: str, _path: Path) -> Iterator[None]:
+def _advisory_lock(key: str) -> Iterator[None]:
     import psycopg2
     from psycopg2.errors import QueryCanceled
 
@@ -114,13 +127,12 @@ def _advisory_lock(key: str, _path: Path) -> Iterator[None]:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,))
             if not cursor.fetchone()[0]:
-                log.info("waiting for the promotion lease (%s): another promote holds it", key)
+                _waiting(key)
                 cursor.execute(f"SET statement_timeout = '{LEASE_WAIT_SECONDS}s'")
                 try:
                     cursor.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
                 except QueryCanceled:
-                    raise LeaseTimeout(f"the promotion lease ({key}) stayed held for "
-                                       f"{LEASE_WAIT_SECONDS} s; nothing was moved") from None
+                    raise _timed_out(key) from None
         yield
     finally:
         connection.close()  # ends the session, and with it the lock
@@ -130,20 +142,18 @@ def _advisory_lock(key: str, _path: Path) -> Iterator[None]:
 def _file_lock(key: str, path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for the promotion lease (%s): another promote holds it", key)
-            deadline = time.monotonic() + LEASE_WAIT_SECONDS
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise LeaseTimeout(f"the promotion lease ({key}) stayed held for "
-                                           f"{LEASE_WAIT_SECONDS} s; nothing was moved") from None
-                    time.sleep(0.1)
+        deadline = None
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if deadline is None:
+                    _waiting(key)
+                    deadline = time.monotonic() + LEASE_WAIT_SECONDS
+                elif time.monotonic() > deadline:
+                    raise _timed_out(key) from None
+                time.sleep(0.1)
         try:
             yield
         finally:

@@ -109,6 +109,20 @@ def suite_result(frame: pd.DataFrame, make_suite: Callable[[], Any]):
     return definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
 
 
+def collect_cycles() -> None:
+    """Free what a validation left in reference cycles (Great Expectations' context, batch and
+    result objects: 3-4 MB a chunk, which only a full collection frees, so a worker grew from
+    400 to 700 MB over 1 GB). What is alive after the first chunk (modules, GE's own state) is
+    frozen out of later collections, which keeps each one short."""
+    gc.collect()
+    _freeze_survivors()
+
+
+@cache
+def _freeze_survivors() -> None:
+    gc.freeze()
+
+
 def write_data_docs(result, make_suite: Callable[[], Any], docs_dir: Path) -> Path:
     """Great Expectations' Data Docs of one validation result (of one batch, or combined from
     many), with their scripts and styles copied inside; the index page back."""
@@ -209,20 +223,6 @@ def validate_chunk(chunk: Chunk, settings: ValidateConfig) -> dict[str, Any]:
     del result, frame
     collect_cycles()
     return part
-
-
-def collect_cycles() -> None:
-    """Free what a validation left in reference cycles (Great Expectations' context, batch and
-    result objects: 3-4 MB a chunk, which only a full collection frees, so a worker grew from
-    400 to 700 MB over 1 GB). What is alive after the first chunk (modules, GE's own state) is
-    frozen out of later collections, which keeps each one short."""
-    gc.collect()
-    _freeze_survivors()
-
-
-@cache
-def _freeze_survivors() -> None:
-    gc.freeze()
 
 
 def combine(parts: list[dict[str, Any]]) -> tuple[Any, int, dict[int, list[str]]]:
