@@ -15,6 +15,8 @@ from gpt.config import DATA_KINDS, WEIGHT_FORMATS, Params
 from gpt.tokenizer import TOKENIZER_KINDS
 from stack import apply_env
 from stack.remote import ensure_remote
+from stack.services import WORKER_LIMIT
+from tasks.workspace import DEFAULT_ROOT as DEFAULT_WORKSPACES
 
 ERROR_LOG = Path(".tinygpt") / "last-error.log"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -46,7 +48,7 @@ BIN = Path(sys.executable).parent  # the venv's tools: mlflow, prefect, dvc, tin
 # (.stack/stack.env, `tinygpt stack up`) they talk to its servers; without one, nothing changes.
 RECIPE_HELP = ("lay recipes/NAME.yaml over params.yaml, under --set (`tinygpt recipes` "
                "lists them)")
-STACK_CLIENTS = {"retrain", "finetune", "promote", "history", "serve", "gc", "reproduce",
+STACK_CLIENTS = {"retrain", "finetune", "promote", "history", "serve", "gc", "reproduce", "pull",
                  "status", "worker"}
 
 
@@ -176,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_params_options(serve)
 
     gc = commands.add_parser(
-        "gc", help="list (--apply: remove) half-made model versions and runs left RUNNING")
+        "gc", help="list (--apply: remove) half-made model versions, runs left RUNNING and "
+                   "the workspaces of failed worker runs")
     gc.add_argument("--apply", action="store_true", help="delete and close, not just list")
     _add_params_options(gc)
 
@@ -187,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
                            help="then train again on the restored data and compare weights")
     _add_params_options(reproduce)
 
+    commands.add_parser(
+        "pull", help="restore what this checkout's dvc.lock records from the DVC remote",
+        description="`dvc pull` of the locked stages from the default remote (the team "
+                    "stack's when one is up), leaving out what the remote does not hold; a "
+                    "deployment's flow run does this in its fresh clone.")
+
     stack = commands.add_parser(
         "stack", help="the team stack on 127.0.0.1: PostgreSQL, S3, MLflow, Prefect + worker")
     stack_commands = stack.add_subparsers(dest="stack_command", required=True)
@@ -196,11 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
     stack_commands.add_parser("env", help="print the stack's variables as `export` lines")
 
     worker = commands.add_parser(
-        "worker", help="run the Prefect worker for this checkout's deployments (foreground)",
-        description="`prefect worker start` on the project's settings, with this checkout as "
-                    "the deployments' working directory; SIGTERM stops it as Ctrl-C does. It "
-                    "needs a Prefect server (PREFECT_API_URL, or a team stack).")
+        "worker", help="run a Prefect worker for the project's deployments (foreground)",
+        description="`prefect worker start`: each flow run works in a fresh clone of its "
+                    "deployment's commit, in a folder of its own under --work-dir (removed "
+                    "after success). SIGTERM stops it as Ctrl-C does. It needs a Prefect "
+                    "server (PREFECT_API_URL, or a team stack).")
     worker.add_argument("--pool", default="tinygpt", help="the work pool (prefect.yaml's)")
+    worker.add_argument("--work-dir", type=Path, default=DEFAULT_WORKSPACES,
+                        help="where its runs' workspaces go (default: %(default)s)")
+    worker.add_argument("--limit", type=int, default=WORKER_LIMIT,
+                        help="the most runs at once on this host (default: %(default)s; a run "
+                             "uses every core)")
     _add_params_options(worker)
 
     status = commands.add_parser(
@@ -242,6 +257,7 @@ EXAMPLES = {
     "serve": "tinygpt serve --port 8000 --weights int8",
     "gc": "tinygpt gc, then tinygpt gc --apply",
     "reproduce": "tinygpt reproduce --version champion --retrain",
+    "pull": "git clone URL && cd tinygpt && tinygpt pull",
     "stack": "tinygpt stack up, then tinygpt stack status",
     "stack up": "tinygpt stack up",
     "stack down": "tinygpt stack down",
@@ -250,7 +266,7 @@ EXAMPLES = {
     "env": 'eval "$(.venv/bin/tinygpt env)"; mlflow --version',
     "ui": "tinygpt ui mlflow --port 5000",
     "status": "tinygpt status",
-    "worker": "PREFECT_API_URL=http://127.0.0.1:4200/api tinygpt worker",
+    "worker": 'eval "$(tinygpt stack env)"; tinygpt worker --limit 1',
 }
 
 
@@ -541,6 +557,14 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
               f"{done[f'retrained_{metric}']:.6f} retrained")
 
 
+def cmd_pull(_args: argparse.Namespace) -> None:
+    from tasks.workspace import pull
+
+    stages = pull()
+    print(f"pulled what dvc.lock records for {', '.join(stages)}" if stages
+          else "dvc.lock records no stage: nothing to pull")
+
+
 def cmd_gc(args: argparse.Namespace) -> None:
     from tasks.gc import gc
     from tasks.lock import run_lock
@@ -611,15 +635,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import subprocess
 
     from stack.processes import default_sigint
+    from stack.services import worker_environment
 
-    env = {**os.environ, **project_environment(args.params)}
+    env = {**os.environ, **project_environment(args.params),
+           **worker_environment(args.work_dir)}
     if not env.get("PREFECT_API_URL"):
         raise RuntimeError("a worker needs a Prefect server: `tinygpt stack up` starts one "
                            "with a worker, or run `tinygpt ui prefect` and export "
                            "PREFECT_API_URL=http://127.0.0.1:4200/api")
-    env["TINYGPT_PROJECT_DIR"] = str(Path.cwd())  # prefect.yaml's working directory
-    worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start",
-                               "--pool", args.pool, "--type", "process"], env=env,
+    worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", args.pool,
+                               "--type", "process", "--limit", str(args.limit)], env=env,
                               start_new_session=True, preexec_fn=default_sigint)
     for stop in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop, lambda *_: worker.send_signal(signal.SIGINT))
@@ -692,6 +717,7 @@ COMMANDS = {
     ("recipes", None): cmd_recipes,
     ("reproduce", None): cmd_reproduce,
     ("gc", None): cmd_gc,
+    ("pull", None): cmd_pull,
     ("tokenizer", "train"): cmd_tokenizer_train,
     ("train", None): cmd_train,
     ("generate", None): cmd_generate,

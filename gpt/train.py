@@ -74,7 +74,11 @@ def pick_device(name: str) -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name}, but this host has no CUDA GPU that torch "
+                         f"{torch.__version__} can use (a gpu pool's run went to a CPU worker?)")
+    return device
 
 
 def world() -> tuple[int, int]:

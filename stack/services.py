@@ -55,11 +55,20 @@ WANTED_PORTS = {"postgres": 5433, "s3": 9000, "mlflow": 5000, "prefect": 4200}
 DATABASES = ("mlflow", "prefect")
 BUCKET = "tinygpt"
 POOL = "tinygpt"
+GPU_POOL = "gpu"  # prefect.yaml's `gpu` deployment; a GPU host runs `tinygpt worker --pool gpu`
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "tinygpt", "AWS_SECRET_ACCESS_KEY": "tinygpt-stack",
                   "AWS_DEFAULT_REGION": "us-east-1"}
 PIDS_FILE = "pids.json"
 PORTS_FILE = "ports.json"
 START_TIMEOUT = 180.0
+# Runs work in workspaces of their own (prefect.yaml's pull steps), so they can run at once:
+# the pool runs two, each worker one (a run uses every core of its host).
+POOL_CONCURRENCY, WORKER_LIMIT = 2, 1
+# A flow run sends a heartbeat every HEARTBEAT_SECONDS (Prefect's minimum); one silent for
+# CRASH_AFTER_SECONDS lost its process (its worker's host died, a kill -9) and is marked
+# Crashed by the server's automation, which frees its slot in the pool.
+HEARTBEAT_SECONDS, CRASH_AFTER_SECONDS = 30, 60
+ZOMBIE_AUTOMATION = "tinygpt: crash flow runs that stopped sending heartbeats"
 Out = Callable[[str], None]
 
 
@@ -256,7 +265,7 @@ class Stack:
     def _client_env(self) -> dict[str, str]:
         """The environment of the stack's clients (deploy, the worker and its flow runs): the
         stack's variables win over the caller's."""
-        return {**os.environ, **self.variables(), "TINYGPT_PROJECT_DIR": str(self.root),
+        return {**os.environ, **self.variables(),
                 "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
     # PostgreSQL ---------------------------------------------------------------------------------
@@ -447,24 +456,25 @@ class Stack:
         import httpx
 
         api = f"{self.url('prefect')}/api"
-        if httpx.get(f"{api}/work_pools/{POOL}", timeout=30).status_code != 200:
-            self._prefect("work-pool", "create", POOL, "--type", "process")
-        # Runs share the project folder and its run lock: one at a time, the others queue
-        # (a scheduled run arriving during an on-demand one waits instead of failing).
-        httpx.patch(f"{api}/work_pools/{POOL}", json={"concurrency_limit": 1},
+        for pool in (POOL, GPU_POOL):
+            if httpx.get(f"{api}/work_pools/{pool}", timeout=30).status_code != 200:
+                self._prefect("work-pool", "create", pool, "--type", "process")
+        httpx.patch(f"{api}/work_pools/{POOL}", json={"concurrency_limit": POOL_CONCURRENCY},
                     timeout=30).raise_for_status()
         self._prefect("--no-prompt", "deploy", "--all")
+        _ensure_zombie_automation(api)
         deployments = httpx.post(f"{api}/deployments/filter", json={}, timeout=30).json()
         names = sorted(f"{d['name']}" for d in deployments)
-        return f"work pool {POOL} (one run at a time), deployments {', '.join(names)}"
+        return (f"work pool {POOL} ({POOL_CONCURRENCY} runs at once, {WORKER_LIMIT} per "
+                f"worker) and {GPU_POOL}, deployments {', '.join(names)}")
 
     def _reconcile_orphans(self) -> list[str]:
         """Mark Crashed the pool's runs that Prefect thinks active but whose process is gone.
 
-        A worker killed with its flow runs (kill -9, a lost machine) reports nothing: Prefect
-        keeps such a run Running forever, and it holds the pool's one slot. Only a starting
-        worker asks, when no other worker of this stack runs; a run whose process still lives
-        finishes and reports by itself."""
+        A worker killed with its flow runs (kill -9) reports nothing; the zombie automation
+        marks such a run Crashed once its heartbeats stop, and a starting worker does it at
+        once for the runs of this host. A run whose process still lives finishes and reports
+        by itself."""
         import httpx
 
         api = f"{self.url('prefect')}/api"
@@ -488,10 +498,11 @@ class Stack:
 
         crashed = self._reconcile_orphans()
         name = f"tinygpt-{socket.gethostname()}-{secrets.token_hex(3)}"
-        # It asks for runs every 3 s, not Prefect's 10: on one machine a run starts at once.
-        env = {"PREFECT_WORKER_QUERY_SECONDS": "3", **self._client_env()}
-        record = spawn([str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--name", name],
-                       env, self._log("worker"), self.root)
+        # Its workspaces where `tinygpt gc` in this checkout looks (the `tinygpt worker` default)
+        env = {**self._client_env(),
+               **worker_environment(self.root / ".tinygpt" / "workspaces")}
+        record = spawn([str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--name", name,
+                        "--limit", str(WORKER_LIMIT)], env, self._log("worker"), self.root)
         self._record("worker", {**record, "name": name})
         api = f"{self.url('prefect')}/api/work_pools/{POOL}/workers/filter"
 
@@ -561,6 +572,40 @@ class Stack:
         if not quiet:
             self.out("stack down; tinygpt runs embedded again")
         return 0
+
+
+def worker_environment(work_dir: Path) -> dict[str, str]:
+    """What a worker (the stack's, or `tinygpt worker` on any host) runs with: its runs'
+    workspaces under work_dir (tasks/workspace.py), heartbeats from every flow run, and a
+    poll every 3 s (not Prefect's 10: a run starts at once)."""
+    return {"TINYGPT_WORKSPACES": str(work_dir.resolve()),
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS),
+            "PREFECT_WORKER_QUERY_SECONDS": "3"}
+
+
+def _ensure_zombie_automation(api: str) -> None:
+    """The server's automation that marks Crashed a flow run whose heartbeats stopped, on
+    whichever host its worker ran: after a heartbeat, another one (or the run's end) must
+    come within CRASH_AFTER_SECONDS."""
+    import httpx
+
+    found = httpx.post(f"{api}/automations/filter", json={}, timeout=30).json()
+    if any(a["name"] == ZOMBIE_AUTOMATION for a in found):
+        return
+    ends = [f"prefect.flow-run.{state}" for state in ("Completed", "Failed", "Cancelled",
+                                                      "Crashed")]
+    httpx.post(f"{api}/automations/", timeout=30, json={
+        "name": ZOMBIE_AUTOMATION, "enabled": True,
+        "trigger": {"type": "event", "posture": "Proactive",
+                    "match": {"prefect.resource.id": ["prefect.flow-run.*"]},
+                    "after": ["prefect.flow-run.heartbeat"],
+                    "expect": ["prefect.flow-run.heartbeat", *ends],
+                    "for_each": ["prefect.resource.id"], "threshold": 1,
+                    "within": CRASH_AFTER_SECONDS},
+        "actions": [{"type": "change-flow-run-state", "state": "CRASHED",
+                     "message": f"no heartbeat for {CRASH_AFTER_SECONDS} s: its process is "
+                                f"gone (its worker's host died, or it was killed)"}],
+    }).raise_for_status()
 
 
 def _flow_run_process_alive(flow_run: dict[str, Any]) -> bool:

@@ -5,7 +5,9 @@
 - MLflow runs still RUNNING whose process is gone (killed), closed as KILLED, and their
   Prefect flow runs set to Crashed;
 - the artifacts of runs that ended FAILED or KILLED without registering a version (their Data
-  Docs, reports, a model logged before the failure): the run's record and metrics stay.
+  Docs, reports, a model logged before the failure): the run's record and metrics stay;
+- the workspaces a worker's failed runs left on this host (tasks/workspace.py), unless a run
+  still holds one.
 
 A new run closes stale runs itself before it starts (it holds the project lock, so no other
 run of this project can be alive).
@@ -20,6 +22,7 @@ from typing import Any
 
 from gpt.config import Params
 from registry import client, missing_lineage
+from tasks.workspace import kept_workspaces
 
 log = logging.getLogger("tinygpt.gc")
 PID_TAG, HOST_TAG = "tinygpt.pid", "tinygpt.host"
@@ -147,8 +150,8 @@ def reclaim_failed_runs(params: Params, apply: bool) -> list[str]:
 
 
 def gc(params: Params, apply: bool = False) -> dict[str, list[str]]:
-    """List (and with apply, remove or close) half-made versions, stale runs and the
-    artifacts of failed runs."""
+    """List (and with apply, remove or close) half-made versions, stale runs, the artifacts
+    of failed runs and the workspaces they left."""
     mlflow_client = client(params)
     versions = []
     for name, version, missing in half_made_versions(params):
@@ -165,4 +168,5 @@ def gc(params: Params, apply: bool = False) -> dict[str, list[str]]:
         runs = [f"MLflow run {run.info.run_id} ({run.info.run_name}) is RUNNING but process "
                 f"{run.data.tags[PID_TAG]} is gone" for run in stale_runs(params)]
     return {"versions": versions, "runs": runs,
-            "failed runs' artifacts": reclaim_failed_runs(params, apply)}
+            "failed runs' artifacts": reclaim_failed_runs(params, apply),
+            "workspaces": kept_workspaces(apply)}

@@ -251,3 +251,7 @@ def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert pick_device("auto") == torch.device("cuda:1")
     assert pick_device("cpu") == torch.device("cpu")  # named devices are taken as named
+    assert pick_device("cuda:1") == torch.device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="but this host has no CUDA GPU"):
+        pick_device("cuda")

@@ -228,3 +228,35 @@ def test_promote_waits_for_the_lease_and_compares_again_when_the_champion_moved(
     finally:
         holder.kill()
         mlflow_client.set_registered_model_alias("tinygpt", "champion", champion["version"])
+
+
+def test_gc_removes_the_workspaces_of_dead_runs_and_keeps_a_live_ones(champion, tmp_path,
+                                                                     monkeypatch):
+    """A worker's workspaces (tasks/workspace.py): one whose run died, one whose run still
+    holds its project's run lock (another process, as a run on this host would)."""
+    root = tmp_path / "workspaces"
+    monkeypatch.setenv("TINYGPT_WORKSPACES", str(root))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    dead, live = root / "run-dead", root / "run-live"
+    for folder in (dead, live):
+        (folder / "project" / ".tinygpt").mkdir(parents=True)
+        (folder / "project" / ".tinygpt" / "run.lock").write_text("{}")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time\n"
+        f"handle = open({str(live / 'project' / '.tinygpt' / 'run.lock')!r}, 'a')\n"
+        "fcntl.flock(handle, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        params = load_params()
+        listed = gc(params)["workspaces"]
+        assert len(listed) == 2 and all("state unknown" in line for line in listed)
+        assert dead.exists() and live.exists()  # a dry run
+        applied = gc(params, apply=True)["workspaces"]
+        assert any(str(dead) in line and line.endswith("; removed") for line in applied)
+        assert any(str(live) in line and "kept: its run is still going" in line
+                   for line in applied)
+        assert not dead.exists() and live.exists()
+    finally:
+        holder.kill()
+        holder.wait()

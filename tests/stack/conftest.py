@@ -30,7 +30,7 @@ PROJECT_FILES = ("dvc.yaml", "prefect.yaml", "params.yaml", ".gitignore")
 def clean_env() -> dict[str, str]:
     """This process's environment without a stack's variables (a developer's shell may hold
     them): the commands below find the stack through the project's env file alone."""
-    gone = {*VARIABLES, OPT_OUT, "TINYGPT_PROJECT_DIR", "MLFLOW_TRACKING_URI"}
+    gone = {*VARIABLES, OPT_OUT, "TINYGPT_WORKSPACES", "MLFLOW_TRACKING_URI"}
     return {k: v for k, v in os.environ.items() if k not in gone}
 
 

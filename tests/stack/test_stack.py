@@ -30,6 +30,7 @@ from stack.envfile import ENV_FILE, VARIABLES
 from stack.processes import alive
 from stack.remote import VARIABLE as DVC_REMOTE_VARIABLE
 from stack.services import BUCKET, POOL, S3_CREDENTIALS, SERVICES
+from tasks.common import KINDS
 from tests.conftest import ROOT
 from tests.stack.conftest import (
     BIN,
@@ -111,7 +112,6 @@ def scheduler_run(api: str, deployment_id: str, timeout: float) -> dict:
 
 def test_scheduled_and_on_demand_runs_complete_on_the_worker_into_postgres_and_s3(
         stack: StackUp):
-    import boto3
     import psycopg2
 
     from registry import LINEAGE_TAGS, registered_by
@@ -141,9 +141,14 @@ def test_scheduled_and_on_demand_runs_complete_on_the_worker_into_postgres_and_s
         assert f"Worker '{worker}' submitting flow run '{found['id']}'" in worker_log
     assert runs["scheduled"]["auto_scheduled"] and not runs["on-demand"]["auto_scheduled"]
     assert runs["scheduled"]["deployment_id"] == nightly["id"]
-    # One at a time (the pool's limit): the second started after the first ended.
+    # One worker takes one run at a time (a run uses every core): the second waited.
     first, second = sorted(runs.values(), key=lambda r: r["start_time"])
     assert second["start_time"] >= first["end_time"]
+    # Each worked in a clone of the deployed commit, removed after its success: none of the
+    # runs' outputs are in the checkout, and no workspace is left.
+    assert not (stack.root / "data" / "model").exists()
+    workspaces = stack.root / ".tinygpt" / "workspaces"
+    assert workspaces.is_dir() and not any(workspaces.iterdir())
 
     # The registry: each run registered a version with its lineage, in PostgreSQL; the
     # champion is one of them (an identical second run is no better, so not promoted).
@@ -169,26 +174,39 @@ def test_scheduled_and_on_demand_runs_complete_on_the_worker_into_postgres_and_s
     finally:
         connection.close()
 
-    # S3: the run's DVC outputs under dvc/ (each one dvc.lock names), the model under mlflow/.
+    # S3: the runs' DVC outputs under dvc/ (each its dvc.lock names), the model under mlflow/.
+    stored = s3_keys(stack, "dvc/")
+    for outcome in outcomes.values():
+        assert missing_dvc_objects(stack, outcome["version"], stored) == []
+    assert not (stack.root.parent / "local-remote").exists()  # the stack's remote, not this
+    assert any(key.endswith("model.safetensors") for key in s3_keys(stack, "mlflow/"))
+
+
+def s3_keys(stack: StackUp, prefix: str) -> set[str]:
+    import boto3
+
     s3 = boto3.client("s3", endpoint_url=stack.env["AWS_ENDPOINT_URL"],
                       aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
                       aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
                       region_name=S3_CREDENTIALS["AWS_DEFAULT_REGION"])
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return {item["Key"] for page in pages for item in page.get("Contents", [])}
 
-    def keys(prefix: str) -> set[str]:
-        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
-        return {item["Key"] for page in pages for item in page.get("Contents", [])}
 
-    stored = keys("dvc/")
-    lock = yaml.safe_load((stack.root / "dvc.lock").read_text())
-    folders = [out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])
-               if out["md5"].endswith(".dir")]  # data, tokenizer, tokens, model
-    assert folders and all(f"dvc/files/md5/{md5[:2]}/{md5[2:]}" in stored for md5 in folders)
-    in_sync = ok(run(str(BIN / "dvc"), "status", "--cloud", *lock["stages"], cwd=stack.root,
-                     env=stack.env))
-    assert "in sync" in in_sync, in_sync
-    assert not (stack.root.parent / "local-remote").exists()  # the stack's remote, not this
-    assert any(key.endswith("model.safetensors") for key in keys("mlflow/"))
+def missing_dvc_objects(stack: StackUp, version: str, stored: set[str]) -> list[str]:
+    """The outputs the version's dvc.lock (kept in its MLflow run) names that the bucket
+    lacks: data, tokenizer, tokens and model."""
+    import mlflow
+
+    run_id = stack.mlflow().get_model_version("tinygpt", version).run_id
+    lock = yaml.safe_load(Path(mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="dvc.lock", tracking_uri=stack.env["MLFLOW_TRACKING_URI"])
+    ).read_text())
+    outs = [out for stage in lock["stages"].values() for out in stage.get("outs", [])
+            if out["path"].startswith("data/")]  # metrics/ are in git, not the cache
+    assert len(outs) >= 4, lock
+    return [out["path"] for out in outs
+            if f"dvc/files/md5/{out['md5'][:2]}/{out['md5'][2:]}" not in stored]
 
 
 def test_a_second_clone_with_only_the_env_file_reproduces_the_champion_from_s3(
@@ -224,8 +242,12 @@ def test_a_second_clone_with_only_the_env_file_reproduces_the_champion_from_s3(
         assert hashes[registered_file.name] == sha256_file(registered_file), registered_file.name
     for name in ("vocab.json", "merges.txt"):  # the tokenizer step's own output
         assert sha256_file(clone / "data" / "tokenizer" / name) == sha256_file(checkpoint / name)
-    for folder in ("validated", "tokens"):  # the data, as the run that made it left it
-        assert sha256_tree(clone / "data" / folder) == sha256_tree(stack.root / "data" / folder)
+    tags = stack.mlflow().get_model_version("tinygpt", version).tags
+    validated = clone / "data" / "validated" / KINDS["text"].validated_file
+    assert sha256_file(validated) == tags["data_digest"]  # the data, as the run that made it
+    assert sha256_tree(clone / "data" / "tokenizer") == tags["tokenizer_digest"]
+    manifest = json.loads((clone / "data" / "tokens" / "manifest.json").read_text())
+    assert manifest["data_digest"] == tags["data_digest"]
     print("\n".join(f"  {name}  {digest}" for name, digest in hashes.items()))
 
 
@@ -384,3 +406,65 @@ def test_the_promotion_lease_is_the_stacks_and_a_dead_holder_releases_it(stack: 
         for process in (first, second):
             process.kill()
             process.wait(30)
+
+
+def metric(stack: StackUp, version: str, key: str = "val_bits_per_byte") -> float:
+    run_id = stack.mlflow().get_model_version("tinygpt", version).run_id
+    return stack.mlflow().get_run(run_id).data.metrics[key]
+
+
+def test_two_workers_run_two_retrains_at_once_and_the_better_becomes_champion(
+        stack: StackUp):
+    """A second worker with its own home and work folder and no checkout (another host):
+    two retrains started together, one trained three times longer, run at once, one on each
+    worker, each in its own clone; both register and push their DVC objects, and the champion
+    is the better of them by val bits per byte. Then again with the start order reversed."""
+    from registry import registered_by
+
+    host = stack.root.parent / "host-b"
+    host.mkdir()
+    env = {**stack.env, "HOME": str(host), "PREFECT_HOME": str(host / "prefect")}
+    log = host / "worker.log"
+    with open(log, "w") as out:
+        worker = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "worker"], cwd=host,
+                                  env={**clean_env(), **env}, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    api, uri = stack.api, stack.env["MLFLOW_TRACKING_URI"]
+    pool = httpx.get(f"{api}/work_pools/{POOL}", timeout=10).json()
+    assert pool["concurrency_limit"] == 2
+    short, long = [*OVERRIDES, "train.max_steps=40"], [*OVERRIDES, "train.max_steps=120"]
+    try:
+        for order in ((short, long), (long, short)):
+            began = time.time()
+            ids = [start_run(api, overrides) for overrides in order]
+            runs = [wait_for_run(api, run_id, timeout=400) for run_id in ids]
+            logs = (stack.root / ".stack" / "logs" / "worker.log").read_text() + log.read_text()
+            assert all(r["state"]["name"] == "Completed" for r in runs), logs[-6000:]
+            versions = [registered_by("tinygpt", run_id, uri=uri)["version"] for run_id in ids]
+            champion = stack.champion()
+            figures = {v: metric(stack, v) for v in versions}
+            print(f"\nstarted {'short, long' if order[0] is short else 'long, short'} at "
+                  f"{began:.0f}: " + "; ".join(
+                      f"v{v} ({r['parameters']['overrides'][-1]}) {r['start_time'][11:19]} to "
+                      f"{r['end_time'][11:19]}, {figures[v]:.4f} bits/byte"
+                      for v, r in zip(versions, runs, strict=True))
+                  + f"; champion v{champion}")
+            first, second = runs
+            assert first["start_time"] < second["end_time"] and (
+                second["start_time"] < first["end_time"])  # at the same time
+            hosts = {"stack": stack.root / ".stack" / "logs" / "worker.log", "b": log}
+            took = {name: [i for i in ids if f"submitting flow run '{i}'" in path.read_text()]
+                    for name, path in hosts.items()}
+            assert sorted(map(len, took.values())) == [1, 1], took  # one run each
+            stored = s3_keys(stack, "dvc/")
+            assert all(missing_dvc_objects(stack, v, stored) == [] for v in versions)
+            assert figures[versions[order.index(long)]] < figures[versions[order.index(short)]]
+            assert metric(stack, champion) <= min(figures.values()) + 1e-9
+    finally:
+        worker.send_signal(signal.SIGINT)
+        try:
+            worker.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+    assert not any((host / ".tinygpt" / "workspaces").iterdir())  # removed after success
