@@ -559,7 +559,19 @@ def recipe_overrides(name: str, folder: Path = RECIPES_DIR) -> list[str]:
 
 def load_params(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Params:
     """Read params.yaml (default: the working directory's), apply overrides, check it all."""
-    return build_params(apply_overrides(read_params_file(path), overrides))
+    overrides = list(overrides)
+    raw = apply_overrides(read_params_file(path), overrides)
+    if (raw.get("data") or {}).get("kind") == "sft":
+        raw = apply_overrides(raw, onto_sft_overlay(overrides))
+    return build_params(raw)
+
+
+def onto_sft_overlay(overrides: Iterable[str]) -> list[str]:
+    """A fine-tuning run reads tokenizer, model, train and paths from the sft section, so an
+    override of one of them (`train.max_steps=30`) goes there too: it wins over what
+    params.yaml's or a recipe's sft section says, as an override should."""
+    return [f"sft.{item.strip()}" for item in overrides
+            if item.strip().split(".", 1)[0] in OVERLAY_SECTIONS]
 
 
 def apply_overrides(params: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:

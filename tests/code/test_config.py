@@ -18,6 +18,7 @@ from gpt.config import (
     build_params,
     load_params,
     read_params_file,
+    recipe_overrides,
 )
 from tests.conftest import ROOT
 
@@ -112,6 +113,18 @@ def test_the_sft_kind_lays_its_sections_over_the_shared_ones():
     assert params.paths.tokens == "data/sft/tokens" and params.model_name == "tinygpt-sft"
     text = load_params(ROOT / "params.yaml")
     assert text.model.n_layer == 4 and text.paths.tokens == "data/tokens"
+
+
+def test_a_set_wins_over_a_recipes_sft_section_on_a_fine_tuning_run():
+    recipe = recipe_overrides("prompt-to-code", ROOT / "recipes")
+    as_written = load_params(ROOT / "params.yaml", recipe)  # params.yaml's and the recipe's sft
+    assert (as_written.train.max_steps, as_written.model.dropout) == (3000, 0.0)
+    params = load_params(ROOT / "params.yaml", [*recipe, "train.max_steps=30",
+                                                 "model.dropout=0.1"])
+    assert params.kind == "sft" and params.train.max_steps == 30
+    assert params.model.dropout == 0.1 and params.model.n_embd == 128  # the rest: the recipe's
+    text = load_params(ROOT / "params.yaml", ["train.max_steps=30"])
+    assert text.train.max_steps == 30 and text.sft.train["max_steps"] == 3000
 
 
 def test_the_config_module_imports_no_torch():

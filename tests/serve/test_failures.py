@@ -186,6 +186,11 @@ def test_build_tokenizer_shows_what_an_upload_gets_and_keeps_nothing(no_prefect,
     assert words["first_tokens"][:4] == ["First", " ", "Citizen", ":"]
     bpe = build(kind="bpe", vocab_size=300).json()
     assert bpe["vocab_size"] == 300 and bpe["bytes_per_token"] < words["bytes_per_token"]
+    corpus = shakespeare.encode()  # all of Tiny Shakespeare: an upload's 5 MB limit, not JSON's
+    assert len(corpus) > 1_000_000
+    whole = build(kind="bpe", vocab_size=400)
+    assert whole.status_code == 200, whole.text
+    assert whole.json()["valid"] and whole.json()["vocab_size"] == 400
     too_small = build(kind="bpe", vocab_size=100)
     assert too_small.status_code == 422 and "vocab_size must be between" in too_small.text
     assert build(kind="wordpiece").status_code == 422
