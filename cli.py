@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
+import re
 import sys
 import tempfile
 import traceback
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from gpt.config import DATA_KINDS, WEIGHT_FORMATS, Params
+from gpt.config import DATA_KINDS, WEIGHT_FORMATS, Params, SampleConfig
 from gpt.tokenizer import TOKENIZER_KINDS
 from stack import apply_env
 from stack.remote import ensure_remote
@@ -19,6 +21,9 @@ from stack.services import WORKER_LIMIT
 from tasks.workspace import DEFAULT_ROOT as DEFAULT_WORKSPACES
 
 ERROR_LOG = Path(".tinygpt") / "last-error.log"
+DESCRIPTION = ("Train, evaluate, version, register and serve a small GPT, from a corpus to a "
+               "served model. `make run` runs the whole pipeline; `tinygpt COMMAND --help` "
+               "shows a command's options and an example.")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 # Embedded defaults for the tools the pipeline drives; anything already set wins.
@@ -52,16 +57,57 @@ STACK_CLIENTS = {"retrain", "finetune", "promote", "history", "serve", "gc", "re
                  "status", "worker"}
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a user's view: each option's default in --help, and "did you mean" for a
+    misspelt command or choice."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        wrong = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if wrong:
+            choices = re.findall(r"'([^']*)'", wrong.group(2))
+            close = difflib.get_close_matches(wrong.group(1), choices, n=1)
+            if close:
+                message = (f"{message[:wrong.start()]}invalid choice: {wrong.group(1)!r}; did "
+                           f"you mean {close[0]}?")
+        super().error(message)
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Adds "(default: X)" to an option's help where X says something."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("%(default)" in text or action.default in (None, False, [], argparse.SUPPRESS)
+                or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
     """The sample section's settings; each unset one keeps params.yaml's value."""
-    parser.add_argument("--max-new-tokens", type=int, help="tokens to generate at most")
-    parser.add_argument("--temperature", type=float, help="0 is greedy; higher is more varied")
-    parser.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
+    declared = SampleConfig()
+
+    def default(key: str) -> str:
+        return f" (default: params.yaml's sample.{key}, {getattr(declared, key)})"
+
+    parser.add_argument("--max-new-tokens", type=int,
+                        help="tokens to generate at most" + default("max_new_tokens"))
+    parser.add_argument("--temperature", type=float,
+                        help="0 is greedy; higher is more varied" + default("temperature"))
+    parser.add_argument("--top-k", type=int,
+                        help="sample among the k most likely tokens" + default("top_k"))
     parser.add_argument("--top-p", type=float,
-                        help="sample among the fewest tokens whose probability reaches p")
+                        help="sample among the fewest tokens whose probability reaches p"
+                             + default("top_p"))
     parser.add_argument("--repetition-penalty", type=float,
-                        help="> 1 makes tokens already in the context less likely")
-    parser.add_argument("--seed", type=int, help="same seed and settings, same text")
+                        help="> 1 makes tokens already in the context less likely"
+                             + default("repetition_penalty"))
+    parser.add_argument("--seed", type=int,
+                        help="same seed and settings, same text" + default("seed"))
 
 
 def _add_params_options(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +117,8 @@ def _add_params_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tinygpt", description=__doc__)
+    parser = Parser(prog="tinygpt", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"tinygpt {package_version()}")
     parser.add_argument("--debug", action="store_true",
                         help="on an error, print the whole traceback, not one line")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -490,12 +537,15 @@ def registry_params(args: argparse.Namespace) -> Params:
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
+    from registry import check_version_exists
     from tasks.lock import run_lock
 
     with run_lock():  # before the seconds of imports below: a busy project says so at once
+        params = registry_params(args)
+        if args.version:
+            check_version_exists(params, args.version)  # so does a local store without it
         from tasks.promote import promote, rollback
 
-        params = registry_params(args)
         if args.rollback:
             done = rollback(params)
             print(f"champion rolled back from version {done['previous_champion']} to "
@@ -532,10 +582,13 @@ def cmd_history(args: argparse.Namespace) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
+    from registry import check_version_exists
+
+    params = registry_params(args)
+    check_version_exists(params, args.version)  # a local store answers before the imports
     from tasks.lock import run_lock
     from tasks.reproduce import reproduce, retrain_and_compare
 
-    params = registry_params(args)
     with run_lock():
         restored = reproduce(params, args.version)
         for path, digest in restored["files"]:
@@ -603,6 +656,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
                               cors_origins=tuple(args.cors_origins)))
     print(f"serving {', '.join(uris)} on http://{args.host}:{args.port}/")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tinygpt")
+    except PackageNotFoundError:  # run from a checkout without `make setup`
+        return "(not installed)"
 
 
 def embedded_defaults() -> dict[str, str]:

@@ -168,6 +168,33 @@ def model_version(mlflow_client, name: str, ref: str):
         raise ValueError(f"{name} has no version {ref}; {known}") from None
 
 
+def check_version_exists(params: Params, ref: str) -> None:
+    """Refuse at once a version or alias a local SQLite registry does not hold, with the same
+    words as model_version, before the seconds of importing MLflow and torch. Any other store
+    (a server) is asked later, by model_version."""
+    import sqlite3
+
+    uri, name = tracking_uri(params), params.model_name
+    database = Path(uri.removeprefix("sqlite:///"))
+    if not uri.startswith("sqlite:///"):
+        return
+    versions, aliases = [], set()
+    if database.is_file():  # (no file: an empty store)
+        try:
+            with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
+                versions = [int(v) for (v,) in connection.execute(
+                    "SELECT version FROM model_versions WHERE name = ?", (name,))]
+                aliases = {a for (a,) in connection.execute(
+                    "SELECT alias FROM registered_model_aliases WHERE name = ?", (name,))}
+        except sqlite3.Error:  # not MLflow's schema (yet): let MLflow answer
+            return
+    if not str(ref).isdigit() and ref not in aliases:
+        raise ValueError(f"{name} has no version or alias {ref!r}")
+    if str(ref).isdigit() and int(ref) not in versions:
+        known = f"its latest is version {max(versions)}" if versions else "it has no versions yet"
+        raise ValueError(f"{name} has no version {ref}; {known}")
+
+
 # -- alias moves, kept in MLflow ------------------------------------------------------------------
 
 # One run per move, in an experiment of its own: on a shared server the history is shared

@@ -272,3 +272,56 @@ def test_readme_names_every_subcommand_and_each_answers_help(capsys):
             main([*path, "--help"])
         assert done.value.code == 0, path
         assert "example: " in capsys.readouterr().out, path
+
+
+def test_refusals_that_need_no_server_answer_within_two_seconds(tmp_path, monkeypatch):
+    """As a newcomer meets them: a fresh process each (imports included), in a project
+    whose local store holds versions, and in one with no store yet."""
+    from mlflow import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    stocked, empty = tmp_path / "stocked", tmp_path / "empty"
+    (stocked / "mlflow").mkdir(parents=True)
+    empty.mkdir()
+    uri = f"sqlite:///{stocked / 'mlflow' / 'mlflow.db'}"
+    store = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    store.create_registered_model("tinygpt")
+    for _ in range(2):
+        store.create_model_version("tinygpt", source=str(tmp_path))
+    for cwd, missing in ((stocked, "its latest is version 2"),
+                         (empty, "it has no versions yet")):
+        for argv, message in [
+                (["promote", "--version", "7"], f"tinygpt has no version 7; {missing}"),
+                (["reproduce", "--version", "7"], f"tinygpt has no version 7; {missing}"),
+                (["promote", "--version", "newest"], "has no version or alias 'newest'"),
+                (["validate", "my-corpus.txt"], "my-corpus.txt: no such file or folder"),
+                (["retrain", "--recipe", "nope"], "no recipe 'nope'"),
+                (["retrain", "--set", "train.max_step=3"], "did you mean train.max_steps?")]:
+            started = time.perf_counter()
+            done = subprocess.run([sys.executable, str(ROOT / "cli.py"), *argv], cwd=cwd,
+                                  capture_output=True, text=True, timeout=60)
+            seconds = time.perf_counter() - started
+            assert done.returncode == 1 and message in done.stderr, (argv, done.stderr)
+            assert seconds < 2, (argv, f"{seconds:.1f} s")
+
+
+def test_a_misspelt_command_gets_a_suggestion_and_help_shows_defaults_and_version(capsys):
+    with pytest.raises(SystemExit):
+        main(["retrian"])
+    assert "invalid choice: 'retrian'; did you mean retrain?" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["tokenizer", "train", "--kind", "bpx"])
+    assert "did you mean bpe?" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert re.fullmatch(r"tinygpt \d+\.\d+\.\d+\n", capsys.readouterr().out)
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    assert "port to listen on (default: 8000)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "(default: params.yaml's sample.temperature, 0.8)" in shown
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert capsys.readouterr().out.count("Train, evaluate, version, register and serve") == 1
