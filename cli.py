@@ -34,6 +34,10 @@ ENVIRONMENT = {
     "GX_ANALYTICS_ENABLED": "false",
     "DVC_NO_ANALYTICS": "1",
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    # A run's output is its own lines: no download bars, no "View run" links from MLflow.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    "DO_NOT_TRACK": "1",  # Prefect's client telemetry (the server's is the setting above)
     # Our loggers' lines (steps, training progress) also go to the Prefect run's logs, live;
     # outside a flow run (tinygpt train) they stay on the terminal only, without a warning.
     "PREFECT_LOGGING_EXTRA_LOGGERS": "tinygpt",

@@ -64,7 +64,7 @@ from tasks.register import register
 from tasks.train import train
 from tasks.validate import STATIC_REPORT, validate
 from tasks.version import LOCK_FILE, restore_outputs, snapshot, version
-from tasks.workspace import remove_after_success
+from tasks.workspace import completion_hooks
 
 log = logging.getLogger("tinygpt.flow")
 # Our progress lines (steps, BPE, encoding, training) are INFO: keep them wherever the flow runs
@@ -244,7 +244,7 @@ def watch_servers(params: Params) -> ServerWatch:
 
 
 # A worker's run works in a fresh clone (tasks/workspace.py): a completed run's clone goes.
-@flow(name="retrain", log_prints=True, on_completion=[remove_after_success])
+@flow(name="retrain", log_prints=True, on_completion=completion_hooks())
 def retrain(overrides: list[str] | None = None, params_file: str | None = None,
             source: str | None = None, force_promote: bool = False,
             fresh: bool = False, recipe: str | None = None) -> dict[str, Any]:

@@ -102,7 +102,7 @@ class Bar(logging.Filter):
         share = min(done / max(self.total, 1), 1.0)
         filled = round(BAR_WIDTH * share)
         line = (f"{self.label} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {100 * share:3.0f}% "
-                f"{done}/{self.total} {self.unit} | {rate:,.0f} {self.unit}/s | {left} left"
+                f"{done}/{self.total} {self.unit} | {format_rate(rate, self.unit)} | {left} left"
                 f"{detail}")  # the detail last: a narrow terminal cuts it, not the time left
         self.stream.write(_ERASE_LINE + line[:width])
         self.stream.flush()
@@ -119,6 +119,13 @@ class Bar(logging.Filter):
         then, done_then = self.marks[0]
         rate = (done - done_then) / max(now - then, 1e-9)
         return rate, (self.total - done) / rate if rate > 0 else None
+
+
+def format_rate(rate: float, unit: str) -> str:
+    """"12 steps/s", "3.4 steps/s", or below one a second "2.5 s/step" (never "0 steps/s")."""
+    if 0 < rate < 1:
+        return f"{1 / rate:,.1f} s/{unit.removesuffix('s') if unit != 'MB' else unit}"
+    return f"{rate:,.1f} {unit}/s" if rate < 10 else f"{rate:,.0f} {unit}/s"
 
 
 def _handlers(log: logging.Logger) -> list[logging.Handler]:
@@ -164,6 +171,6 @@ class Progress:
             return
         self.last = now
         rate, seconds_left = self.bar.rate(done, now)
-        self.log.info("%s: %d/%d %s (%.0f%%) | %.0f %s/s | %s left", self.label, done,
-                      self.total, self.unit, 100 * done / max(self.total, 1), rate, self.unit,
-                      duration(seconds_left or 0.0))
+        self.log.info("%s: %d/%d %s (%.0f%%) | %s | %s left", self.label, done,
+                      self.total, self.unit, 100 * done / max(self.total, 1),
+                      format_rate(rate, self.unit), duration(seconds_left or 0.0))

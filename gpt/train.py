@@ -62,7 +62,8 @@ class TrainResult:
     tokens_per_s: float
     best_dir: Path
     latest_dir: Path
-    history: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)   # the evals
+    losses: list[dict] = field(default_factory=list)    # the train loss every log_interval
 
 
 def pick_device(name: str) -> torch.device:
@@ -256,7 +257,8 @@ class Trainer:
         self.best_val_loss = math.inf
         self.last_val_loss = math.inf
         self.bad_evals = 0
-        self.history: list[dict] = []
+        self.history: list[dict] = []  # one event per eval
+        self.losses: list[dict] = []  # {step, train_loss} every log_interval, for the curve
 
     @property
     def best_dir(self) -> Path:
@@ -284,6 +286,7 @@ class Trainer:
             "step": self.step, "best_val_loss": self.best_val_loss,
             "last_val_loss": self.last_val_loss, "bad_evals": self.bad_evals,
             "train_config": asdict(self.cfg), "history": self.history,
+            "losses": self.losses,
         })
 
     def save(self, improved: bool) -> None:
@@ -319,6 +322,7 @@ class Trainer:
         self.last_val_loss = state["last_val_loss"]
         self.bad_evals = state["bad_evals"]
         self.history = state["history"]
+        self.losses = state.get("losses", [])  # a state saved before they were kept
         log.info("resumed from %s at step %d", source, self.step)
 
     # -- the loop ----------------------------------------------------------------------------
@@ -416,6 +420,7 @@ class Trainer:
                 if self.step % cfg.log_interval == 0:
                     tokens_per_s = window_tokens / (now - window_start)
                     window_start, window_tokens = now, 0
+                    self.losses.append({"step": self.step, "train_loss": loss})
                     self.callback({"kind": "train", "step": self.step, "train_loss": loss,
                                    "lr": lr, "tokens_per_s": tokens_per_s})
                     log.info("step %d/%d | loss %.4f | lr %.2e | %.0f tok/s | %s left", self.step,
@@ -438,7 +443,8 @@ class Trainer:
             steps=self.step, best_val_loss=self.best_val_loss, last_val_loss=self.last_val_loss,
             stopped_early=stopped_early, seconds=seconds,
             tokens_per_s=total_tokens / max(seconds, 1e-9),
-            best_dir=self.best_dir, latest_dir=self.latest_dir, history=self.history)
+            best_dir=self.best_dir, latest_dir=self.latest_dir, history=self.history,
+            losses=self.losses)
 
 
 def time_left(elapsed: float, steps_done: int, steps_left: int, max_seconds: float) -> float:

@@ -119,22 +119,26 @@ def pairs_trainer(params: Params, tokenizer: Tokenizer, out: Path, callback: Cal
 TRAINERS = {"text": corpus_trainer, "sft": pairs_trainer}
 
 
-def write_loss_curve(history: list[dict[str, Any]], csv_path: Path, png_path: Path) -> None:
+def write_loss_curve(history: list[dict[str, Any]], losses: list[dict[str, Any]],
+                     csv_path: Path, png_path: Path) -> None:
+    """loss.csv: a row per step with a train loss logged (every train.log_interval) or an
+    eval, the val loss estimate on the eval steps only; the same curves as a PNG."""
+    rows = {e["step"]: {"train": e["train_loss"], "val": ""} for e in losses}
+    for event in history:
+        rows[event["step"]] = {"train": event["train_loss"], "val": f"{event['val_loss']:.5f}"}
     with atomic_file(csv_path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["step", "train_loss", "val_loss_estimate"])
-        for event in history:
-            writer.writerow([event["step"], f"{event['train_loss']:.5f}",
-                             f"{event['val_loss']:.5f}"])
+        for step in sorted(rows):
+            writer.writerow([step, f"{rows[step]['train']:.5f}", rows[step]["val"]])
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    steps = [e["step"] for e in history]
-    ax.plot(steps, [e["train_loss"] for e in history], marker="o", label="train")
-    ax.plot(steps, [e["val_loss"] for e in history], marker="o",
+    ax.plot(sorted(rows), [rows[s]["train"] for s in sorted(rows)], label="train")
+    ax.plot([e["step"] for e in history], [e["val_loss"] for e in history], marker="o",
             label="val (estimate on train.eval_iters batches)")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
@@ -210,7 +214,7 @@ def fit(params: Params, staging: Path, run_id: str | None, resume: bool) -> dict
             "tokens_per_s": round(result.tokens_per_s, 1),
             "stopped_early": result.stopped_early, "parameters": trainer.model.num_params(),
             "base_version": base_version, "resumed_from_step": resumed_from,
-            "nproc": trainer.world_size, "history": result.history,
+            "nproc": trainer.world_size, "history": result.history, "losses": result.losses,
             "model": trainer.model.config.to_dict()}
 
 
@@ -284,9 +288,10 @@ def train(params: Params, run_id: str | None = None, fresh: bool = False) -> dic
     replace_directory(staging, model_dir)
 
     metrics_dir, reports = params.path("metrics"), params.path("reports")
-    summary = {k: v for k, v in result.items() if k not in ("history", "model")}
+    summary = {k: v for k, v in result.items() if k not in ("history", "losses", "model")}
     write_json(metrics_dir / TRAIN_METRICS, summary)
-    write_loss_curve(result["history"], metrics_dir / LOSS_CSV, reports / "loss_curve.png")
+    write_loss_curve(result["history"], result["losses"], metrics_dir / LOSS_CSV,
+                     reports / "loss_curve.png")
     artifacts = [reports / "loss_curve.png"]
     sample = None
     if params.kind == "text":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import gc
 import html
+import logging
 import os
 import re
 import shutil
@@ -83,6 +84,9 @@ def _context(docs_dir: Path | None = None):
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    # Its INFO line for each context's temporary folder is not the step's news (the module
+    # sets its own logger to INFO when imported, above).
+    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     if docs_dir is not None:

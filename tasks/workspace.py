@@ -48,6 +48,12 @@ def remove_after_success(_flow: Any, flow_run: Any, _state: Any) -> None:
         shutil.rmtree(folder)
 
 
+def completion_hooks() -> list[Any]:
+    """The flow's on_completion hooks: under a worker (TINYGPT_WORKSPACES set), the removal of
+    a completed run's workspace; elsewhere none (a run in a checkout keeps its outputs)."""
+    return [remove_after_success] if os.environ.get(VARIABLE) else []
+
+
 def pull() -> list[str]:
     """What this checkout's dvc.lock records, from the default DVC remote (the stack's when
     one is up); outputs the remote does not hold are left out. The stages pulled."""

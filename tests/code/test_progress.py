@@ -15,7 +15,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from gpt.progress import Bar, Progress, duration
+from gpt.progress import Bar, Progress, duration, format_rate
 from gpt.train import time_left
 from tests.conftest import ROOT
 
@@ -27,8 +27,17 @@ def test_a_progress_line_says_how_far_how_fast_and_what_is_left(caplog):
         quiet = Progress(log, "quiet", 200, "documents", every=3600.0)
         quiet.update(50)
     assert len(caplog.messages) == 1
-    assert re.fullmatch(r"encoding: 50/200 documents \(25%\) \| \d+ documents/s \| "
-                        r"\d+m\d\ds left", caplog.messages[0]), caplog.messages
+    assert re.fullmatch(r"encoding: 50/200 documents \(25%\) \| "
+                        r"([\d,.]+ documents/s|[\d,.]+ s/document) \| \d+m\d\ds left",
+                        caplog.messages[0]), caplog.messages
+
+
+def test_a_rate_below_one_a_second_is_shown_as_seconds_per_unit():
+    assert format_rate(250.4, "steps") == "250 steps/s"
+    assert format_rate(3.42, "steps") == "3.4 steps/s"
+    assert format_rate(0.4, "steps") == "2.5 s/step"
+    assert format_rate(0.5, "MB") == "2.0 s/MB"
+    assert format_rate(0.0, "merges") == "0.0 merges/s"
 
 
 def test_time_left_follows_the_rate_and_stops_at_the_budget():
@@ -45,8 +54,9 @@ def test_the_bar_shows_the_share_the_count_the_rate_and_the_time_left(monkeypatc
         bar.show(450, " | loss 3.2100", seconds_left=185)
     drawn = screen.getvalue()
     assert drawn.startswith("\r\x1b[2K") and drawn.endswith("\n")
-    assert re.fullmatch(r"training \[#{11}\.{13}\]  45% 450/1000 steps \| [\d,]+ steps/s "
-                        r"\| 3m05s left \| loss 3\.2100", drawn.strip().split("\x1b[2K")[-1])
+    assert re.fullmatch(r"training \[#{11}\.{13}\]  45% 450/1000 steps \| "
+                        r"([\d,.]+ steps/s|[\d,.]+ s/step) \| 3m05s left \| loss 3\.2100",
+                        drawn.strip().split("\x1b[2K")[-1])
 
 
 def test_a_log_line_on_the_terminal_erases_the_bar_and_it_comes_back_below(monkeypatch):
@@ -76,8 +86,8 @@ def test_a_log_line_on_the_terminal_erases_the_bar_and_it_comes_back_below(monke
 def test_bpe_training_and_training_draw_bars_on_a_terminal_and_only_there(tmp_path):
     on_terminal = run_with(tmp_path / "terminal", stderr_is_terminal=True)
     assert re.search(r"BPE training \[#*\.*\] +\d+% \d+/\d+ merges", on_terminal)
-    assert re.search(r"training \[#{24}\] 100% 6/6 steps \| [\d,]+ steps/s \| 0m00s left \| "
-                     r"loss [\d.]+", on_terminal)
+    assert re.search(r"training \[#{24}\] 100% 6/6 steps \| ([\d,.]+ steps/s|[\d,.]+ s/step) "
+                     r"\| 0m00s left \| loss [\d.]+", on_terminal)
     in_a_pipe = run_with(tmp_path / "pipe", stderr_is_terminal=False)
     assert "\x1b[2K" not in in_a_pipe and "[#" not in in_a_pipe
     for shown in (on_terminal, in_a_pipe):  # the log lines come either way

@@ -255,3 +255,20 @@ def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="but this host has no CUDA GPU"):
         pick_device("cuda")
+
+
+def test_the_loss_curve_has_the_train_loss_at_every_log_interval(tmp_path):
+    import csv
+
+    from tasks.train import write_loss_curve
+
+    result = windows_trainer(new_model(), tokens(3000), tokens(1000),
+                             small_config(log_interval=2), tmp_path / "run").fit()
+    write_loss_curve(result.history, result.losses, tmp_path / "loss.csv",
+                     tmp_path / "loss.png")
+    with open(tmp_path / "loss.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row["step"]) for row in rows] == [2, 4, 6, 8, 10, 12]
+    assert [row["val_loss_estimate"] != "" for row in rows] == [False, False, True] * 2
+    assert all(float(row["train_loss"]) > 0 for row in rows)
+    assert (tmp_path / "loss.png").stat().st_size > 1000

@@ -30,7 +30,10 @@ PROJECT_FILES = ("dvc.yaml", "prefect.yaml", "params.yaml", ".gitignore")
 def clean_env() -> dict[str, str]:
     """This process's environment without a stack's variables (a developer's shell may hold
     them): the commands below find the stack through the project's env file alone."""
-    gone = {*VARIABLES, OPT_OUT, "TINYGPT_WORKSPACES", "MLFLOW_TRACKING_URI"}
+    gone = {*VARIABLES, OPT_OUT, "TINYGPT_WORKSPACES", "MLFLOW_TRACKING_URI",
+            # as in a user's shell: tinygpt itself quiets MLflow's bars and links
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT",
+            "DO_NOT_TRACK"}
     return {k: v for k, v in os.environ.items() if k not in gone}
 
 

@@ -134,6 +134,7 @@ def test_scheduled_and_on_demand_runs_complete_on_the_worker_into_postgres_and_s
     print(f"\non-demand + scheduled runs on the worker: {time.perf_counter() - began:.1f} s")
     worker_log = (stack.root / ".stack" / "logs" / "worker.log").read_text()
     worker = stack.state["services"]["worker"]["name"]
+    assert "Downloading artifacts" not in worker_log and "View run" not in worker_log
     for kind, found in runs.items():
         assert found["state"]["name"] == "Completed", f"{kind}: {worker_log[-4000:]}"
         assert found["work_pool_name"] == POOL
@@ -225,6 +226,7 @@ def test_a_second_clone_with_only_the_env_file_reproduces_the_champion_from_s3(
     print(f"\nreproduce in a second clone: {time.perf_counter() - began:.1f} s\n"
           f"{reproduced.stdout}")
     ok(reproduced)
+    assert "Downloading artifacts" not in reproduced.stdout + reproduced.stderr
     config = (clone / ".dvc" / "config.local").read_text()
     assert f"s3://{BUCKET}/dvc" in config  # written from the env file
 
