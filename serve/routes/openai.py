@@ -1,9 +1,11 @@
-"""OpenAI's completions API over the served models: `POST /v1/completions` (whole, or streamed
-as server-sent `data:` chunks ending in `data: [DONE]`) and `GET /v1/models`, so the official
-`openai` client works against `tinygpt serve` unchanged.
+"""OpenAI's API over the served models: `POST /v1/completions` and `POST /v1/chat/completions`
+(whole, or streamed as server-sent `data:` chunks ending in `data: [DONE]`) and
+`GET /v1/models`, so the official `openai` client works against `tinygpt serve` unchanged.
 
 A request becomes a `GenerateRequest`, so the bounds, the queue and the causes of refusal are
 those of /generate; only their shape follows OpenAI (`{"error": {"message", "type", "param"}}`).
+A chat's messages become one prompt by a plain template (CHAT_TEMPLATE): these models continue
+text, they were not trained on chats. Any other path under /v1 is OpenAI's 404.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -28,13 +30,13 @@ ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 413: "inval
                422: "invalid_request_error", 429: "rate_limit_error", 503: "server_error"}
 
 
-class CompletionRequest(BaseModel):
-    """OpenAI's fields. Those we do not implement are accepted only at their neutral value."""
+class Sampling(BaseModel):
+    """The fields both requests share. Those we do not implement are accepted only at their
+    neutral value."""
 
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(max_length=1000)
-    prompt: str | list[str] = ""
     max_tokens: int | None = 16
     temperature: float | None = 1.0
     top_p: float | None = 1.0
@@ -42,19 +44,17 @@ class CompletionRequest(BaseModel):
     seed: int | None = None
     stream: bool = False
     n: int = Field(1, ge=1, le=1)
-    best_of: int | None = Field(None, ge=1, le=1)
-    echo: bool = Field(False, le=False)
-    logprobs: int | None = Field(None, le=0)
     presence_penalty: float | None = Field(0.0, ge=0.0, le=0.0)
     frequency_penalty: float | None = Field(0.0, ge=0.0, le=0.0)
     user: str | None = None
 
+    def prompt_text(self) -> str:
+        raise NotImplementedError
+
     def as_generate(self) -> GenerateRequest:
         """The same request in /generate's terms, checked by its bounds."""
-        if isinstance(self.prompt, list) and len(self.prompt) != 1:
-            raise OpenAIError(400, "prompt: send one prompt per request", "prompt")
         stop = [self.stop] if isinstance(self.stop, str) else self.stop or []
-        fields = {"prompt": self.prompt if isinstance(self.prompt, str) else self.prompt[0],
+        fields = {"prompt": self.prompt_text(),
                   "max_new_tokens": 16 if self.max_tokens is None else self.max_tokens,
                   "temperature": 1.0 if self.temperature is None else self.temperature,
                   "top_p": self.top_p, "top_k": None, "stop": stop, "seed": self.seed}
@@ -64,6 +64,47 @@ class CompletionRequest(BaseModel):
             item = err.errors()[0]
             field = {"max_new_tokens": "max_tokens"}.get(str(item["loc"][0]), str(item["loc"][0]))
             raise OpenAIError(400, f"{field}: {item['msg']}", field) from None
+
+
+class CompletionRequest(Sampling):
+    prompt: str | list[str] = ""
+    best_of: int | None = Field(None, ge=1, le=1)
+    echo: bool = Field(False, le=False)
+    logprobs: int | None = Field(None, le=0)
+
+    def prompt_text(self) -> str:
+        if isinstance(self.prompt, list) and len(self.prompt) != 1:
+            raise OpenAIError(400, "prompt: send one prompt per request", "prompt")
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+
+# A chat's messages as one prompt: each "role: content" on its own line, then the line the
+# model continues. (Our models continue text; none was trained on a chat format.)
+CHAT_TEMPLATE, CHAT_REPLY = "{role}: {content}\n", "assistant:"
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str
+    name: str | None = None
+
+
+class ChatRequest(Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = None  # the newer name of max_tokens
+    logprobs: bool | None = Field(None, le=False)
+
+    def prompt_text(self) -> str:
+        return "".join(CHAT_TEMPLATE.format(role=m.role, content=m.content)
+                       for m in self.messages) + CHAT_REPLY
+
+    def as_generate(self) -> GenerateRequest:
+        if self.max_completion_tokens is not None:
+            return self.model_copy(update={"max_tokens": self.max_completion_tokens,
+                                           "max_completion_tokens": None}).as_generate()
+        return super().as_generate()
 
 
 class OpenAIError(Exception):
@@ -113,6 +154,29 @@ async def completions(body: CompletionRequest, request: Request, holders: Holder
                       gate: GateDep, metrics: MetricsDep
                       ) -> dict[str, Any] | JSONResponse | StreamingResponse:
     """OpenAI's clients always name the model, so there is no default one here."""
+    return await answer(body, TEXT, request, holders, gate, metrics)
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(body: ChatRequest, request: Request, holders: HoldersDep,
+                           gate: GateDep, metrics: MetricsDep
+                           ) -> dict[str, Any] | JSONResponse | StreamingResponse:
+    """The messages by CHAT_TEMPLATE as one prompt, answered as /v1/completions does."""
+    return await answer(body, CHAT, request, holders, gate, metrics)
+
+
+@router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                  include_in_schema=False)
+async def unknown(path: str, request: Request) -> JSONResponse:
+    return OpenAIError(404, f"no {request.method} /v1/{path} here: this service answers "
+                            f"GET /v1/models, POST /v1/completions and POST "
+                            f"/v1/chat/completions").response()
+
+
+async def answer(body: Sampling, kind: str, request: Request, holders: HoldersDep,
+                 gate: GateDep, metrics: MetricsDep
+                 ) -> dict[str, Any] | JSONResponse | StreamingResponse:
+    """Generate for an OpenAI request of either kind, whole or streamed."""
     try:
         asked = body.as_generate()
         named = holders.get(body.model)
@@ -123,7 +187,8 @@ async def completions(body: CompletionRequest, request: Request, holders: Holder
         if body.stream:
             if gate.full():
                 raise OpenAIError(429, BUSY)
-            return StreamingResponse(chunks(generation, body.model, request, gate, metrics),
+            return StreamingResponse(chunks(generation, body.model, kind, request, gate,
+                                            metrics),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         try:
@@ -136,25 +201,25 @@ async def completions(body: CompletionRequest, request: Request, holders: Holder
     except OpenAIError as err:
         return err.response()
     metrics.tokens.inc(generation.completion_tokens)
-    return {**envelope(body.model),
-            "choices": [choice(text, finish_reason(generation))],
+    return {**envelope(body.model, kind),
+            "choices": [choice(text, finish_reason(generation), kind)],
             "usage": usage(generation)}
 
 
-async def chunks(generation: Generation, model: str, request: Request, gate: Gate,
+async def chunks(generation: Generation, model: str, kind: str, request: Request, gate: Gate,
                  metrics: Metrics) -> AsyncIterator[str]:
     """OpenAI's stream: one chunk per piece, a last one with the finish reason and usage, then
     `data: [DONE]`; a failure is an error chunk (what OpenAI's client raises from) before it."""
-    head = envelope(model)
+    head = envelope(model, kind, streamed=True)
     try:
         async with gate.slot():
             pieces = generation.pieces()
             while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
                 if await request.is_disconnected():
                     return
-                yield data({**head, "choices": [choice(piece, None)]})
-            yield data({**head, "choices": [choice("", finish_reason(generation))],
-                        "usage": usage(generation)})
+                yield data({**head, "choices": [choice(piece, None, kind, streamed=True)]})
+            yield data({**head, "usage": usage(generation), "choices": [
+                choice("", finish_reason(generation), kind, streamed=True)]})
     except Busy:
         yield data(OpenAIError(429, BUSY).payload())
     except Exception as err:  # the response has started: its status can no longer say so
@@ -165,13 +230,28 @@ async def chunks(generation: Generation, model: str, request: Request, gate: Gat
     yield "data: [DONE]\n\n"
 
 
-def envelope(model: str) -> dict[str, Any]:
+TEXT, CHAT = "text", "chat"  # /v1/completions, /v1/chat/completions
+
+
+def envelope(model: str, kind: str, streamed: bool = False) -> dict[str, Any]:
+    if kind == CHAT:
+        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()),
+                "model": model,
+                "object": "chat.completion.chunk" if streamed else "chat.completion"}
     return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
             "created": int(time.time()), "model": model}
 
 
-def choice(text: str, reason: str | None) -> dict[str, Any]:
-    return {"text": text, "index": 0, "logprobs": None, "finish_reason": reason}
+def choice(text: str, reason: str | None, kind: str, streamed: bool = False) -> dict[str, Any]:
+    """One choice: a completion's text; a chat's message, or in a stream its delta (the last
+    chunk's delta is empty)."""
+    if kind == TEXT:
+        return {"text": text, "index": 0, "logprobs": None, "finish_reason": reason}
+    if not streamed:
+        return {"index": 0, "message": {"role": "assistant", "content": text},
+                "logprobs": None, "finish_reason": reason}
+    delta = {"role": "assistant", "content": text} if reason is None else {}
+    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
 
 
 def finish_reason(generation: Generation) -> str:

@@ -95,3 +95,54 @@ def test_malformed_bodies_get_openai_errors_not_500s(service):
                             headers={"Content-Type": "application/json"})
         assert answer.status_code == 400, (body, answer.text)
         assert answer.json()["error"]["message"]
+
+
+CHAT = [{"role": "system", "content": "You write plays."}, {"role": "user", "content": "ROMEO:"}]
+CHAT_PROMPT = "system: You write plays.\nuser: ROMEO:\nassistant:"  # README's template
+
+
+def test_a_chat_completion_is_the_templated_prompt_completed(client, service):
+    answer = client.chat.completions.create(model="tinygpt", messages=CHAT, max_tokens=12,
+                                            temperature=0.9, top_p=0.95, seed=3)
+    same = generate(service, prompt=CHAT_PROMPT, max_new_tokens=12, temperature=0.9,
+                    top_p=0.95, seed=3)
+    assert answer.object == "chat.completion" and answer.id.startswith("chatcmpl-")
+    assert answer.choices[0].message.role == "assistant"
+    assert answer.choices[0].message.content == same["text"]
+    assert answer.usage.prompt_tokens == same["prompt_tokens"]
+    expected = "length" if same["completion_tokens"] == 12 else "stop"
+    assert answer.choices[0].finish_reason == expected
+    newer = client.chat.completions.create(model="tinygpt", messages=CHAT, seed=3,
+                                           max_completion_tokens=12, temperature=0.9,
+                                           top_p=0.95)
+    assert newer.choices[0].message.content == same["text"]
+
+
+def test_streamed_chat_deltas_add_up_to_the_whole_answer(client):
+    fields = dict(model="tinygpt", messages=CHAT, max_tokens=16, temperature=0.8, seed=5)
+    whole = client.chat.completions.create(**fields)
+    chunks = list(client.chat.completions.create(**fields, stream=True))
+    assert len(chunks) > 2 and all(c.object == "chat.completion.chunk" for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == (
+        whole.choices[0].message.content)
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+@pytest.mark.parametrize(("fields", "param"), [
+    ({"max_tokens": 0}, "max_tokens"), ({"temperature": 9.0}, "temperature"),
+    ({"n": 2}, "n"), ({"messages": []}, "messages"),
+    ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
+])
+def test_a_chat_request_gets_the_same_bounds_as_a_completion(client, fields, param):
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(**{"model": "tinygpt", "messages": CHAT, **fields})
+    assert raised.value.body["param"] == param
+
+
+def test_any_other_v1_path_is_an_openai_404_naming_what_is_served(client, service):
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.embeddings.create(model="tinygpt", input="hi")
+    assert "/v1/chat/completions" in raised.value.body["message"]
+    answer = httpx.get(f"{service}/v1/assistants", timeout=10)
+    assert answer.status_code == 404 and answer.json()["error"]["type"] == "not_found_error"
