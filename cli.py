@@ -570,10 +570,11 @@ def cmd_recipes(_args: argparse.Namespace) -> None:
 
 
 def cmd_history(args: argparse.Namespace) -> None:
-    from registry import alias_history
+    from registry import alias_history, store_name
 
     params = registry_params(args)
     moves = alias_history(params, args.model or params.model_name, args.alias)
+    print(f"alias moves recorded in {store_name(params)}")
     if not moves:
         print(f"no recorded alias moves for {args.model or params.model_name}")
         return
@@ -719,10 +720,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> None:
     from stack.embedded import stray_lines
+    from stack.envfile import STACK_DIR
     from stack.services import POOL
     from tasks.status import status_report
 
-    report = status_report(registry_params(args), POOL)
+    report = status_report(registry_params(args), POOL, STACK_DIR)
     report["services"] += stray_lines()
     for section, lines in report.items():
         print(f"{section + ':':<11}{lines[0]}")

@@ -40,7 +40,21 @@ USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 def tracking_uri(params: Params) -> str:
     """The store's URI; a relative SQLite path is made absolute (MLflow caches by URI)."""
-    uri = USER_TRACKING_URI or params.registry.tracking_uri
+    return _absolute(USER_TRACKING_URI or params.registry.tracking_uri)
+
+
+def embedded_uri(params: Params) -> str:
+    """params.yaml's store (the embedded one by default), whatever MLFLOW_TRACKING_URI says."""
+    return _absolute(params.registry.tracking_uri)
+
+
+def store_name(params: Params) -> str:
+    uri = tracking_uri(params)
+    return (f"the MLflow server {uri}" if uri.startswith("http")
+            else f"the embedded store {uri}")
+
+
+def _absolute(uri: str) -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         database = Path(uri.removeprefix("sqlite:///")).resolve()
         database.parent.mkdir(parents=True, exist_ok=True)
@@ -168,26 +182,40 @@ def model_version(mlflow_client, name: str, ref: str):
         raise ValueError(f"{name} has no version {ref}; {known}") from None
 
 
+def sqlite_registry(uri: str, name: str) -> tuple[dict[int, dict[str, str]], set[str]] | None:
+    """(each version of model `name` with its tags, its aliases) in a local SQLite store, read
+    directly: no MLflow import, milliseconds. None where uri is not a SQLite store MLflow made;
+    a store not made yet holds nothing."""
+    import sqlite3
+
+    database = Path(uri.removeprefix("sqlite:///"))
+    if not uri.startswith("sqlite:///"):
+        return None
+    if not database.is_file():
+        return {}, set()
+    try:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
+            versions: dict[int, dict[str, str]] = {int(v): {} for (v,) in connection.execute(
+                "SELECT version FROM model_versions WHERE name = ?", (name,))}
+            for version, key, value in connection.execute(
+                    "SELECT version, key, value FROM model_version_tags WHERE name = ?", (name,)):
+                versions.setdefault(int(version), {})[key] = value
+            aliases = {a for (a,) in connection.execute(
+                "SELECT alias FROM registered_model_aliases WHERE name = ?", (name,))}
+    except sqlite3.Error:  # not MLflow's schema (yet)
+        return None
+    return versions, aliases
+
+
 def check_version_exists(params: Params, ref: str) -> None:
     """Refuse at once a version or alias a local SQLite registry does not hold, with the same
     words as model_version, before the seconds of importing MLflow and torch. Any other store
     (a server) is asked later, by model_version."""
-    import sqlite3
-
-    uri, name = tracking_uri(params), params.model_name
-    database = Path(uri.removeprefix("sqlite:///"))
-    if not uri.startswith("sqlite:///"):
+    name = params.model_name
+    found = sqlite_registry(tracking_uri(params), name)
+    if found is None:
         return
-    versions, aliases = [], set()
-    if database.is_file():  # (no file: an empty store)
-        try:
-            with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
-                versions = [int(v) for (v,) in connection.execute(
-                    "SELECT version FROM model_versions WHERE name = ?", (name,))]
-                aliases = {a for (a,) in connection.execute(
-                    "SELECT alias FROM registered_model_aliases WHERE name = ?", (name,))}
-        except sqlite3.Error:  # not MLflow's schema (yet): let MLflow answer
-            return
+    versions, aliases = found
     if not str(ref).isdigit() and ref not in aliases:
         raise ValueError(f"{name} has no version or alias {ref!r}")
     if str(ref).isdigit() and int(ref) not in versions:

@@ -1,6 +1,7 @@
 """`tinygpt status`: where this checkout stands, in a few lines.
 
-The champion (version, score, when, from which data); which registered version the workspace's
+The registry it reads (the embedded store or a server) and what the other one holds; the
+champion (version, score, when, from which data); which registered version the workspace's
 dvc.lock is (or that it is none); `dvc status` in one line; the last runs; and whether the
 servers the checkout is pointed at answer. Nothing here changes anything.
 """
@@ -13,7 +14,14 @@ from pathlib import Path
 
 from gpt.config import Params
 from gpt.files import sha256_file
-from registry import alias_version, client, tracking_uri
+from registry import (
+    alias_version,
+    client,
+    embedded_uri,
+    sqlite_registry,
+    store_name,
+    tracking_uri,
+)
 from tasks.version import LOCK_FILE, VersioningError, dvc
 
 
@@ -34,19 +42,49 @@ def champion_line(params: Params, found) -> str:
             f"{when(found.creation_timestamp)}, data {tags.get('data_digest', '?')[:12]}")
 
 
-def workspace_line(params: Params, mlflow_client, champion) -> str:
-    """Which registered version the workspace's dvc.lock is, found by its digest tag."""
+def registry_lines(params: Params, stack_dir: Path) -> list[str]:
+    """The store this report reads, and what the other one holds: the embedded store while a
+    server is read, or a team stack that is down while the embedded store is."""
+    lines = [f"reading {store_name(params)}"]
+    if tracking_uri(params).startswith("http"):
+        found = sqlite_registry(embedded_uri(params), params.model_name)
+        if found and found[0]:
+            lines.append(f"the embedded store {embedded_uri(params)} also holds "
+                         f"{len(found[0])} version(s) of {params.model_name} (the latest "
+                         f"{max(found[0])}): `TINYGPT_STACK=off tinygpt status` reads it")
+    elif stack_dir.is_dir():
+        lines.append(f"a team stack was used here ({stack_dir}/) and is not read (it is down, "
+                     f"or TINYGPT_STACK=off): `tinygpt stack up` reads its registry")
+    return lines
+
+
+def workspace_line(params: Params, mlflow_client, champion, stack_dir: Path) -> str:
+    """Which registered version the workspace's dvc.lock is, found by its digest tag (in the
+    store read, else in the other one where it can be read)."""
     if not Path(LOCK_FILE).is_file():
         return "no dvc.lock: no run has finished in this checkout"
     digest = sha256_file(LOCK_FILE)
     versions = mlflow_client.search_model_versions(f"name = '{params.model_name}'")
     matching = [v for v in versions if v.tags.get("dvc_lock_digest") == digest]
     if not matching:
-        return "dvc.lock matches no registered version (a run that did not register)"
+        return "dvc.lock matches no version in this store; " + elsewhere(params, digest,
+                                                                         stack_dir)
     version = max(matching, key=lambda v: int(v.version))
     role = ("the champion" if champion and champion.version == version.version
             else "not the champion")
     return f"data/ and the model are version {version.version}'s ({role})"
+
+
+def elsewhere(params: Params, digest: str, stack_dir: Path) -> str:
+    """Where a dvc.lock the store read does not know may be registered instead."""
+    if tracking_uri(params).startswith("http"):
+        versions, _ = sqlite_registry(embedded_uri(params), params.model_name) or ({}, set())
+        embedded = [v for v, tags in versions.items() if tags.get("dvc_lock_digest") == digest]
+        if embedded:
+            return f"it is version {max(embedded)} of the embedded store"
+    elif stack_dir.is_dir():
+        return "it may be registered in the team stack's registry (`tinygpt stack up`)"
+    return "a run that did not register"
 
 
 def dvc_line() -> str:
@@ -108,12 +146,14 @@ def workers(api: str, pool: str) -> str:
                                       ": `tinygpt stack up` starts one")
 
 
-def status_report(params: Params, pool: str) -> dict[str, list[str]]:
-    """Every section of the report, as lines; pool is the work pool the deployments use."""
+def status_report(params: Params, pool: str, stack_dir: Path) -> dict[str, list[str]]:
+    """Every section of the report, as lines; pool is the work pool the deployments use,
+    stack_dir the folder a team stack keeps its state in."""
     mlflow_client = client(params)
     champion = alias_version(mlflow_client, params.model_name, params.registry.champion_alias)
-    return {"champion": [champion_line(params, champion)],
-            "workspace": [workspace_line(params, mlflow_client, champion)],
+    return {"registry": registry_lines(params, stack_dir),
+            "champion": [champion_line(params, champion)],
+            "workspace": [workspace_line(params, mlflow_client, champion, stack_dir)],
             "dvc": [dvc_line()],
             "last runs": runs_lines(params, mlflow_client),
             "services": services_lines(params, pool)}

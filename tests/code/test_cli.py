@@ -325,3 +325,39 @@ def test_a_misspelt_command_gets_a_suggestion_and_help_shows_defaults_and_versio
     with pytest.raises(SystemExit):
         main(["--help"])
     assert capsys.readouterr().out.count("Train, evaluate, version, register and serve") == 1
+
+
+def test_status_says_where_a_version_lives_when_the_other_store_holds_it(tmp_path,
+                                                                         monkeypatch):
+    """Reading a server, the embedded store (a real SQLite registry) that holds the
+    workspace's dvc.lock is named; reading the embedded store beside a team stack's folder,
+    the stack is."""
+    from mlflow import MlflowClient
+
+    import registry
+    from gpt.config import load_params
+    from gpt.files import sha256_file
+    from tasks.status import elsewhere, registry_lines
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.lock").write_text("stages: {}\n")
+    params = load_params()
+    uri = registry.embedded_uri(params)
+    store = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    store.create_registered_model("tinygpt")
+    store.create_model_version("tinygpt", source=str(tmp_path),
+                               tags={"dvc_lock_digest": sha256_file(tmp_path / "dvc.lock")})
+    stack_dir = tmp_path / ".stack"
+    monkeypatch.setattr(registry, "USER_TRACKING_URI", "http://127.0.0.1:5000")
+    assert registry_lines(params, stack_dir)[0] == "reading the MLflow server http://127.0.0.1:5000"
+    assert "also holds 1 version(s) of tinygpt (the latest 1)" in registry_lines(params,
+                                                                                 stack_dir)[1]
+    digest = sha256_file(tmp_path / "dvc.lock")
+    assert elsewhere(params, digest, stack_dir) == "it is version 1 of the embedded store"
+    monkeypatch.setattr(registry, "USER_TRACKING_URI", None)
+    stack_dir.mkdir()
+    assert registry_lines(params, stack_dir) == [
+        f"reading the embedded store {uri}",
+        "a team stack was used here (" + str(stack_dir) + "/) and is not read (it is down, or "
+        "TINYGPT_STACK=off): `tinygpt stack up` reads its registry"]
+    assert "team stack's registry" in elsewhere(params, "another digest", stack_dir)

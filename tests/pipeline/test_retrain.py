@@ -184,6 +184,7 @@ def test_status_names_the_champion_and_the_version_the_workspace_holds(second_ru
     runs = out.split("last runs:")[1].split("services:")[0]
     assert runs.count("FINISHED") >= 2
     assert "services:  MLflow: embedded store sqlite:///" in out
+    assert "registry:  reading the embedded store sqlite:///" in out
 
 
 def test_reproduce_brings_back_an_older_version(second_run, project):

@@ -73,6 +73,12 @@ def test_status_lists_every_service_up_and_the_env_file_holds_the_variables(stac
     found = ok(run("bash", "-c", shell, cwd=stack.root, env={"PATH": "/usr/bin:/bin"})).split()
     assert found == [str(BIN / "prefect"), str(BIN / "dvc")], found
     assert httpx.get(f"{stack.env['MLFLOW_TRACKING_URI']}/health").status_code == 200
+    report = ok(tinygpt("status", cwd=stack.root))  # the registry it reads, named
+    assert f"registry:  reading the MLflow server {stack.env['MLFLOW_TRACKING_URI']}" in report
+    off = run(sys.executable, str(ROOT / "cli.py"), "status", cwd=stack.root,
+              env={"TINYGPT_STACK": "off"})
+    assert "registry:  reading the embedded store sqlite:///" in off.stdout, off.stdout
+    assert "a team stack was used here (.stack/) and is not read" in off.stdout
     assert httpx.get(f"{stack.env['PREFECT_API_URL']}/health").status_code == 200
 
     # The S3 remote is DVC's default while the stack is up, in git-ignored files only.
