@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 from gpt.config import DATA_KINDS, WEIGHT_FORMATS, Params, SampleConfig
 from gpt.tokenizer import TOKENIZER_KINDS
+from registry import MLFLOW_UI_PORT
 from stack import apply_env
 from stack.remote import ensure_remote
 from stack.services import WORKER_LIMIT
@@ -51,7 +52,7 @@ ENVIRONMENT = {
 }
 # The data mirror beside the checkout, used when the corpus cannot be downloaded (as `make`).
 MIRROR = Path("..").resolve() / "shared" / "data"
-UI_PORTS = {"mlflow": 5000, "prefect": 4200}
+UI_PORTS = {"mlflow": MLFLOW_UI_PORT, "prefect": 4200}
 BIN = Path(sys.executable).parent  # the venv's tools: mlflow, prefect, dvc, tinygpt
 # Commands that talk to MLflow, Prefect or the DVC remote: with a team stack up
 # (.stack/stack.env, `tinygpt stack up`) they talk to its servers; without one, nothing changes.
@@ -424,14 +425,21 @@ def print_summary(summary: dict) -> None:
     print(f"steps: {steps}")
     if summary["sample"]:
         print(f"sample:\n{summary['sample']}")
-    if summary["tracking_uri"].startswith(("http://", "https://")):  # a server (team stack)
+    from registry import ui_links
+
+    served = summary["tracking_uri"].startswith(("http://", "https://"))  # a team stack
+    ui = summary["tracking_uri"].rstrip("/") if served else f"http://127.0.0.1:{MLFLOW_UI_PORT}"
+    links = ui_links(ui, summary["experiment_id"], summary["run_id"], summary["model"],
+                     summary["version"])
+    if served:
         prefect_ui = os.environ.get("PREFECT_API_URL", "").removesuffix("/api")
-        print(f"open the UIs:\n  MLflow  {summary['tracking_uri']}\n  Prefect {prefect_ui}")
-        return
-    tinygpt = os.path.relpath(BIN / "tinygpt")
-    print("open the UIs:\n"
-          f"  {tinygpt} ui mlflow    # http://127.0.0.1:5000\n"
-          f"  {tinygpt} ui prefect   # http://127.0.0.1:4200")
+        print(f"open the UIs: MLflow {ui}, Prefect {prefect_ui}")
+    else:
+        tinygpt = os.path.relpath(BIN / "tinygpt")
+        print(f"open the UIs: `{tinygpt} ui mlflow` (http://127.0.0.1:{MLFLOW_UI_PORT}), "
+              f"`{tinygpt} ui prefect` (http://127.0.0.1:{UI_PORTS['prefect']})")
+    for what, url in links.items():
+        print(f"  {what:<8}{url}")
 
 
 def cmd_retrain(args: argparse.Namespace) -> None:
@@ -740,6 +748,7 @@ def cmd_env(args: argparse.Namespace) -> None:
 
 def cmd_ui(args: argparse.Namespace) -> None:
     """Replace this process with the tool's UI server, on the project's settings."""
+    from gpt.config import load_params
     from stack.processes import port_open
 
     env = {**os.environ, **project_environment(args.params)}
@@ -758,7 +767,26 @@ def cmd_ui(args: argparse.Namespace) -> None:
     if port_open(int(port)):
         raise OSError(f"port {port} is taken on 127.0.0.1: pick another with --port")
     print(f"{args.tool} UI: http://127.0.0.1:{port}  (Ctrl-C stops it)", flush=True)
+    if args.tool == "mlflow":
+        for what, url in embedded_links(load_params(args.params, args.overrides),
+                                        f"http://127.0.0.1:{port}").items():
+            print(f"  {what:<8}{url}", flush=True)
     os.execve(command[0], command, env)
+
+
+def embedded_links(params: Params, ui: str) -> dict[str, str]:
+    """The runs table, and the champion's version and run, in an embedded store's UI at ui
+    (read from its SQLite file directly: the server is not up yet)."""
+    from registry import embedded_uri, sqlite_experiment_id, sqlite_registry, ui_links
+
+    uri = embedded_uri(params)
+    experiment = sqlite_experiment_id(uri, params.registry.experiment)
+    if experiment is None:
+        return {}
+    versions, aliases = sqlite_registry(uri, params.model_name) or ({}, {})
+    champion = aliases.get(params.registry.champion_alias)
+    run_id = versions.get(champion, {}).get("run_id") if champion else None
+    return ui_links(ui, experiment, run_id, params.model_name, champion)
 
 
 def cmd_stack(args: argparse.Namespace) -> int | None:

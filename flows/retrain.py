@@ -314,7 +314,7 @@ def run_steps(params: Params, overrides: list[str], source: str | None, force_pr
         "train_seconds": trained["train_seconds"], "base_version": trained["base_version"],
         "sample": trained["sample"], "seconds": step.seconds, "cached": step.from_cache,
         "dvc_lock_digest": versioned["dvc_lock_digest"], "drift": drifted["figures"],
-        "tracking_uri": tracking_uri(params),
+        "tracking_uri": tracking_uri(params), "experiment_id": experiment_id,
         "project": str(Path.cwd()),
     }
     finish(params, run_id, summary)

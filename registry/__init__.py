@@ -182,8 +182,10 @@ def model_version(mlflow_client, name: str, ref: str):
         raise ValueError(f"{name} has no version {ref}; {known}") from None
 
 
-def sqlite_registry(uri: str, name: str) -> tuple[dict[int, dict[str, str]], set[str]] | None:
-    """(each version of model `name` with its tags, its aliases) in a local SQLite store, read
+def sqlite_registry(uri: str, name: str
+                    ) -> tuple[dict[int, dict[str, str]], dict[str, int]] | None:
+    """(each version of model `name` with its tags, its aliases' versions) in a local SQLite
+    store, read
     directly: no MLflow import, milliseconds. None where uri is not a SQLite store MLflow made;
     a store not made yet holds nothing."""
     import sqlite3
@@ -192,7 +194,7 @@ def sqlite_registry(uri: str, name: str) -> tuple[dict[int, dict[str, str]], set
     if not uri.startswith("sqlite:///"):
         return None
     if not database.is_file():
-        return {}, set()
+        return {}, {}
     try:
         with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
             versions: dict[int, dict[str, str]] = {int(v): {} for (v,) in connection.execute(
@@ -200,11 +202,48 @@ def sqlite_registry(uri: str, name: str) -> tuple[dict[int, dict[str, str]], set
             for version, key, value in connection.execute(
                     "SELECT version, key, value FROM model_version_tags WHERE name = ?", (name,)):
                 versions.setdefault(int(version), {})[key] = value
-            aliases = {a for (a,) in connection.execute(
-                "SELECT alias FROM registered_model_aliases WHERE name = ?", (name,))}
+            aliases = {a: int(v) for a, v in connection.execute(
+                "SELECT alias, version FROM registered_model_aliases WHERE name = ?", (name,))}
     except sqlite3.Error:  # not MLflow's schema (yet)
         return None
     return versions, aliases
+
+
+def sqlite_experiment_id(uri: str, experiment: str) -> str | None:
+    """The id of an experiment in a local SQLite store, read directly; None if unknown."""
+    import sqlite3
+
+    database = Path(uri.removeprefix("sqlite:///"))
+    if not uri.startswith("sqlite:///") or not database.is_file():
+        return None
+    try:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
+            found = connection.execute("SELECT experiment_id FROM experiments WHERE name = ?",
+                                       (experiment,)).fetchone()
+    except sqlite3.Error:
+        return None
+    return str(found[0]) if found else None
+
+
+MLFLOW_UI_PORT = 5000  # `tinygpt ui mlflow`'s, for an embedded store
+
+
+def ui_base(params: Params) -> str:
+    """Where MLflow's UI for this store is: the server's address, or `tinygpt ui mlflow`'s."""
+    uri = tracking_uri(params)
+    return uri.rstrip("/") if uri.startswith("http") else f"http://127.0.0.1:{MLFLOW_UI_PORT}"
+
+
+def ui_links(ui: str, experiment_id: str, run_id: str | None = None, name: str | None = None,
+             version: str | int | None = None) -> dict[str, str]:
+    """Direct links into MLflow's UI: the experiment's runs table (MLflow 3 opens an
+    experiment on its GenAI overview otherwise), a run, a model version."""
+    links = {"runs": f"{ui}/#/experiments/{experiment_id}/runs"}
+    if run_id:
+        links["run"] = f"{ui}/#/experiments/{experiment_id}/runs/{run_id}"
+    if name and version:
+        links["version"] = f"{ui}/#/models/{name}/versions/{version}"
+    return links
 
 
 def check_version_exists(params: Params, ref: str) -> None:

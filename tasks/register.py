@@ -67,8 +67,9 @@ def register(params: Params, run_id: str, metrics: dict[str, Any], dvc_lock_dige
     name, version, all_tags = registered["name"], registered["version"], registered["tags"]
     try:  # the version stands with its tags: a retry here would register a second one
         mlflow_client = client(params)
-        mlflow_client.update_model_version(name, version,
-                                           description(params, all_tags, manifest))
+        card = f"get-artifact?path={CARD_FILE}&run_uuid={run_id}"  # relative to the UI's root
+        mlflow_client.update_model_version(
+            name, version, f"{description(params, all_tags, manifest)} ([model card]({card}))")
         mlflow_client.log_text(run_id, model_card(params, name, version, all_tags, manifest,
                                                   metrics, sample), CARD_FILE)
     except Exception as err:

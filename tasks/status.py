@@ -21,6 +21,8 @@ from registry import (
     sqlite_registry,
     store_name,
     tracking_uri,
+    ui_base,
+    ui_links,
 )
 from tasks.version import LOCK_FILE, VersioningError, dvc
 
@@ -78,13 +80,27 @@ def workspace_line(params: Params, mlflow_client, champion, stack_dir: Path) -> 
 def elsewhere(params: Params, digest: str, stack_dir: Path) -> str:
     """Where a dvc.lock the store read does not know may be registered instead."""
     if tracking_uri(params).startswith("http"):
-        versions, _ = sqlite_registry(embedded_uri(params), params.model_name) or ({}, set())
+        versions, _ = sqlite_registry(embedded_uri(params), params.model_name) or ({}, {})
         embedded = [v for v, tags in versions.items() if tags.get("dvc_lock_digest") == digest]
         if embedded:
             return f"it is version {max(embedded)} of the embedded store"
     elif stack_dir.is_dir():
         return "it may be registered in the team stack's registry (`tinygpt stack up`)"
     return "a run that did not register"
+
+
+def links_lines(params: Params, mlflow_client, champion) -> list[str]:
+    """Links to the runs table, the champion's version and its run in MLflow's UI."""
+    experiment = mlflow_client.get_experiment_by_name(params.registry.experiment)
+    if experiment is None:
+        return ["no experiment yet"]
+    links = ui_links(ui_base(params), experiment.experiment_id,
+                     champion.run_id if champion else None, params.model_name,
+                     champion.version if champion else None)
+    lines = [f"{what:<8}{url}" for what, url in links.items()]
+    if not tracking_uri(params).startswith("http"):
+        lines[0] += "  (once `tinygpt ui mlflow` runs)"
+    return lines
 
 
 def dvc_line() -> str:
@@ -153,6 +169,7 @@ def status_report(params: Params, pool: str, stack_dir: Path) -> dict[str, list[
     champion = alias_version(mlflow_client, params.model_name, params.registry.champion_alias)
     return {"registry": registry_lines(params, stack_dir),
             "champion": [champion_line(params, champion)],
+            "open": links_lines(params, mlflow_client, champion),
             "workspace": [workspace_line(params, mlflow_client, champion, stack_dir)],
             "dvc": [dvc_line()],
             "last runs": runs_lines(params, mlflow_client),

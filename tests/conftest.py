@@ -24,13 +24,15 @@ from gpt.model import GPT, GPTConfig
 from gpt.tokenizer import BPETokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE_FOLDERS = ("gpt", "registry", "tasks", "flows", "serve", "recipes")
+CODE_FOLDERS = ("gpt", "registry", "tasks", "flows", "serve", "stack", "recipes")
 
 
 def copy_code(root: Path) -> None:
-    """The project's code into a scratch project, where dvc.yaml's stages find it."""
+    """The project's code into a scratch project, where dvc.yaml's stages (and a worker's
+    clone of it, which runs `python cli.py pull`) find it."""
     for folder in CODE_FOLDERS:
         shutil.copytree(ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "cli.py", root / "cli.py")
 
 
 def corpus_path() -> Path:

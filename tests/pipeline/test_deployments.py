@@ -53,6 +53,6 @@ def test_prefect_yaml_deploys_nightly_and_on_demand(tmp_path):
             clone = dict(steps)["prefect.deployments.steps.git_clone"]
             assert clone["commit_sha"] == head
             assert clone["repository"] == str(ROOT)
-            assert steps[-1][1]["script"] == "python -m cli pull"
+            assert steps[-1][1]["script"].startswith("python cli.py pull")
     finally:
         server.stop()

@@ -258,3 +258,37 @@ def test_nonsense_parameters_stop_the_run_and_change_nothing(overrides, message,
     with pytest.raises(ValueError, match=message):
         retrain(overrides=overrides)
     assert_nothing_changed(state_before_bad_runs, project)
+
+
+def test_the_summary_and_the_ui_link_the_run_the_runs_table_and_the_version(first_run,
+                                                                           project, capsys):
+    """The links a run prints, and those `tinygpt ui mlflow` prints, lead into a real MLflow
+    UI; the version's description links its model card, which that UI serves."""
+    import os
+    import sys
+
+    import httpx
+
+    from cli import print_summary
+    from tests.serve.conftest import Process, free_port, wait_for
+
+    print_summary(first_run)
+    printed = capsys.readouterr().out
+    experiment, run_id = first_run["experiment_id"], first_run["run_id"]
+    for link in (f"/#/experiments/{experiment}/runs", f"/#/experiments/{experiment}/runs/{run_id}",
+                 "/#/models/tinygpt/versions/1"):
+        assert f"http://127.0.0.1:5000{link}\n" in printed, printed
+    card = f"get-artifact?path=model_card.md&run_uuid={run_id}"
+    assert f"([model card]({card}))" in registry().get_model_version("tinygpt", "1").description
+    port = free_port()
+    ui = Process([str(Path(sys.executable).with_name("tinygpt")), "ui", "mlflow", "--port",
+                  str(port)], dict(os.environ), project, project / "ui.log")
+    try:
+        wait_for(f"http://127.0.0.1:{port}/health", timeout=120)
+        shown = (project / "ui.log").read_text()
+        assert f"run     http://127.0.0.1:{port}/#/experiments/{experiment}/runs/" in shown
+        assert f"version http://127.0.0.1:{port}/#/models/tinygpt/versions/1" in shown
+        served = httpx.get(f"http://127.0.0.1:{port}/{card}", timeout=30)
+        assert served.status_code == 200 and served.text.startswith("# tinygpt version 1")
+    finally:
+        ui.stop()
