@@ -15,7 +15,6 @@ from typing import Any, NoReturn
 
 from gpt.config import DATA_KINDS, WEIGHT_FORMATS, Params, SampleConfig
 from gpt.tokenizer import TOKENIZER_KINDS
-from registry import MLFLOW_UI_PORT
 from stack import apply_env
 from stack.remote import ensure_remote
 from stack.services import WORKER_LIMIT
@@ -52,7 +51,7 @@ ENVIRONMENT = {
 }
 # The data mirror beside the checkout, used when the corpus cannot be downloaded (as `make`).
 MIRROR = Path("..").resolve() / "shared" / "data"
-UI_PORTS = {"mlflow": MLFLOW_UI_PORT, "prefect": 4200}
+PREFECT_UI_PORT = 4200  # `tinygpt ui prefect`'s (MLflow's is registry.MLFLOW_UI_PORT)
 BIN = Path(sys.executable).parent  # the venv's tools: mlflow, prefect, dvc, tinygpt
 # Commands that talk to MLflow, Prefect or the DVC remote: with a team stack up
 # (.stack/stack.env, `tinygpt stack up`) they talk to its servers; without one, nothing changes.
@@ -286,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Runs `mlflow ui` or `prefect server start` in the foreground with the "
                     "project's settings, so it shows this checkout's runs; when the checkout "
                     "uses a server (a team stack), prints its address instead.")
-    ui.add_argument("tool", choices=UI_PORTS, help="which UI")
+    ui.add_argument("tool", choices=("mlflow", "prefect"), help="which UI")
     ui.add_argument("--port", type=int, help="port on 127.0.0.1 (mlflow 5000, prefect 4200)")
     _add_params_options(ui)
     _add_examples(commands)
@@ -425,7 +424,7 @@ def print_summary(summary: dict) -> None:
     print(f"steps: {steps}")
     if summary["sample"]:
         print(f"sample:\n{summary['sample']}")
-    from registry import ui_links
+    from registry import MLFLOW_UI_PORT, ui_links
 
     served = summary["tracking_uri"].startswith(("http://", "https://"))  # a team stack
     ui = summary["tracking_uri"].rstrip("/") if served else f"http://127.0.0.1:{MLFLOW_UI_PORT}"
@@ -437,7 +436,7 @@ def print_summary(summary: dict) -> None:
     else:
         tinygpt = os.path.relpath(BIN / "tinygpt")
         print(f"open the UIs: `{tinygpt} ui mlflow` (http://127.0.0.1:{MLFLOW_UI_PORT}), "
-              f"`{tinygpt} ui prefect` (http://127.0.0.1:{UI_PORTS['prefect']})")
+              f"`{tinygpt} ui prefect` (http://127.0.0.1:{PREFECT_UI_PORT})")
     for what, url in links.items():
         print(f"  {what:<8}{url}")
 
@@ -749,10 +748,11 @@ def cmd_env(args: argparse.Namespace) -> None:
 def cmd_ui(args: argparse.Namespace) -> None:
     """Replace this process with the tool's UI server, on the project's settings."""
     from gpt.config import load_params
+    from registry import MLFLOW_UI_PORT
     from stack.processes import port_open
 
     env = {**os.environ, **project_environment(args.params)}
-    port = str(args.port or UI_PORTS[args.tool])
+    port = str(args.port or {"mlflow": MLFLOW_UI_PORT, "prefect": PREFECT_UI_PORT}[args.tool])
     stack_url = {"mlflow": env.get("MLFLOW_TRACKING_URI", ""),
                  "prefect": env.get("PREFECT_API_URL", "").removesuffix("/api")}[args.tool]
     if stack_url.startswith("http"):

@@ -361,3 +361,12 @@ def test_status_says_where_a_version_lives_when_the_other_store_holds_it(tmp_pat
         "a team stack was used here (" + str(stack_dir) + "/) and is not read (it is down, or "
         "TINYGPT_STACK=off): `tinygpt stack up` reads its registry"]
     assert "team stack's registry" in elsewhere(params, "another digest", stack_dir)
+
+
+def test_the_command_line_imports_the_registry_only_after_the_stacks_variables_are_set():
+    """registry reads MLFLOW_TRACKING_URI when imported: imported with cli, it would miss the
+    stack's, which main() sets from .stack/stack.env, and read the embedded store."""
+    code = "import sys, cli; print('registry' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, check=True).stdout
+    assert out.strip() == "False"
