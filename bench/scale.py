@@ -7,7 +7,7 @@ included), sampled every 50 ms. Training is capped by steps, so its figure is th
 reading the shards, not of learning.
 
     python bench/scale.py --sizes 10 100 1000            # MB; one file and a folder each
-    python bench/scale.py --sizes 100 --encode-speedup   # encoding: a worker per core vs 1 process
+    python bench/scale.py --sizes 100 --encode-speedup [--repeats 5]  # a worker per core vs 1
     python bench/scale.py --bad-input                    # 1 GB of junk, a 200 MB line, ...
     python bench/scale.py --stops --sizes 100            # Ctrl-C inside each step of a run
 
@@ -253,6 +253,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/tinygpt-scale"))
     parser.add_argument("--encode-speedup", action="store_true",
                         help="also time encoding the largest corpus in one process")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="--encode-speedup: runs of each, alternated (the median counts)")
     parser.add_argument("--bad-input", action="store_true",
                         help="only ingest bad inputs at scale, each refused with one line")
     parser.add_argument("--stops", action="store_true",
@@ -290,7 +292,7 @@ def main() -> None:
                 print(f"{layout}: {step} seconds per MB at {big:g} MB / at {previous:g} MB: "
                       f"{ratio:.2f}x")
     if args.encode_speedup:
-        encode_speedup(args.work, max(args.sizes))
+        encode_speedup(args.work, max(args.sizes), args.repeats)
 
 if __name__ == "__main__":
     main()
