@@ -169,12 +169,14 @@ RUN_FILE, PARAMS_FILE, RESULT_FILE = "run.json", "params.json", "result.json"
 
 
 def fingerprint(params: Params) -> dict[str, Any]:
-    """What makes two runs train the same weights: data, tokenizer and every setting."""
+    """What makes two runs train the same weights: data, tokenizer, how windows are drawn from
+    it, and every model and training setting (dvc.yaml's train stage reads the same)."""
     manifest = read_json(params.path("tokens") / MANIFEST)
     values = params.to_dict()
     return {"kind": params.kind, "data": manifest["data_digest"],
             "tokenizer": manifest["tokenizer_digest"], "model": values["model"],
-            "train": values["train"], "init": params.sft.init if params.kind == "sft" else None}
+            "train": values["train"], "init": params.sft.init if params.kind == "sft" else None,
+            "windows": [params.data.windows, params.data.stride]}
 
 
 def prepare_staging(params: Params, staging: Path, fresh: bool) -> bool:
