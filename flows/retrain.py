@@ -63,7 +63,7 @@ from tasks.promote import promote
 from tasks.register import register
 from tasks.train import train
 from tasks.validate import STATIC_REPORT, validate
-from tasks.version import LOCK_FILE, restore_outputs, snapshot, version
+from tasks.version import METRICS_ARTIFACT, restore_outputs, snapshot, version
 from tasks.workspace import completion_hooks
 
 log = logging.getLogger("tinygpt.flow")
@@ -340,7 +340,8 @@ def all_steps(params: Params, step: StepTimer, run_id: str, overrides: list[str]
     trained = step("train", train_task, params, run_id, fresh)
     metrics = step("evaluate", evaluate_task, params, run_id)
     versioned = step("version", version_task, params, overrides, params_file)
-    mlflow_client.log_artifact(run_id, LOCK_FILE)
+    mlflow_client.log_artifact(run_id, versioned["dvc_lock"])  # as dvc.lock, either kind
+    mlflow_client.log_artifacts(run_id, str(params.path("metrics")), METRICS_ARTIFACT)
     preflight(params)
     registered = step("register", register_task, params, run_id, metrics,
                       versioned["dvc_lock_digest"], trained["base_version"], overrides,

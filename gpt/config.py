@@ -340,9 +340,9 @@ class SFTConfig:
         "max_steps": 3000, "batch_size": 64, "learning_rate": 2e-3, "min_lr": 1e-4,
         "warmup_steps": 50, "eval_interval": 250, "log_interval": 50})
     paths: dict[str, Any] = field(default_factory=lambda: {
-        **{name: f"data/sft/{name}" for name in ("raw", "validated", "tokenizer", "tokens",
+        **{name: f"sft/data/{name}" for name in ("raw", "validated", "tokenizer", "tokens",
                                                  "model")},
-        "metrics": "metrics/sft", "reports": "reports/sft"})
+        "metrics": "sft/metrics", "reports": "reports/sft"})
 
     def __post_init__(self) -> None:
         _positive_ints("sft", self, ["records", "max_new_tokens"])

@@ -36,10 +36,15 @@ class Kind:
     tag: str                 # the `kind` tag of its registered versions
     validated_file: str
     stage_prefix: str        # DVC stage names: "" -> ingest, ...; "sft-" -> sft-ingest, ...
+    dvc_project: str         # the folder of the DVC project holding those stages
     mode: str                # the pyfunc's mode: "text" continues, "completion" answers
     metric: str              # the registry tag promotion compares
     higher_is_better: bool
     data_tag: str            # the tag naming the data that metric was measured on
+
+    @property
+    def dvc_lock(self) -> Path:
+        return Path(self.dvc_project) / "dvc.lock"
 
     @property
     def stages(self) -> list[str]:
@@ -52,10 +57,10 @@ class Kind:
 DVC_STEPS = ("ingest", "validate", "tokenize", "encode", "train", "evaluate")
 KINDS = {
     "text": Kind(name="text", tag="pretrain", validated_file=CORPUS_FILE,
-                 stage_prefix="", mode="text", metric="val_bits_per_byte",
+                 stage_prefix="", dvc_project=".", mode="text", metric="val_bits_per_byte",
                  higher_is_better=False, data_tag="val_text_digest"),
     "sft": Kind(name="sft", tag="sft", validated_file=PAIRS_FILE,
-                stage_prefix="sft-", mode="completion", metric="exact_match",
+                stage_prefix="sft-", dvc_project="sft", mode="completion", metric="exact_match",
                 higher_is_better=True, data_tag="test_digest"),
 }
 

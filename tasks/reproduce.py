@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from gpt.config import Params, load_params, with_paths
-from gpt.files import sha256_file, sha256_json
+from gpt.files import atomic_file, sha256_file, sha256_json
 from registry import client, download_checkpoint, model_version
-from tasks.common import BEST
-from tasks.version import LOCK_FILE, VersioningError, dvc, locked_stages
+from tasks.common import BEST, kind_of
+from tasks.version import LOCK_FILE, METRICS_ARTIFACT, VersioningError, dvc, locked_stages
 
 WEIGHTS = "model.safetensors"
 
@@ -43,6 +43,22 @@ def check_restored(params: Params, checkpoint: Path) -> list[tuple[str, str]]:
     return restored
 
 
+def restore_metrics(params: Params, run_id: str, scratch: Path) -> None:
+    """The metrics files the version's run recorded with its dvc.lock (they are in git, not
+    in DVC's cache, so `dvc pull` cannot bring them back); a run older than that kept none."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        kept = Path(mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=METRICS_ARTIFACT, dst_path=str(scratch)))
+    except (MlflowException, OSError):
+        return
+    for source in kept.iterdir():
+        with atomic_file(params.path("metrics") / source.name) as tmp:
+            shutil.copyfile(source, tmp)
+
+
 def reproduce(params: Params, version: str) -> dict[str, Any]:
     """Restore the outputs of `version` (a number or an alias) and check them."""
     import mlflow
@@ -59,8 +75,10 @@ def reproduce(params: Params, version: str) -> dict[str, Any]:
             run_id=found.run_id, artifact_path=LOCK_FILE, dst_path=scratch)
         if sha256_file(lock) != expected:
             raise VersioningError(f"the stored {LOCK_FILE} does not match the version's digest")
-        shutil.copyfile(lock, LOCK_FILE)
-        dvc("pull", "--force", "--quiet", *locked_stages())
+        kind = kind_of(params)
+        shutil.copyfile(lock, kind.dvc_lock)
+        dvc("pull", "--force", "--quiet", *locked_stages(kind), project=kind.dvc_project)
+        restore_metrics(params, found.run_id, Path(scratch) / "metrics")
         files = check_restored(params, download_checkpoint(params, name, version,
                                                            Path(scratch) / "registered"))
     return {"version": version, "dvc_lock_digest": expected, "files": files,

@@ -17,13 +17,14 @@ from typing import Any
 
 from gpt.config import Params
 from gpt.files import atomic_directory, atomic_file, replace_directory, sha256_file
-from tasks.common import kind_of
+from tasks.common import Kind, kind_of
 
-LOCK_FILE = "dvc.lock"
+LOCK_FILE = "dvc.lock"  # the pretraining project's; the fine-tuning one's is sft/dvc.lock
 # Tracked by git and rewritten by every run: a version's commit tag ignores them, and each
 # version keeps its own dvc.lock in its MLflow run.
-RUN_OWNED = (LOCK_FILE, "metrics")
+RUN_OWNED = (LOCK_FILE, "metrics", "sft/dvc.lock")
 SNAPSHOT_DIR = Path(".tinygpt") / "snapshot"  # what a failed run puts back
+METRICS_ARTIFACT = "metrics"  # a run's metrics files, kept with its dvc.lock for reproduce
 
 
 class VersioningError(RuntimeError):
@@ -35,31 +36,31 @@ def dvc_executable() -> str:
     return str(beside) if beside.exists() else (shutil.which("dvc") or "dvc")
 
 
-def dvc(*args: str) -> str:
-    """Run a dvc command; its own error lines in the exception when it fails."""
-    result = subprocess.run([dvc_executable(), *args], capture_output=True, text=True)
+def dvc(*args: str, project: str = ".") -> str:
+    """Run a dvc command in a DVC project (this one, or the fine-tuning one in sft/); its own
+    error lines in the exception when it fails."""
+    result = subprocess.run([dvc_executable(), *args], capture_output=True, text=True,
+                            cwd=project)
     if result.returncode != 0:
         output = " ".join((result.stderr + result.stdout).split())
         if not output:  # --quiet hides the reason: ask once more, verbosely
             shown = [a for a in args if a != "--quiet"]
-            again = subprocess.run([dvc_executable(), *shown], capture_output=True, text=True)
+            again = subprocess.run([dvc_executable(), *shown], capture_output=True, text=True,
+                                   cwd=project)
             output = " ".join((again.stderr + again.stdout).split()) or "no output"
         raise VersioningError(f"dvc {' '.join(args)} failed: {output}")
     return result.stdout
 
 
-def locked_stages(params: Params | None = None) -> list[str]:
-    """The stages dvc.lock has an entry for: all of them, or the run kind's.
-
-    dvc.yaml holds every kind's stages, and a kind never run has no entry, so commands that
-    restore outputs (checkout, pull) name the stages the lock knows."""
+def locked_stages(kind: Kind) -> list[str]:
+    """The kind's stages its project's dvc.lock has an entry for: commands that restore
+    outputs (checkout, pull) name those, as a stage never run has no entry."""
     import yaml
 
-    if not Path(LOCK_FILE).is_file():
+    if not kind.dvc_lock.is_file():
         return []
-    locked = (yaml.safe_load(Path(LOCK_FILE).read_text(encoding="utf-8")) or {}).get("stages")
-    wanted = kind_of(params).stages if params is not None else list(locked or {})
-    return [stage for stage in wanted if stage in (locked or {})]
+    locked = yaml.safe_load(kind.dvc_lock.read_text(encoding="utf-8")) or {}
+    return [stage for stage in kind.stages if stage in (locked.get("stages") or {})]
 
 
 # The step folders a run rewrites, kept by the snapshot (params.paths names).
@@ -76,12 +77,13 @@ def _link_or_copy(source: str, target: str) -> None:
 
 
 def snapshot(params: Params) -> Path:
-    """Keep dvc.lock, the metrics folder and the kind's step folders as they are before a run
-    writes anything."""
+    """Keep the kind's dvc.lock, its metrics folder and its step folders as they are before a
+    run writes anything."""
+    lock = kind_of(params).dvc_lock
 
     def fill(folder: Path) -> None:
-        if Path(LOCK_FILE).is_file():
-            shutil.copy2(LOCK_FILE, folder / LOCK_FILE)
+        if lock.is_file():
+            shutil.copy2(lock, folder / LOCK_FILE)
         for name in ("metrics", *OUTPUTS):
             if params.path(name).is_dir():
                 shutil.copytree(params.path(name), folder / name, copy_function=_link_or_copy)
@@ -97,7 +99,7 @@ def restore_outputs(params: Params) -> str:
         return "nothing to put back (no snapshot was taken)"
     kept = SNAPSHOT_DIR / LOCK_FILE
     if kept.is_file():
-        with atomic_file(LOCK_FILE) as tmp:
+        with atomic_file(kind_of(params).dvc_lock) as tmp:
             shutil.copy2(kept, tmp)
     for name in ("metrics", *OUTPUTS):
         path, kept = params.path(name), SNAPSHOT_DIR / name
@@ -115,17 +117,18 @@ def version(params: Params, overrides: list[str] | None = None,
             params_file: str | None = None) -> dict[str, Any]:
     """dvc commit + dvc push of the run kind's stages, the lock holding the parameters the
     run used; the digest of the resulting dvc.lock."""
-    if not Path(".dvc").is_dir():
-        raise VersioningError("not a DVC project (no .dvc folder here); run `dvc init`")
-    stages = kind_of(params).stages
-    dvc("commit", "--force", "--quiet", *stages)
-    record_run_params(stages, overrides or [], params_file)
-    dvc("push", "--quiet", *stages)
-    return {"dvc_lock": LOCK_FILE, "dvc_lock_digest": sha256_file(LOCK_FILE)}
+    kind = kind_of(params)
+    if not (Path(kind.dvc_project) / ".dvc").is_dir():
+        raise VersioningError(f"not a DVC project (no .dvc folder in {kind.dvc_project}); "
+                              f"run `dvc init`" + (" --subdir there" if kind.dvc_project != "."
+                                                   else ""))
+    dvc("commit", "--force", "--quiet", *kind.stages, project=kind.dvc_project)
+    record_run_params(kind, overrides or [], params_file)
+    dvc("push", "--quiet", *kind.stages, project=kind.dvc_project)
+    return {"dvc_lock": str(kind.dvc_lock), "dvc_lock_digest": sha256_file(kind.dvc_lock)}
 
 
-def record_run_params(stages: list[str], overrides: list[str],
-                      params_file: str | None = None) -> None:
+def record_run_params(kind: Kind, overrides: list[str], params_file: str | None = None) -> None:
     """`dvc commit` writes params.yaml's values into dvc.lock; write the values the run used
     (params.yaml with its --set overrides) instead. `dvc status` then says `modified` when
     params.yaml would not produce what the workspace holds, and `dvc repro` rebuilds it."""
@@ -136,13 +139,13 @@ def record_run_params(stages: list[str], overrides: list[str],
     if not overrides:
         return
     used = apply_overrides(read_params_file(params_file), overrides)
-    lock = yaml.safe_load(Path(LOCK_FILE).read_text(encoding="utf-8"))
-    for stage in stages:
+    lock = yaml.safe_load(kind.dvc_lock.read_text(encoding="utf-8"))
+    for stage in kind.stages:
         for values in lock["stages"].get(stage, {}).get("params", {}).values():
             for key in values:
                 node: Any = used
                 for part in key.split("."):
                     node = node.get(part) if isinstance(node, dict) else None
                 values[key] = node
-    with atomic_file(LOCK_FILE) as tmp:
+    with atomic_file(kind.dvc_lock) as tmp:
         tmp.write_text(yaml.safe_dump(lock, sort_keys=False), encoding="utf-8")

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tasks.common import KINDS
 from tasks.lock import LOCK_FILE
 from tasks.version import dvc, locked_stages
 
@@ -55,12 +56,15 @@ def completion_hooks() -> list[Any]:
 
 
 def pull() -> list[str]:
-    """What this checkout's dvc.lock records, from the default DVC remote (the stack's when
-    one is up); outputs the remote does not hold are left out. The stages pulled."""
-    stages = locked_stages()
-    if stages:
-        dvc("pull", "--allow-missing", "--quiet", *stages)
-    return stages
+    """What this checkout's dvc.lock files record (pretraining's, and sft/'s), from the
+    default DVC remote (the stack's when one is up); outputs the remote does not hold are
+    left out. The stages pulled."""
+    pulled = []
+    for kind in KINDS.values():
+        if stages := locked_stages(kind):
+            dvc("pull", "--allow-missing", "--quiet", *stages, project=kind.dvc_project)
+            pulled += stages
+    return pulled
 
 
 def _in_use(folder: Path) -> bool:

@@ -25,6 +25,8 @@ from gpt.tokenizer import BPETokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE_FOLDERS = ("gpt", "registry", "tasks", "flows", "serve", "stack", "recipes")
+# The fine-tuning DVC project's own files (its outputs stay behind).
+SFT_PROJECT = ("sft/dvc.yaml", "sft/.dvcignore", "sft/.dvc/config", "sft/.dvc/.gitignore")
 
 
 def copy_code(root: Path) -> None:
@@ -32,7 +34,9 @@ def copy_code(root: Path) -> None:
     clone of it, which runs `python cli.py pull`) find it."""
     for folder in CODE_FOLDERS:
         shutil.copytree(ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "cli.py", root / "cli.py")
+    for name in ("cli.py", *SFT_PROJECT):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, root / name)
 
 
 def corpus_path() -> Path:

@@ -110,7 +110,7 @@ def test_the_sft_kind_lays_its_sections_over_the_shared_ones():
     params = load_params(ROOT / "params.yaml", ["data.kind=sft", "sft.model.n_layer=2"])
     assert params.model.n_layer == 2 and params.model.n_embd == 128
     assert params.tokenizer.kind == "char" and params.train.max_steps == 3000
-    assert params.paths.tokens == "data/sft/tokens" and params.model_name == "tinygpt-sft"
+    assert params.paths.tokens == "sft/data/tokens" and params.model_name == "tinygpt-sft"
     text = load_params(ROOT / "params.yaml")
     assert text.model.n_layer == 4 and text.paths.tokens == "data/tokens"
 

@@ -68,7 +68,9 @@ def make_project(root: Path, corpus_text: str) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh("git", "init", "-q", cwd=root)
     dvc("init", "-q", cwd=root)
-    dvc("remote", "add", "-d", "local", str(root.parent / f"{root.name}-remote"), cwd=root)
+    for project in (root, root / "sft"):  # pretraining's DVC project, and fine-tuning's
+        dvc("remote", "add", "-d", "--force", "local", str(root.parent / f"{root.name}-remote"),
+            cwd=project)
     sh("git", "add", "-A", cwd=root)
     sh("git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "init",
        cwd=root)

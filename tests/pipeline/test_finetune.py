@@ -22,8 +22,8 @@ SMALL = ["data.kind=sft", "sft.records=600", "sft.train.max_steps=40",
          "sft.train.eval_interval=20", "sft.train.batch_size=16", "sft.model.n_layer=1",
          "sft.model.n_embd=32", "sft.model.n_head=2", "sft.max_new_tokens=8"]
 STAGES = KINDS["sft"].stages
-OUTPUTS = ("data/sft/raw", "data/sft/validated", "data/sft/tokenizer", "data/sft/tokens",
-           "data/sft/model")
+OUTPUTS = ("sft/data/raw", "sft/data/validated", "sft/data/tokenizer", "sft/data/tokens",
+           "sft/data/model")
 
 
 def registry():
@@ -68,23 +68,25 @@ def test_the_registered_fine_tuned_pyfunc_answers_in_completion_mode(from_scratc
     from gpt.sft import complete
     from gpt.tokenizer import load_tokenizer
 
-    prompt = pd.read_parquet(project / "data/sft/tokens/test.parquet")["prompt"].iloc[0]
+    prompt = pd.read_parquet(project / "sft/data/tokens/test.parquet")["prompt"].iloc[0]
     pyfunc = mlflow.pyfunc.load_model("models:/tinygpt-sft@champion")
     answer = pyfunc.predict(pd.DataFrame({"prompt": [prompt]}),
                             params={"max_new_tokens": 8, "temperature": 0.0})["completion"][0]
-    best = project / "data/sft/model/best"
+    best = project / "sft/data/model/best"
     assert answer == complete(load_model(best), load_tokenizer(best), prompt, 8)
 
 
 def test_finetune_outputs_are_versioned_by_its_dvc_stages(from_scratch, project):
-    lock = (project / "dvc.lock").read_text()
+    """In the fine-tuning DVC project, sft/; the pretraining one's status never shows them."""
+    lock = (project / "sft" / "dvc.lock").read_text()
     for stage in STAGES:
         assert f"  {stage}:" in lock, stage
     # Outputs committed; the lock holds the values SMALL set, so those differ from params.yaml
-    assert dvc_changes(*STAGES, cwd=project) == {
+    assert dvc_changes(*STAGES, cwd=project / "sft") == {
         "outs": set(), "deps": set(),
         "params": {"sft.records", "sft.train", "sft.model", "sft.max_new_tokens"}}
-    assert "in sync" in dvc("status", "--cloud", *STAGES, cwd=project)
+    assert "in sync" in dvc("status", "--cloud", *STAGES, cwd=project / "sft")
+    assert not any(stage in dvc("status", cwd=project) for stage in STAGES)
     version = registry().get_model_version("tinygpt-sft", from_scratch["version"])
     assert version.tags["dvc_lock_digest"] == from_scratch["dvc_lock_digest"]
 
@@ -105,8 +107,8 @@ def test_a_failed_finetune_puts_its_outputs_back_and_registers_nothing(rerun, pr
         retrain(overrides=[*SMALL, f"sft.dataset={bad}"])
     assert output_digests() == before
     assert len(registry().search_model_versions("name='tinygpt-sft'")) == versions
-    assert dvc_changes(*STAGES, cwd=project)["outs"] == set()
-    assert Path("data/sft/raw/pairs.jsonl").read_text() != bad.read_text()
+    assert dvc_changes(*STAGES, cwd=project / "sft")["outs"] == set()
+    assert Path("sft/data/raw/pairs.jsonl").read_text() != bad.read_text()
 
 
 def test_finetune_from_the_pretrained_champion_reuses_its_tokenizer(rerun, project):
@@ -116,8 +118,8 @@ def test_finetune_from_the_pretrained_champion_reuses_its_tokenizer(rerun, proje
     tags = registry().get_model_version("tinygpt-sft", tuned["version"]).tags
     assert tags["base_version"] == "1"
     assert "parses_as_python" in tuned["metrics"]
-    vocab = json.loads((project / "data/sft/tokenizer/special_tokens.json").read_text())
+    vocab = json.loads((project / "sft/data/tokenizer/special_tokens.json").read_text())
     assert set(vocab) == {"<|endoftext|>", "<|prompt|>", "<|completion|>", "<|pad|>"}
     base_vocab = json.loads((project / "data/tokenizer/vocab.json").read_text())
-    assert json.loads((project / "data/sft/tokenizer/vocab.json").read_text()).keys() >= \
+    assert json.loads((project / "sft/data/tokenizer/vocab.json").read_text()).keys() >= \
         base_vocab.keys() - vocab.keys()

@@ -25,7 +25,7 @@ from tasks.reproduce import reproduce
 from tests.pipeline.conftest import dvc, dvc_changes
 
 OUTPUTS = ("data/raw", "data/validated", "data/tokenizer", "data/tokens", "data/model")
-STAGES = KINDS["text"].stages  # dvc.yaml also holds the fine-tuning stages, not run here
+STAGES = KINDS["text"].stages
 
 
 def registry() -> MlflowClient:
@@ -192,6 +192,9 @@ def test_reproduce_brings_back_an_older_version(second_run, project):
     reproduce(load_params(), "1")
     first_model = sha256_tree("data/model")
     assert first_model != second_model
+    # Data, model and metrics are the version's: nothing differs from its dvc.lock.
+    assert dvc_changes(*STAGES, cwd=project) == {"outs": set(), "deps": set(),
+                                                  "params": set()}
     mlflow_client = registry()
     tags = mlflow_client.get_model_version("tinygpt", "1").tags
     lock = json.dumps(Path("dvc.lock").read_text())

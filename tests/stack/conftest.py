@@ -66,8 +66,9 @@ def make_stack_project(parent: Path, corpus_text: str) -> Path:
     (root / "corpus.txt").write_text(corpus_text, encoding="utf-8")
     ok(run("git", "init", "-q", cwd=root))
     ok(run(str(BIN / "dvc"), "init", "-q", cwd=root))
-    ok(run(str(BIN / "dvc"), "remote", "add", "-d", "local", str(parent / "local-remote"),
-           cwd=root))
+    for project in (root, root / "sft"):  # pretraining's DVC project, and fine-tuning's
+        ok(run(str(BIN / "dvc"), "remote", "add", "-d", "--force", "local",
+               str(parent / "local-remote"), cwd=project))
     ok(run("git", "add", "-A", cwd=root))
     ok(run("git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "init",
            cwd=root))
