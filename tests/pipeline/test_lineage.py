@@ -199,12 +199,14 @@ def test_rollback_moves_champion_back_the_service_follows_and_history_has_every_
     assert cli.main(["history", "--alias", "champion"]) == 0
     table = capsys.readouterr().out.splitlines()
     print("\n".join(["", *table]))
-    assert table[0].startswith("when (UTC)")
-    moves = [line.split(maxsplit=8) for line in table[1:]]
+    assert table[0].startswith("alias moves recorded in the embedded store sqlite:///")
+    assert table[1].startswith("when (UTC)")
+    rows = table[2:]
+    moves = [line.split(maxsplit=8) for line in rows]
     assert [(m[4], m[6]) for m in moves] == [("-", first), (first, forced), (forced, first)]
-    assert "promoted: no champion yet" in table[1] and f"run {runs['first']['run_id']}" in table[1]
-    assert "forced (" in table[2]
-    assert f"rollback: v{forced} -> v{first}" in table[3] and "manual (" in table[3]
+    assert "promoted: no champion yet" in rows[0] and f"run {runs['first']['run_id']}" in rows[0]
+    assert "forced (" in rows[1]
+    assert f"rollback: v{forced} -> v{first}" in rows[2] and "manual (" in rows[2]
 
     with pytest.raises(PromotionError, match="nothing to roll back to"):
         rollback(params)  # rolled back to the first champion: nothing before it

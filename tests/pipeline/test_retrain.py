@@ -11,6 +11,7 @@ import json
 import math
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from gpt.files import sha256_tree
 from registry import client
 from tasks.common import KINDS
 from tasks.reproduce import reproduce
-from tests.pipeline.conftest import dvc, dvc_changes
+from tests.pipeline.conftest import BIN, dvc, dvc_changes
 
 OUTPUTS = ("data/raw", "data/validated", "data/tokenizer", "data/tokens", "data/model")
 STAGES = KINDS["text"].stages
@@ -164,6 +165,13 @@ def test_dvc_is_clean_after_a_run_and_pull_restores_identical_files(second_run, 
     # differs from params.yaml (`dvc repro` would retrain with params.yaml's values).
     assert dvc_changes(*STAGES, cwd=project) == {"outs": set(), "deps": set(),
                                                   "params": {"train"}}
+    # A bare `dvc status` names no stage of the kind never run here (fine-tuning's are the
+    # sft/ subproject), and metrics and plots load whole.
+    assert set(json.loads(dvc("status", "--json", cwd=project) or "{}")) <= {"train"}
+    for command in (["metrics", "show"], ["plots", "show", "--json"]):
+        done = subprocess.run([str(BIN / "dvc"), *command], cwd=project, capture_output=True,
+                              text=True)
+        assert done.returncode == 0 and "failed" not in done.stdout + done.stderr, done.stderr
     before = output_digests()
     for folder in OUTPUTS:
         shutil.rmtree(folder)
