@@ -424,10 +424,10 @@ def print_summary(summary: dict) -> None:
     print(f"steps: {steps}")
     if summary["sample"]:
         print(f"sample:\n{summary['sample']}")
-    from registry import MLFLOW_UI_PORT, ui_links
+    from registry import MLFLOW_UI_PORT, ui_base, ui_links
 
     served = summary["tracking_uri"].startswith(("http://", "https://"))  # a team stack
-    ui = summary["tracking_uri"].rstrip("/") if served else f"http://127.0.0.1:{MLFLOW_UI_PORT}"
+    ui = ui_base(summary["tracking_uri"])
     links = ui_links(ui, summary["experiment_id"], summary["run_id"], summary["model"],
                      summary["version"])
     if served:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -182,55 +183,61 @@ def model_version(mlflow_client, name: str, ref: str):
         raise ValueError(f"{name} has no version {ref}; {known}") from None
 
 
+def _sqlite_query(uri: str, query: Callable[[Any], Any]) -> Any:
+    """query(connection) on a local SQLite store opened read-only, directly (no MLflow import:
+    milliseconds). None where uri is not SQLite or not (yet) MLflow's schema; query(None)
+    where the store's file is not made yet."""
+    import sqlite3
+
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri.removeprefix("sqlite:///"))
+    if not database.is_file():
+        return query(None)
+    try:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
+            return query(connection)
+    except sqlite3.Error:
+        return None
+
+
 def sqlite_registry(uri: str, name: str
                     ) -> tuple[dict[int, dict[str, str]], dict[str, int]] | None:
     """(each version of model `name` with its tags, its aliases' versions) in a local SQLite
-    store, read
-    directly: no MLflow import, milliseconds. None where uri is not a SQLite store MLflow made;
-    a store not made yet holds nothing."""
-    import sqlite3
+    store; None where uri is not one MLflow made; a store not made yet holds nothing."""
 
-    database = Path(uri.removeprefix("sqlite:///"))
-    if not uri.startswith("sqlite:///"):
-        return None
-    if not database.is_file():
-        return {}, {}
-    try:
-        with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
-            versions: dict[int, dict[str, str]] = {int(v): {} for (v,) in connection.execute(
-                "SELECT version FROM model_versions WHERE name = ?", (name,))}
-            for version, key, value in connection.execute(
-                    "SELECT version, key, value FROM model_version_tags WHERE name = ?", (name,)):
-                versions.setdefault(int(version), {})[key] = value
-            aliases = {a: int(v) for a, v in connection.execute(
-                "SELECT alias, version FROM registered_model_aliases WHERE name = ?", (name,))}
-    except sqlite3.Error:  # not MLflow's schema (yet)
-        return None
-    return versions, aliases
+    def read(connection) -> tuple[dict[int, dict[str, str]], dict[str, int]]:
+        if connection is None:
+            return {}, {}
+        versions: dict[int, dict[str, str]] = {int(v): {} for (v,) in connection.execute(
+            "SELECT version FROM model_versions WHERE name = ?", (name,))}
+        for version, key, value in connection.execute(
+                "SELECT version, key, value FROM model_version_tags WHERE name = ?", (name,)):
+            versions.setdefault(int(version), {})[key] = value
+        aliases = {a: int(v) for a, v in connection.execute(
+            "SELECT alias, version FROM registered_model_aliases WHERE name = ?", (name,))}
+        return versions, aliases
+
+    return _sqlite_query(uri, read)
 
 
 def sqlite_experiment_id(uri: str, experiment: str) -> str | None:
-    """The id of an experiment in a local SQLite store, read directly; None if unknown."""
-    import sqlite3
+    """The id of an experiment in a local SQLite store; None if unknown."""
 
-    database = Path(uri.removeprefix("sqlite:///"))
-    if not uri.startswith("sqlite:///") or not database.is_file():
-        return None
-    try:
-        with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
-            found = connection.execute("SELECT experiment_id FROM experiments WHERE name = ?",
-                                       (experiment,)).fetchone()
-    except sqlite3.Error:
-        return None
-    return str(found[0]) if found else None
+    def read(connection) -> str | None:
+        found = connection and connection.execute(
+            "SELECT experiment_id FROM experiments WHERE name = ?", (experiment,)).fetchone()
+        return str(found[0]) if found else None
+
+    return _sqlite_query(uri, read)
 
 
 MLFLOW_UI_PORT = 5000  # `tinygpt ui mlflow`'s, for an embedded store
 
 
-def ui_base(params: Params) -> str:
-    """Where MLflow's UI for this store is: the server's address, or `tinygpt ui mlflow`'s."""
-    uri = tracking_uri(params)
+def ui_base(uri: str) -> str:
+    """Where MLflow's UI for the store at uri is: the server's address, or `tinygpt ui
+    mlflow`'s."""
     return uri.rstrip("/") if uri.startswith("http") else f"http://127.0.0.1:{MLFLOW_UI_PORT}"
 
 

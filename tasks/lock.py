@@ -76,6 +76,20 @@ def run_lock(path: Path = LOCK_FILE) -> Iterator[dict[str, Any]]:
         handle.close()
 
 
+def held(path: Path = LOCK_FILE) -> bool:
+    """Whether a live process holds the run lock at path (another project's, say a worker's
+    workspace on this host)."""
+    if not path.is_file():
+        return False
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
 def read(path: Path = LOCK_FILE) -> dict[str, Any]:
     """Who holds (or last held) the lock; {} when nobody."""
     try:

@@ -94,7 +94,7 @@ def links_lines(params: Params, mlflow_client, champion) -> list[str]:
     experiment = mlflow_client.get_experiment_by_name(params.registry.experiment)
     if experiment is None:
         return ["no experiment yet"]
-    links = ui_links(ui_base(params), experiment.experiment_id,
+    links = ui_links(ui_base(tracking_uri(params)), experiment.experiment_id,
                      champion.run_id if champion else None, params.model_name,
                      champion.version if champion else None)
     lines = [f"{what:<8}{url}" for what, url in links.items()]

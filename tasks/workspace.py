@@ -9,7 +9,6 @@ success; a failed or crashed run's stays for a look, and `tinygpt gc` lists and 
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.common import KINDS
-from tasks.lock import LOCK_FILE
+from tasks.lock import LOCK_FILE, held
 from tasks.version import dvc, locked_stages
 
 VARIABLE = "TINYGPT_WORKSPACES"  # set by `tinygpt worker` (and the stack's worker)
@@ -67,20 +66,6 @@ def pull() -> list[str]:
     return pulled
 
 
-def _in_use(folder: Path) -> bool:
-    """Whether a live run holds the run lock of the workspace's project (on this host)."""
-    lock = folder / PROJECT / LOCK_FILE
-    if not lock.is_file():
-        return False
-    with open(lock, "a+", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
-
-
 def _flow_run_state(flow_run_id: str) -> str | None:
     """The flow run's state type on the Prefect API of PREFECT_API_URL; None without one."""
     api = os.environ.get("PREFECT_API_URL")
@@ -109,7 +94,7 @@ def kept_workspaces(apply: bool) -> list[str]:
         age = (time.time() - folder.stat().st_mtime) / 3600
         line = (f"workspace {folder} (flow run {folder.name}, {state or 'state unknown'}, "
                 f"{_size_mb(folder):,.0f} MB, {age:.1f} h old)")
-        if _in_use(folder) or state in ACTIVE_STATES:
+        if held(folder / PROJECT / LOCK_FILE) or state in ACTIVE_STATES:
             line += "; kept: its run is still going"
         elif apply:
             shutil.rmtree(folder)

@@ -51,11 +51,14 @@ class Sampling(BaseModel):
     def prompt_text(self) -> str:
         raise NotImplementedError
 
+    def token_budget(self) -> int | None:
+        return self.max_tokens
+
     def as_generate(self) -> GenerateRequest:
         """The same request in /generate's terms, checked by its bounds."""
         stop = [self.stop] if isinstance(self.stop, str) else self.stop or []
         fields = {"prompt": self.prompt_text(),
-                  "max_new_tokens": 16 if self.max_tokens is None else self.max_tokens,
+                  "max_new_tokens": 16 if self.token_budget() is None else self.token_budget(),
                   "temperature": 1.0 if self.temperature is None else self.temperature,
                   "top_p": self.top_p, "top_k": None, "stop": stop, "seed": self.seed}
         try:
@@ -100,11 +103,9 @@ class ChatRequest(Sampling):
         return "".join(CHAT_TEMPLATE.format(role=m.role, content=m.content)
                        for m in self.messages) + CHAT_REPLY
 
-    def as_generate(self) -> GenerateRequest:
-        if self.max_completion_tokens is not None:
-            return self.model_copy(update={"max_tokens": self.max_completion_tokens,
-                                           "max_completion_tokens": None}).as_generate()
-        return super().as_generate()
+    def token_budget(self) -> int | None:
+        return (self.max_tokens if self.max_completion_tokens is None
+                else self.max_completion_tokens)
 
 
 class OpenAIError(Exception):
