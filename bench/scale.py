@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import os
 import platform
+import resource
 import shutil
 import signal
 import subprocess
@@ -232,16 +233,29 @@ def stop_times(work: Path, corpus: Path) -> None:
 
 def encode_speedup(work: Path, megabytes: float, repeats: int = 3) -> None:
     """`encode` of the one-file corpus in this process (data.workers=1) and on a local cluster
-    of one worker per core, alternated `repeats` times: the median seconds of each."""
+    of one worker per core, alternated `repeats` times: the median seconds of each, and the
+    CPU seconds of every process (what the workers' starts, their separate caches of encoded
+    pretokens and the scheduler add)."""
     corpus, project = work / f"corpus-{megabytes:g}-file.txt", work / f"project-{megabytes:g}-file"
     settings = [f"data.source={corpus}", "data.sha256=null", *SETTINGS]
-    times: dict[str, list[float]] = {"1": [], "0": []}
+    times: dict[str, list[tuple[float, float]]] = {"1": [], "0": []}
     for _ in range(repeats):
-        for workers, seconds in times.items():
-            seconds.append(run_step(project, "encode", [*settings, f"data.workers={workers}"])[0])
-    one, many = (sorted(times[w])[repeats // 2] for w in ("1", "0"))
+        for workers, runs in times.items():
+            cpu = children_cpu_seconds()
+            seconds = run_step(project, "encode", [*settings, f"data.workers={workers}"])[0]
+            runs.append((seconds, children_cpu_seconds() - cpu))
+    (one, one_cpu), (many, many_cpu) = (sorted(times[w])[repeats // 2] for w in ("1", "0"))
     print(f"\nencoding {megabytes:g} MB (median of {repeats}): {one:.1f}s in one process, "
-          f"{many:.1f}s on {os.cpu_count()} workers: {one / many:.2f}x")
+          f"{many:.1f}s on {os.cpu_count()} workers: {one / many:.2f}x\n"
+          f"CPU seconds, every process: {one_cpu:.1f} in one process, {many_cpu:.1f} on "
+          f"{os.cpu_count()} workers ({many_cpu / one_cpu:.2f}x the work; "
+          f"{many_cpu / many:.2f} of {os.cpu_count()} cores busy)")
+
+
+def children_cpu_seconds() -> float:
+    """User + system seconds of every finished child process (and theirs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
