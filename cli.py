@@ -53,10 +53,10 @@ ENVIRONMENT = {
 MIRROR = Path("..").resolve() / "shared" / "data"
 PREFECT_UI_PORT = 4200  # `tinygpt ui prefect`'s (MLflow's is registry.MLFLOW_UI_PORT)
 BIN = Path(sys.executable).parent  # the venv's tools: mlflow, prefect, dvc, tinygpt
-# Commands that talk to MLflow, Prefect or the DVC remote: with a team stack up
-# (.stack/stack.env, `tinygpt stack up`) they talk to its servers; without one, nothing changes.
 RECIPE_HELP = ("lay recipes/NAME.yaml over params.yaml, under --set (`tinygpt recipes` "
                "lists them)")
+# Commands that talk to MLflow, Prefect or the DVC remote: with a team stack up
+# (.stack/stack.env, `tinygpt stack up`) they talk to its servers; without one, nothing changes.
 STACK_CLIENTS = {"retrain", "finetune", "promote", "history", "serve", "gc", "reproduce", "pull",
                  "status", "worker"}
 

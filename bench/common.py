@@ -15,12 +15,6 @@ RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def corpus_path() -> Path:
-    """Tiny Shakespeare from the mirror folder ($TINYGPT_DATA_MIRROR, else ../shared/data)."""
-    mirror = os.environ.get("TINYGPT_DATA_MIRROR") or str(ROOT.parent / "shared" / "data")
-    return Path(mirror) / "tinyshakespeare.txt"
-
-
 def machine() -> dict[str, Any]:
     cpu = "unknown"
     try:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import corpus_path, read_bandwidth, save, table
+from bench.common import read_bandwidth, save, table
 from gpt.checkpoint import load_model, resolve_checkpoint
 from gpt.config import WEIGHT_FORMATS, load_params
 from gpt.data import read_text, split_text
@@ -34,6 +34,7 @@ from gpt.generate import DecodeClock, SamplingParams, iter_tokens
 from gpt.model import GPT, GPTConfig
 from gpt.quantize import for_decoding, weight_bytes_per_token
 from gpt.tokenizer import load_tokenizer
+from tests.scratch import corpus_path
 
 VOCAB, BLOCK, LAYERS, HEADS, EMBD, PROMPT = 8192, 512, 6, 6, 384, 16
 FORMATS = tuple(w for w in WEIGHT_FORMATS if w != "auto")  # fp32 first: the reference

@@ -26,10 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.baselines import NanoGPT, nanogpt_lr
-from bench.common import ROOT, corpus_path, save, table
+from bench.common import ROOT, save, table
 from gpt.batches import sequential_windows
 from gpt.config import load_params, recipe_overrides
 from gpt.quick import train_from_text
+from tests.scratch import corpus_path
 
 
 def nanogpt_recipe(text: str, iters: int = 2000) -> dict:

@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import ROOT, corpus_path, save, table
+from bench.common import ROOT, save, table
 from gpt.config import list_recipes, load_params, recipe_overrides
+from tests.scratch import corpus_path
 
 # What each write-up (../shared/seeds/) reports, to print beside our row.
 WRITE_UPS = {

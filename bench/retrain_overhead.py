@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import ROOT, save, table
-from tests.conftest import copy_code
+from tests.scratch import copy_code
 
 BIN = Path(sys.executable).parent
 

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import save, table
 from gpt.tokenizer import GPT2_SPLIT_PATTERN, BPETokenizer
-from tests.conftest import corpus_path
+from tests.scratch import corpus_path
 
 
 def best_of(rounds: int, fn) -> tuple[float, object]:

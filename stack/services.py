@@ -69,7 +69,6 @@ POOL_CONCURRENCY, WORKER_LIMIT = 2, 1
 # Crashed by the server's automation, which frees its slot in the pool.
 HEARTBEAT_SECONDS, CRASH_AFTER_SECONDS = 30, 60
 ZOMBIE_AUTOMATION = "tinygpt: crash flow runs that stopped sending heartbeats"
-Out = Callable[[str], None]
 
 
 def _print(line: str, end: str = "\n") -> None:

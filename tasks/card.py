@@ -9,6 +9,7 @@ import shlex
 from typing import Any
 
 from gpt.config import Params
+from tasks.common import kind_of
 
 CARD_FILE = "model_card.md"
 LIMITS = {
@@ -37,10 +38,10 @@ def scores(metrics: dict[str, Any]) -> str:
 def description(params: Params, tags: dict[str, str], manifest: dict[str, Any],
                 decision: str | None = None) -> str:
     """One line for the registry's version list."""
-    metric = "val_bits_per_byte" if "val_bits_per_byte" in tags else "exact_match"
+    kind = kind_of(params)
     line = (f"{params.kind} model, {params.model.n_layer}x{params.model.n_embd}, "
             f"data {tags['data_digest'][:12]} ({size_line(manifest)}), "
-            f"{metric.replace('_', ' ')} {float(tags[metric]):.4f}")
+            f"{kind.metric_label} {float(tags[kind.metric]):.4f}")
     return f"{line}; {decision}" if decision else line
 
 

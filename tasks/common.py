@@ -39,6 +39,7 @@ class Kind:
     dvc_project: str         # the folder of the DVC project holding those stages
     mode: str                # the pyfunc's mode: "text" continues, "completion" answers
     metric: str              # the registry tag promotion compares
+    metric_label: str        # how a report names it
     higher_is_better: bool
     data_tag: str            # the tag naming the data that metric was measured on
 
@@ -58,10 +59,11 @@ DVC_STEPS = ("ingest", "validate", "tokenize", "encode", "train", "evaluate")
 KINDS = {
     "text": Kind(name="text", tag="pretrain", validated_file=CORPUS_FILE,
                  stage_prefix="", dvc_project=".", mode="text", metric="val_bits_per_byte",
-                 higher_is_better=False, data_tag="val_text_digest"),
+                 metric_label="val bits per byte", higher_is_better=False,
+                 data_tag="val_text_digest"),
     "sft": Kind(name="sft", tag="sft", validated_file=PAIRS_FILE,
                 stage_prefix="sft-", dvc_project="sft", mode="completion", metric="exact_match",
-                higher_is_better=True, data_tag="test_digest"),
+                metric_label="exact match", higher_is_better=True, data_tag="test_digest"),
 }
 
 

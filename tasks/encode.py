@@ -23,7 +23,14 @@ import gpt.data
 import tasks.chunks
 from gpt.config import Params
 from gpt.data import CorpusError, ShardWriter, token_dtype
-from gpt.files import atomic_directory, sha256_file, sha256_json, sha256_tree, write_json
+from gpt.files import (
+    atomic_directory,
+    read_json,
+    sha256_file,
+    sha256_json,
+    sha256_tree,
+    write_json,
+)
 from gpt.tokenizer import ENDOFTEXT, BPETokenizer, Tokenizer, load_tokenizer
 from gpt.tokenizer.bpe import safe_slices
 from tasks.chunks import Chunk, combined_digest, fan_out, plan, text_digest
@@ -133,8 +140,16 @@ def encode_pairs(params: Params, tokenizer: Tokenizer, out: Path) -> dict[str, A
         counts[split] = len(part)
     if counts["train"] == 0 or counts["val"] == 0:
         raise CorpusError(f"fine-tuning needs train and val records, got {counts}")
-    test = frame[frame["split"] == "test"][["prompt", "completion"]].values.tolist()
-    return {"records": counts, "test_digest": sha256_json(test)}
+    scored = "test" if counts["test"] else "val"
+    records = frame[frame["split"] == scored][["prompt", "completion"]].values.tolist()
+    return {"records": counts, "scored_split": scored, "test_digest": sha256_json(records)}
+
+
+def scored_pairs(tokens_dir: Path) -> Path:
+    """The split a fine-tuned model is scored on (evaluation, and promotion's re-score of the
+    champion): test, or val for a set without test records. The `test_digest` tag is its
+    records' digest."""
+    return tokens_dir / f"{read_json(tokens_dir / MANIFEST)['scored_split']}.parquet"
 
 
 ENCODERS = {"text": encode_corpus, "sft": encode_pairs}

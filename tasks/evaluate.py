@@ -21,7 +21,7 @@ from gpt.files import read_json, write_json
 from gpt.tokenizer import load_tokenizer
 from tasks.chunks import plan, text_digest
 from tasks.common import BEST, EVAL_METRICS, MANIFEST, validated_path
-from tasks.encode import encode_documents
+from tasks.encode import encode_documents, scored_pairs
 from tasks.tracking import log_metrics
 
 SAMPLE_RUNS = 64  # a big split's sample: this many runs of consecutive records, evenly spaced
@@ -78,15 +78,13 @@ def evaluate_pairs(params: Params) -> dict[str, Any]:
 
     best = params.path("model") / BEST
     model, tokenizer = load_model(best).eval(), load_tokenizer(best)
-    tokens_dir = params.path("tokens")
-    split = "test" if len(pd.read_parquet(tokens_dir / "test.parquet")) else "val"
-    frame = pd.read_parquet(tokens_dir / f"{split}.parquet")
-    batches = eval_batches(read_examples(tokens_dir / f"{split}.parquet"), 32,
-                           tokenizer.special_tokens[PAD])
+    scored = scored_pairs(params.path("tokens"))
+    frame = pd.read_parquet(scored)
+    batches = eval_batches(read_examples(scored), 32, tokenizer.special_tokens[PAD])
     loss = estimate_loss(model, batches, torch.device("cpu"), torch.float32)
     predictions, hits = answer_all(model, tokenizer, frame["prompt"], frame["completion"],
                                    params.sft.max_new_tokens)
-    metrics: dict[str, Any] = {"completion_loss": round(loss, 6), "split": split,
+    metrics: dict[str, Any] = {"completion_loss": round(loss, 6), "split": scored.stem,
                                "exact_match": round(sum(hits) / len(hits), 6),
                                "records": len(hits)}
     by_task = pd.DataFrame({"task": frame["task"], "hit": hits}).groupby("task")["hit"].mean()

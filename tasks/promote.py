@@ -33,6 +33,7 @@ from registry import (
     tracking_uri,
 )
 from tasks.common import Kind, kind_tagged
+from tasks.encode import scored_pairs
 from tasks.evaluate import evaluation_documents, score_text
 from tasks.lock import promotion_lease
 
@@ -47,11 +48,12 @@ def score_on_current_val(params: Params, model_uri: str) -> float:
 
 
 def score_on_current_test(params: Params, model_uri: str) -> float:
-    """A registered fine-tuned model's exact match on this run's test records."""
+    """A registered fine-tuned model's exact match on the records this run's candidate was
+    scored on."""
     from gpt.sft import answer_all
 
     model, tokenizer, _ = load_registered(params, model_uri)
-    frame = pd.read_parquet(params.path("tokens") / "test.parquet")
+    frame = pd.read_parquet(scored_pairs(params.path("tokens")))
     _, hits = answer_all(model, tokenizer, frame["prompt"], frame["completion"],
                          params.sft.max_new_tokens)
     return sum(hits) / max(len(hits), 1)

@@ -24,6 +24,7 @@ from registry import (
     ui_base,
     ui_links,
 )
+from tasks.common import KINDS, kind_tagged
 from tasks.version import LOCK_FILE, VersioningError, dvc
 
 
@@ -39,8 +40,9 @@ def champion_line(params: Params, found) -> str:
     if found is None:
         return f"{params.model_name} has no {alias} yet: `make run` trains and promotes one"
     tags = found.tags
-    score = tags.get("val_bits_per_byte") or tags.get("exact_match", "?")
-    return (f"{params.model_name} version {found.version}: val bits/byte {score}, registered "
+    kind = kind_tagged(tags.get("kind", KINDS["text"].tag))
+    return (f"{params.model_name} version {found.version}: {kind.metric_label} "
+            f"{tags.get(kind.metric, '?')}, registered "
             f"{when(found.creation_timestamp)}, data {tags.get('data_digest', '?')[:12]}")
 
 

@@ -16,8 +16,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 import gpt.tokenizer
 import tasks.chunks
 from gpt.config import Params
@@ -54,6 +52,8 @@ def pairs_tokenizer(params: Params) -> Tokenizer:
 
         _, base, _ = load_registered(params, params.sft.init)
         return base.with_special_tokens(CONTROL_TOKENS)
+    import pandas as pd  # here only: a data worker imports this module to count pretokens
+
     frame = pd.read_parquet(validated_path(params))
     train = frame[frame["split"] == "train"]
     text = "\n".join(train["prompt"]) + "\n" + "\n".join(train["completion"])

@@ -370,3 +370,22 @@ def test_the_command_line_imports_the_registry_only_after_the_stacks_variables_a
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_status_names_each_kinds_champion_by_its_own_metric():
+    """An sft champion's exact match is not printed as "val bits/byte" (it once was)."""
+    from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
+
+    from gpt.config import load_params
+    from tasks.status import champion_line
+
+    def champion(kind: str, **scores: str) -> ModelVersion:
+        tags = [ModelVersionTag(k, v) for k, v in {"kind": kind, "data_digest": "d" * 64,
+                                                     **scores}.items()]
+        return ModelVersion("m", "3", creation_timestamp=0, tags=tags)
+
+    params = load_params(ROOT / "params.yaml")
+    assert ": exact match 0.474000, registered" in champion_line(
+        params, champion("sft", exact_match="0.474000", completion_loss="0.9"))
+    assert ": val bits per byte 2.150000, registered" in champion_line(
+        params, champion("pretrain", val_bits_per_byte="2.150000", val_loss="1.4"))

@@ -102,13 +102,27 @@ def test_the_checker_sees_an_upward_import(tmp_path):
 
 def test_data_workers_import_a_step_without_torch_or_prefect():
     """A Dask worker imports the step module of the chunk function it runs: neither torch nor
-    Prefect may come with it (each costs a second of every worker's start, and memory)."""
+    Prefect may come with it (each costs a second of every worker's start, and memory), nor
+    pandas (0.4 s) where Great Expectations (validate) does not need it."""
     import subprocess
     import sys
 
     steps = ["tasks.validate", "tasks.tokenize", "tasks.encode", "tasks.drift", "gpt.data"]
-    check = (f"import sys; import {', '.join(steps)}; "
-             "print(sorted(m for m in ('torch', 'prefect') if m in sys.modules))")
-    loaded = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True,
-                            text=True, check=True).stdout.strip()
-    assert loaded == "[]", loaded
+    for module in steps:
+        heavy = ("torch", "prefect") if module == "tasks.validate" else ("torch", "prefect",
+                                                                           "pandas")
+        check = (f"import sys; import {module}; "
+                 f"print(sorted(m for m in {heavy} if m in sys.modules))")
+        loaded = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        assert loaded == "[]", f"{module}: {loaded}"
+
+
+def test_benchmarks_share_the_tests_helpers_but_not_their_session_setup():
+    """bench/ may import tests/scratch.py (where the code and the corpus are); a conftest sets
+    the test session's environment (a private PREFECT_HOME, the stack off), which must not
+    leak into a benchmark."""
+    test_modules = {module_name(p) for p in (ROOT / "tests").rglob("*.py")}
+    wrong = {f"{path.name} imports {target}" for path in (ROOT / "bench").glob("*.py")
+             for target in imports_of(path, test_modules) if target != "tests.scratch"}
+    assert not wrong, sorted(wrong)

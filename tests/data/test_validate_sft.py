@@ -65,3 +65,34 @@ def test_prompt_code_pairs_without_a_split_are_split_by_prompt_hash_for_finetuni
     frame = read_pairs(tmp_path / "pairs.jsonl")
     assert list(frame["split"]) == [split_of(line["prompt"]) for line in lines]
     assert {"train", "val"} <= set(frame["split"])
+
+
+def test_a_set_without_test_records_is_scored_and_tagged_on_val(tmp_path, monkeypatch):
+    """Evaluation, the `test_digest` tag and promotion's re-score of the champion all read
+    the same records: the test split, or val when a user's set has none (it used to tag the
+    empty test split's digest, and re-score the champion on it as 0.0)."""
+    import shutil
+
+    import pandas as pd
+
+    from gpt.config import load_params
+    from gpt.files import read_json, sha256_json
+    from tasks.encode import encode, scored_pairs
+    from tasks.ingest import ingest
+    from tasks.tokenize import tokenize
+    from tasks.validate import validate
+
+    records = [{"prompt": f"{a}+{a}=", "completion": str(2 * a),
+                "split": "val" if a % 5 == 1 else "train"} for a in range(40)]
+    source = tmp_path / "pairs.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in records))
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    params = load_params(None, ["data.kind=sft", f"sft.dataset={source}"])
+    for step in (ingest, validate, tokenize, encode):
+        step(params)
+    tokens = params.path("tokens")
+    val = [[r["prompt"], r["completion"]] for r in records if r["split"] == "val"]
+    assert scored_pairs(tokens).name == "val.parquet"
+    assert len(pd.read_parquet(scored_pairs(tokens))) == len(val) == 8
+    assert read_json(tokens / "manifest.json")["test_digest"] == sha256_json(val)

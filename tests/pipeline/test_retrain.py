@@ -186,7 +186,7 @@ def test_status_names_the_champion_and_the_version_the_workspace_holds(second_ru
     assert main(["status"]) == 0
     out = capsys.readouterr().out
     champion = registry().get_model_version("tinygpt", "1").tags["val_bits_per_byte"]
-    assert f"champion:  tinygpt version 1: val bits/byte {champion}, registered " in out
+    assert f"champion:  tinygpt version 1: val bits per byte {champion}, registered " in out
     assert "workspace: data/ and the model are version 2's (not the champion)" in out
     assert re.search(r"^dvc: .*(match dvc.lock|differ from dvc.lock)", out, re.MULTILINE)
     runs = out.split("last runs:")[1].split("services:")[0]
