@@ -253,9 +253,12 @@ class TrainConfig:
 
 @dataclass
 class SamplingParams:
+    """How a continuation is sampled. These defaults are every sampler's: params.yaml's sample
+    section, the registered model's signature, the service's /generate and its page."""
+
     max_new_tokens: int = 200
-    temperature: float = 1.0           # 0 means greedy
-    top_k: int | None = None           # keep the k most likely tokens
+    temperature: float = 0.8           # 0 means greedy
+    top_k: int | None = 50             # keep the k most likely tokens
     top_p: float | None = None         # keep the smallest set whose probability reaches p
     repetition_penalty: float = 1.0    # > 1 discourages tokens already in the context
     seed: int | None = None            # same seed, same parameters -> same sample
@@ -281,8 +284,6 @@ class SamplingParams:
 class SampleConfig(SamplingParams):
     """The samples written after training: a prompt and how to sample from it."""
 
-    temperature: float = 0.8
-    top_k: int | None = 50
     seed: int | None = 1337
     prompt: str = "ROMEO:"
 

@@ -19,10 +19,13 @@ from gpt.config import Params, SamplingParams
 
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 CHECKPOINT_ARTIFACT = "checkpoint"
-# Sampling params the pyfunc accepts (its signature), with their defaults; seed -1 = unseeded.
+# Sampling params the pyfunc accepts (its signature), with SamplingParams' defaults in the
+# concrete types a signature needs: top_p 1.0 keeps every token, seed -1 = unseeded.
+_SAMPLING = SamplingParams()
 PARAM_DEFAULTS: dict[str, Any] = {
-    "max_new_tokens": 100, "temperature": 0.8, "top_k": 50, "top_p": 1.0,
-    "repetition_penalty": 1.0, "seed": -1,
+    "max_new_tokens": _SAMPLING.max_new_tokens, "temperature": _SAMPLING.temperature,
+    "top_k": _SAMPLING.top_k, "top_p": _SAMPLING.top_p or 1.0,
+    "repetition_penalty": _SAMPLING.repetition_penalty, "seed": -1,
 }
 # Every registered version carries these; one without them is half-made (a crashed run of an
 # older tinygpt) and promotion, reproduce and gc treat it so.

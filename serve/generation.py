@@ -20,6 +20,7 @@ from gpt.sft import PROMPT, prompt_ids
 from serve.model_holder import LoadedModel
 
 MAX_PROMPT_CHARS = 8000
+DEFAULTS = SamplingParams()  # what a request leaves out (the page starts from them too)
 log = logging.getLogger("tinygpt.serve")
 
 StopString = Annotated[str, StringConstraints(min_length=1, max_length=64)]
@@ -31,11 +32,11 @@ class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
-    max_new_tokens: int = Field(100, ge=1, le=1024)
-    temperature: float = Field(0.8, ge=0.0, le=5.0)
-    top_k: int | None = Field(50, ge=1, le=65535)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    repetition_penalty: float = Field(1.0, ge=0.5, le=5.0)
+    max_new_tokens: int = Field(DEFAULTS.max_new_tokens, ge=1, le=1024)
+    temperature: float = Field(DEFAULTS.temperature, ge=0.0, le=5.0)
+    top_k: int | None = Field(DEFAULTS.top_k, ge=1, le=65535)
+    top_p: float | None = Field(DEFAULTS.top_p, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(DEFAULTS.repetition_penalty, ge=0.5, le=5.0)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stop: list[StopString] = Field(default_factory=list, max_length=8)
     # "completion": the prompt is wrapped as <|prompt|> ... <|completion|> (fine-tuned models);

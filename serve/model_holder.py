@@ -11,16 +11,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from gpt.checkpoint import load_model, resolve_checkpoint
+from gpt.config import SamplingParams
 from gpt.generate import ModelCheckFailed, check_model
 from gpt.quantize import for_decoding, pick_weights
 from gpt.tokenizer import load_tokenizer
 from registry import load_version, parse_model_uri, resolve_version
 
 log = logging.getLogger("tinygpt.serve")
+# The sampling defaults a client (the page's sliders) starts from.
+SLIDERS = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty")
 
 
 @dataclass
@@ -38,7 +41,9 @@ class LoadedModel:
     def describe(self) -> dict[str, Any]:
         return {"model": self.name, "version": self.version, "alias": self.alias,
                 "parameters": self.parameters, "device": self.device, "weights": self.weights,
-                "block_size": self.model.config.block_size}
+                "block_size": self.model.config.block_size,
+                "sampling": {k: v for k, v in asdict(SamplingParams()).items()
+                             if k in SLIDERS}}
 
 
 LOCAL = "local"  # the version shown for a checkpoint folder, which no registry numbers

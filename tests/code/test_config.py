@@ -204,3 +204,22 @@ def test_an_unknown_recipe_is_refused_naming_the_closest_one():
         recipe_overrides("char-shakespear", ROOT / "recipes")
     with pytest.raises(ValueError, match="no recipe 'gpt5'; recipes: bpe-mlops, "):
         recipe_overrides("gpt5", ROOT / "recipes")
+
+
+def test_every_sampler_starts_from_one_set_of_defaults():
+    """params.yaml's sample section, the registered pyfunc's signature, /generate and the page
+    (GET /health's "sampling") all take SamplingParams' defaults; they once disagreed."""
+    from dataclasses import asdict
+
+    from gpt.config import SamplingParams
+    from registry import sampling_from
+    from serve.generation import GenerateRequest
+    from serve.model_holder import SLIDERS
+
+    declared = asdict(SamplingParams())
+    request = GenerateRequest().model_dump()
+    assert {k: request[k] for k in SLIDERS} == {k: declared[k] for k in SLIDERS}
+    pyfunc = asdict(sampling_from(None))
+    assert pyfunc == {**declared, "top_p": 1.0}  # the signature's "every token"
+    yaml_sample = asdict(load_params(ROOT / "params.yaml").sample.sampling())
+    assert yaml_sample == {**declared, "seed": yaml_sample["seed"]}

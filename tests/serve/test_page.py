@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
+from gpt.config import SamplingParams
 from tests.conftest import ROOT
 from tests.serve.conftest import BIN, start_service, wait_for
 
@@ -55,6 +56,9 @@ def test_page_streams_a_generation_with_the_chosen_settings(browser_page, artifa
     page = browser_page
     expect(page.locator("#model")).to_contain_text("model tinygpt version")
     expect(page.locator("#model-choice")).to_be_hidden()  # one model: nothing to choose
+    defaults = SamplingParams()  # the sliders start from the service's defaults
+    expect(page.locator("#max_new_tokens-value")).to_have_text(str(defaults.max_new_tokens))
+    expect(page.locator("#temperature-value")).to_have_text(str(defaults.temperature))
     page.locator("#temperature").fill("0.5")
     expect(page.locator("#temperature-value")).to_have_text("0.5")
     page.locator("#max_new_tokens").fill("120")
