@@ -160,3 +160,30 @@ class Generation:
                 "model": self.loaded.name, "version": self.loaded.version,
                 "seconds": round(seconds, 4), "first_piece_seconds": round(first, 4),
                 "tokens_per_s": round(self.completion_tokens / max(seconds, 1e-9), 2)}
+
+
+class ClientGone(Exception):
+    """The client of a streamed answer went away: the stream ends without another word."""
+
+
+async def streamed(generation: Generation, request: Any, gate: Gate, metrics: Metrics
+                   ) -> AsyncIterator[str]:
+    """The one serving loop every route formats: the generation's pieces as they are decided,
+    in a slot of the gate (Busy when its queue is full), each decided on a worker thread so the
+    event loop keeps serving; ClientGone once `request` (None: a whole answer) disconnects.
+    However it ends, the generation stops and its tokens are counted."""
+    try:
+        async with gate.slot():
+            pieces = generation.pieces()
+            while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
+                if request is not None and await request.is_disconnected():
+                    raise ClientGone
+                yield piece
+    finally:
+        generation.cancelled.set()
+        metrics.tokens.inc(generation.completion_tokens)
+
+
+async def whole(generation: Generation, gate: Gate, metrics: Metrics) -> str:
+    """The whole answer, by the same loop."""
+    return "".join([piece async for piece in streamed(generation, None, gate, metrics)])

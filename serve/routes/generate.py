@@ -3,16 +3,26 @@ Server-Sent Events: `piece` events, then `done` with the stats."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import StreamingResponse
 
 from gpt.tokenizer import UnknownCharacterError
-from serve.generation import Busy, Gate, GenerateRequest, Generation, Metrics, failed
+from serve.generation import (
+    Busy,
+    ClientGone,
+    Gate,
+    GenerateRequest,
+    Generation,
+    Metrics,
+    failed,
+    streamed,
+    whole,
+)
 from serve.model_holder import ModelHolder
 from serve.routes.deps import GateDep, HolderDep, HoldersDep, MetricsDep, chosen, served
 
@@ -48,11 +58,9 @@ async def generate(body: GenerateRequest, holders: HoldersDep, holder: HolderDep
     code write-up's API (002) answers with."""
     generation = start_generation(body, holders, holder, metrics)
     try:
-        async with gate.slot():
-            text = await asyncio.to_thread(lambda: "".join(generation.pieces()))
+        text = await whole(generation, gate, metrics)
     except Busy:
         raise HTTPException(429, detail=BUSY) from None
-    metrics.tokens.inc(generation.completion_tokens)
     answer = {"text": text, **generation.stats()}
     if generation.mode == "completion":
         answer["code"] = text
@@ -79,22 +87,15 @@ async def events(generation: Generation, request: Request, gate: Gate,
     never waits on a stream that just stops. It stops (and frees its slot) when the client goes
     away."""
     try:
-        async with gate.slot():
-            pieces = generation.pieces()
-            while True:
-                piece = await asyncio.to_thread(next, pieces, None)
-                if piece is None:
-                    break
-                if await request.is_disconnected():
-                    return
+        async with aclosing(streamed(generation, request, gate, metrics)) as pieces:
+            async for piece in pieces:
                 yield sse("piece", {"text": piece})
+    except ClientGone:
+        return
     except Busy:
         yield sse("error", {"detail": BUSY})
     except Exception as err:  # the response has started: its status can no longer say so
         yield sse("error", {"detail": failed(err)})
-    finally:
-        generation.cancelled.set()
-        metrics.tokens.inc(generation.completion_tokens)
     yield sse("done", generation.stats())
 
 

@@ -10,18 +10,28 @@ text, they were not trained on chats. Any other path under /v1 is OpenAI's 404.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from serve.generation import Busy, Gate, GenerateRequest, Generation, Metrics, failed
+from serve.generation import (
+    Busy,
+    ClientGone,
+    Gate,
+    GenerateRequest,
+    Generation,
+    Metrics,
+    failed,
+    streamed,
+    whole,
+)
 from serve.routes.deps import GateDep, HoldersDep, MetricsDep, field_of
 from serve.routes.generate import BUSY, start_generation
 
@@ -193,15 +203,13 @@ async def answer(body: Sampling, kind: str, request: Request, holders: HoldersDe
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         try:
-            async with gate.slot():
-                text = await asyncio.to_thread(lambda: "".join(generation.pieces()))
+            text = await whole(generation, gate, metrics)
         except Busy:
             raise OpenAIError(429, BUSY) from None
     except HTTPException as err:
         return OpenAIError.from_http(err).response()
     except OpenAIError as err:
         return err.response()
-    metrics.tokens.inc(generation.completion_tokens)
     return {**envelope(body.model, kind),
             "choices": [choice(text, finish_reason(generation), kind)],
             "usage": usage(generation)}
@@ -213,21 +221,17 @@ async def chunks(generation: Generation, model: str, kind: str, request: Request
     `data: [DONE]`; a failure is an error chunk (what OpenAI's client raises from) before it."""
     head = envelope(model, kind, streamed=True)
     try:
-        async with gate.slot():
-            pieces = generation.pieces()
-            while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
-                if await request.is_disconnected():
-                    return
+        async with aclosing(streamed(generation, request, gate, metrics)) as pieces:
+            async for piece in pieces:
                 yield data({**head, "choices": [choice(piece, None, kind, streamed=True)]})
-            yield data({**head, "usage": usage(generation), "choices": [
-                choice("", finish_reason(generation), kind, streamed=True)]})
+        yield data({**head, "usage": usage(generation), "choices": [
+            choice("", finish_reason(generation), kind, streamed=True)]})
+    except ClientGone:
+        return
     except Busy:
         yield data(OpenAIError(429, BUSY).payload())
     except Exception as err:  # the response has started: its status can no longer say so
         yield data(OpenAIError(500, failed(err)).payload())
-    finally:
-        generation.cancelled.set()
-        metrics.tokens.inc(generation.completion_tokens)
     yield "data: [DONE]\n\n"
 
 

@@ -126,3 +126,12 @@ def test_benchmarks_share_the_tests_helpers_but_not_their_session_setup():
     wrong = {f"{path.name} imports {target}" for path in (ROOT / "bench").glob("*.py")
              for target in imports_of(path, test_modules) if target != "tests.scratch"}
     assert not wrong, sorted(wrong)
+
+
+def test_the_serving_routes_only_format_the_one_generation_loop():
+    """/generate, /generate/stream and /v1/*completions, whole and streamed, run
+    serve.generation.streamed: no route takes a slot or steps a generation itself."""
+    loops = {f"{path.name}: {needle}" for path in (ROOT / "serve" / "routes").glob("*.py")
+             for needle in (".pieces()", ".slot()", "is_disconnected", "tokens.inc")
+             if needle in path.read_text(encoding="utf-8")}
+    assert not loops, sorted(loops)
