@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 from gpt.config import DATA_KINDS, WEIGHT_FORMATS, Params, SampleConfig
 from gpt.tokenizer import TOKENIZER_KINDS
+from serve.settings import Settings
 from stack import apply_env
 from stack.remote import ensure_remote
 from stack.services import WORKER_LIMIT
@@ -52,6 +53,7 @@ ENVIRONMENT = {
 # The data mirror beside the checkout, used when the corpus cannot be downloaded (as `make`).
 MIRROR = Path("..").resolve() / "shared" / "data"
 PREFECT_UI_PORT = 4200  # `tinygpt ui prefect`'s (MLflow's is registry.MLFLOW_UI_PORT)
+SERVE = Settings()  # `tinygpt serve`'s option defaults
 BIN = Path(sys.executable).parent  # the venv's tools: mlflow, prefect, dvc, tinygpt
 RECIPE_HELP = ("lay recipes/NAME.yaml over params.yaml, under --set (`tinygpt recipes` "
                "lists them)")
@@ -212,15 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="registry URI (default: models:/<registry.model_name>@champion) "
                             "or a checkpoint folder (tinygpt train's output); repeat it to "
                             "serve several, the first being the default")
-    serve.add_argument("--weights", choices=WEIGHT_FORMATS, default="auto",
+    serve.add_argument("--weights", choices=WEIGHT_FORMATS, default=SERVE.weights,
                        help="decode with the weights in this format (auto: int8 on a CPU)")
-    serve.add_argument("--poll-seconds", type=float, default=10.0,
+    serve.add_argument("--poll-seconds", type=float, default=SERVE.poll_seconds,
                        help="how often to check whether the alias moved")
-    serve.add_argument("--max-concurrency", type=int, default=2,
+    serve.add_argument("--max-concurrency", type=int, default=SERVE.max_concurrency,
                        help="generations running at once")
-    serve.add_argument("--max-queue", type=int, default=8,
+    serve.add_argument("--max-queue", type=int, default=SERVE.max_queue,
                        help="requests waiting for a slot before 429")
-    serve.add_argument("--upload-folder-mb", type=int, default=200,
+    serve.add_argument("--upload-folder-mb", type=int,
+                       default=SERVE.max_upload_dir_bytes >> 20,
                        help="accepted uploads (each a run's data) stay in uploads/ up to this "
                             "total; past it, an upload gets a 413")
     serve.add_argument("--cors-origin", action="append", default=[], dest="cors_origins",
@@ -650,7 +653,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     from gpt.config import load_params
     from registry import use_store
-    from serve.app import Settings, create_app
+    from serve.app import create_app
 
     params = load_params(args.params, args.overrides)
     from stack.processes import port_open

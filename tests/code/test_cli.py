@@ -389,3 +389,14 @@ def test_status_names_each_kinds_champion_by_its_own_metric():
         params, champion("sft", exact_match="0.474000", completion_loss="0.9"))
     assert ": val bits per byte 2.150000, registered" in champion_line(
         params, champion("pretrain", val_bits_per_byte="2.150000", val_loss="1.4"))
+
+
+def test_serve_options_default_to_the_services_settings():
+    """`tinygpt serve`'s defaults are serve.settings.Settings', not a second copy of them."""
+    from serve.settings import Settings
+
+    args = build_parser().parse_args(["serve"])
+    declared = Settings()
+    assert (args.weights, args.poll_seconds, args.max_concurrency, args.max_queue) == (
+        declared.weights, declared.poll_seconds, declared.max_concurrency, declared.max_queue)
+    assert args.upload_folder_mb * 2**20 == declared.max_upload_dir_bytes
