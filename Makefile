@@ -30,7 +30,7 @@ export DO_NOT_TRACK ?= 1
 export PREFECT_LOGGING_EXTRA_LOGGERS ?= tinygpt
 export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW ?= ignore
 
-.PHONY: setup run test lint clean mlflow-ui bench stack-up stack-down stack-status
+.PHONY: setup run test test-fast lint clean mlflow-ui bench stack-up stack-down stack-status
 
 setup: $(STAMP) $(WEB_ASSETS)
 
@@ -87,6 +87,10 @@ lint: setup
 
 test: lint $(CHROMIUM) $(INITDB)
 	$(BIN)/python -m pytest
+
+# The inner loop: no servers, no whole flows, no scale measurements (about 2 minutes).
+test-fast: lint
+	$(BIN)/python -m pytest -m "not slow"
 
 clean:
 	rm -rf runs .pytest_cache

@@ -39,6 +39,7 @@ def test_a_transient_error_is_retried(error):
     assert retry_transient(None, None, Failed(data=error)) is True
 
 
+@pytest.mark.slow  # starts a Prefect server
 def test_the_embedded_server_runs_in_its_own_session_and_stops_with_the_command(
         tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

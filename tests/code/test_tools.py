@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.serve.conftest import Process, free_port, wait_for
+
+pytestmark = pytest.mark.slow  # not in `make test-fast`
 
 BIN = Path(sys.executable).parent
 BARE = {"PATH": "/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}  # a fresh shell's

@@ -20,6 +20,8 @@ from gpt.data import CorpusError
 from tasks.chunks import plan
 from tasks.ingest import ingest
 
+pytestmark = pytest.mark.slow  # not in `make test-fast`
+
 BIN = Path(sys.executable).parent
 CHUNKS = ["data.chunk_mb=0.25"]  # enough chunks at 2 MB for Dask at both sizes
 PREP = ("ingest", "validate", "tokenize", "encode", "train")

@@ -102,6 +102,39 @@ def test_url_sources_come_from_the_mirror_and_are_hash_checked(tmp_path, monkeyp
         fetch(url, "0" * 64, tmp_path / "dl")
 
 
+def bad_sources(folder: Path) -> dict[str, tuple[str, str]]:
+    """name -> (file, expected message)."""
+    cases = {
+        "empty.txt": (b"", "empty"),
+        "binary.txt": (bytes(range(256)) * 4, "binary"),
+        "latin1.txt": ("naïve café\n".encode("latin-1"), "invalid UTF-8 at byte offset 2"),
+        "not-json.jsonl": (b'{"text": "ok"}\n{not json}\n', "line 2: not valid JSON"),
+        "no-text.jsonl": (b'{"text": "ok"}\n{"body": "x"}\n', "line 2: missing the 'text'"),
+        "number.jsonl": (b'{"text": "ok"}\n{"text": 42}\n', "'text' must be a string"),
+        "too-long.jsonl": (json.dumps({"text": "x" * 6000}).encode() + b'\n{"text": "ok"}\n',
+                           "expect_column_value_lengths_to_be_between(text)"),
+        "tiny.txt": (b"To be.\n\nOr not.\n", "corpus too small"),
+    }
+    out = {}
+    for name, (content, message) in cases.items():
+        (folder / name).write_bytes(content)
+        out[name] = (str(folder / name), message)
+    return out
+
+
+
+INGEST_REFUSES = ["empty.txt", "binary.txt", "latin1.txt", "not-json.jsonl", "no-text.jsonl",
+                  "number.jsonl"]
+
+
+@pytest.mark.parametrize("name", INGEST_REFUSES)
+def test_ingest_refuses_a_bad_source_in_one_line_and_writes_nothing(tmp_path, name):
+    path, message = bad_sources(tmp_path)[name]
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ingest(params_for(tmp_path), path)
+    assert not [p for p in (tmp_path / "raw").rglob("*") if p.is_file()]  # nothing half-written
+
+
 def test_ingest_writes_the_records_table(tmp_path):
     (tmp_path / "c.txt").write_text("one\n\ntwo\n")
     result = ingest(params_for(tmp_path), str(tmp_path / "c.txt"))
