@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gpt.config import Params
-from gpt.files import sha256_file, sha256_json, sha256_tree
 from tasks.interrupt import RunInterrupted
 
 # File names inside the step folders (the folders themselves are params.paths).
@@ -113,14 +112,3 @@ def permanent_error(err: BaseException) -> bool:
 def validated_path(params: Params) -> Path:
     return params.path("validated") / kind_of(params).validated_file
 
-
-def step_cache_key(step: str, params: Params, sections: dict[str, Any],
-                   files: list[Path]) -> str:
-    """What a cached step's output depends on: its inputs' and code's digests, the settings
-    it reads, and the project folder it writes into (the same keys as its DVC stage)."""
-    return sha256_json({
-        "step": step, "kind": params.kind, "project": str(Path.cwd().resolve()),
-        "settings": sections, "paths": asdict(params.paths),
-        "files": {str(f): sha256_file(f) if Path(f).is_file() else sha256_tree(f)
-                  for f in files},
-    })

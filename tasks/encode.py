@@ -13,14 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import lru_cache
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-import gpt.data
-import tasks.chunks
+import tasks.stages
 from gpt.config import Params
 from gpt.data import CorpusError, ShardWriter, token_dtype
 from gpt.files import (
@@ -34,7 +32,7 @@ from gpt.files import (
 from gpt.tokenizer import ENDOFTEXT, BPETokenizer, Tokenizer, load_tokenizer
 from gpt.tokenizer.bpe import safe_slices
 from tasks.chunks import Chunk, combined_digest, fan_out, plan, text_digest
-from tasks.common import MANIFEST, step_cache_key, validated_path
+from tasks.common import MANIFEST, validated_path
 
 SFT_SPLITS = ("train", "val", "test")
 
@@ -172,12 +170,4 @@ def encode(params: Params) -> dict[str, Any]:
 
 
 def cache_key(_context, arguments: dict[str, Any]) -> str:
-    params = arguments["params"]
-    settings = ({"val_fraction": params.data.val_fraction,
-                 "tokens_per_shard": params.data.tokens_per_shard}
-                if params.kind == "text" else {})
-    # gpt.sft imports torch, which this module (imported by data workers) does without
-    code = gpt.data.__file__ if params.kind == "text" else find_spec("gpt.sft").origin
-    return step_cache_key("encode", params, settings,
-                          [validated_path(params), params.path("tokenizer"), Path(__file__),
-                           Path(code), Path(tasks.chunks.__file__)])
+    return tasks.stages.cache_key("encode", arguments["params"])

@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
-import gpt.tokenizer
-import tasks.chunks
+import tasks.stages
 from gpt.config import Params
 from gpt.files import atomic_directory, sha256_tree
 from gpt.tokenizer import ENDOFTEXT, BPETokenizer, Tokenizer, count_pretokens, train_tokenizer
 from tasks.chunks import Chunk, fan_out, plan
-from tasks.common import step_cache_key, validated_path
+from tasks.common import validated_path
 
 
 def count_chunk(chunk: Chunk) -> Counter[str]:
@@ -86,8 +83,4 @@ def base_version(params: Params) -> str | None:
 
 def cache_key(_context, arguments: dict[str, Any]) -> str:
     params = arguments["params"]
-    settings = {"tokenizer": asdict(params.tokenizer), "val_fraction": params.data.val_fraction,
-                "base": base_version(params)}
-    return step_cache_key("tokenize", params, settings,
-                          [validated_path(params), Path(__file__), Path(tasks.chunks.__file__),
-                           *gpt.tokenizer.SOURCE_FILES])
+    return tasks.stages.cache_key("tokenize", params, {"base": base_version(params)})

@@ -43,6 +43,7 @@ from gpt.tokenizer import Tokenizer, load_tokenizer
 from gpt.train import Trainer, pick_device, windows_trainer
 from tasks.common import BEST, LATEST, LOSS_CSV, MANIFEST, TRAIN_METRICS
 from tasks.interrupt import check_stop, stop_requested
+from tasks.stages import param_values
 from tasks.tracking import log_params, metric_logger, run_artifacts
 
 log = logging.getLogger("tinygpt.tasks.train")
@@ -169,14 +170,11 @@ RUN_FILE, PARAMS_FILE, RESULT_FILE = "run.json", "params.json", "result.json"
 
 
 def fingerprint(params: Params) -> dict[str, Any]:
-    """What makes two runs train the same weights: data, tokenizer, how windows are drawn from
-    it, and every model and training setting (dvc.yaml's train stage reads the same)."""
+    """What makes two runs train the same weights: the data and tokenizer, and every setting
+    the train step reads (tasks/stages.py, which dvc.yaml's train stage agrees with)."""
     manifest = read_json(params.path("tokens") / MANIFEST)
-    values = params.to_dict()
     return {"kind": params.kind, "data": manifest["data_digest"],
-            "tokenizer": manifest["tokenizer_digest"], "model": values["model"],
-            "train": values["train"], "init": params.sft.init if params.kind == "sft" else None,
-            "windows": [params.data.windows, params.data.stride]}
+            "tokenizer": manifest["tokenizer_digest"], "params": param_values(params, "train")}
 
 
 def prepare_staging(params: Params, staging: Path, fresh: bool) -> bool:

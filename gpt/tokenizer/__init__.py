@@ -35,16 +35,12 @@ from gpt.tokenizer.word import RegexTokenizer, WordTokenizer
 
 __all__ = [
     "CHARS_FILE", "ENDOFTEXT", "FREQUENCY_KINDS", "GPT2_SPLIT_PATTERN", "MAX_VOCAB", "MERGES_FILE",
-    "MIN_BPE_VOCAB", "SOURCE_FILES", "SPECIALS_FILE", "TOKENIZER_KINDS", "UNKNOWN",
+    "MIN_BPE_VOCAB", "SPECIALS_FILE", "TOKENIZER_KINDS", "UNKNOWN",
     "VOCAB_FILE", "BPETokenizer", "CharTokenizer", "RegexTokenizer", "Tokenizer",
     "UnknownCharacterError", "WordTokenizer", "bytes_to_unicode", "count_pretokens",
     "is_tokenizer_dir",
     "load_tokenizer", "split_pretokens", "train_tokenizer",
 ]
-
-# Every source file of the package, for cache keys: a change to any kind or to the base
-# class can change what a trained tokenizer is.
-SOURCE_FILES: tuple[Path, ...] = tuple(sorted(Path(__file__).parent.glob("*.py")))
 
 # Order matters to load_tokenizer: the first kind whose files are present wins.
 TOKENIZER_KINDS: dict[str, type[Tokenizer]] = {

@@ -1,44 +1,79 @@
-"""What a training run depends on is declared where DVC and the resume check look: dvc.yaml's
-train stages name the code and settings that shape the weights, and an interrupted run resumes
-only with the same ones."""
+"""What each step reads is declared once, in tasks/stages.py: dvc.yaml's stages say the same,
+every project module a step runs is named there, and an interrupted run resumes only with the
+same settings."""
 
 from __future__ import annotations
-
-import ast
 
 import pytest
 import yaml
 
 from gpt.config import load_params
 from gpt.files import write_json
-from tasks.common import MANIFEST
+from tasks.common import DVC_STEPS, KINDS, MANIFEST
+from tasks.stages import INPUTS
 from tasks.train import fingerprint
+from tests.code.test_layers import import_graph
 from tests.conftest import ROOT
 
-# gpt/train.py's imports that cannot change the weights: the settings' schema (their values
-# are the stage's params), atomic file writes and progress lines.
-NO_EFFECT = {"gpt/config.py", "gpt/files.py", "gpt/progress.py"}
+# Modules whose changes cannot change a step's outputs: the settings' schema (their values
+# are the stages' params), atomic writes, progress lines, stop requests, run logging, the
+# registry's client (a base model is pinned by its version in the cache key), locks, reports.
+NO_EFFECT = {"gpt.config", "gpt.files", "gpt.progress", "tasks.common", "tasks.interrupt",
+             "tasks.tracking", "tasks.lock", "tasks.stages", "tasks.web_assets", "registry"}
 
 
-def gpt_imports(path) -> set[str]:
-    """The gpt modules a file imports, as paths."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gpt."):
-            found.add(node.module.replace(".", "/") + ".py")
-    return found
+def declared_stage(kind: str, step: str) -> tuple[set[str], set[str]]:
+    """(deps, params) of a kind's DVC stage, code named from the repository's root."""
+    project = KINDS[kind].dvc_project
+    stages = yaml.safe_load((ROOT / project / "dvc.yaml").read_text())["stages"]
+    stage = stages[KINDS[kind].stage_prefix + step]
+    deps = {d.removeprefix("../") for d in stage.get("deps", [])}
+    params: set[str] = set()
+    for item in stage.get("params", []):
+        params |= {item} if isinstance(item, str) else {k for keys in item.values()
+                                                        for k in keys}
+    return deps, params
 
 
-@pytest.mark.parametrize(("project", "stage"), [(".", "train"), ("sft", "sft-train")])
-def test_a_train_stage_depends_on_every_module_that_shapes_the_weights(project, stage):
-    declared = yaml.safe_load((ROOT / project / "dvc.yaml").read_text())["stages"][stage]
-    deps = {d.removeprefix("../") for d in declared["deps"]}  # sft/'s name the root's code
-    missing = gpt_imports(ROOT / "gpt" / "train.py") - NO_EFFECT - deps
-    if stage == "train":  # the text kind reads its windows from the token files
-        missing |= {"gpt/data.py"} - deps
-    assert not missing, f"{stage} does not depend on {sorted(missing)}"
-    if stage == "train":
-        assert {"data.windows", "data.stride"} <= set(declared["params"])
+@pytest.mark.parametrize("kind", sorted(INPUTS))
+@pytest.mark.parametrize("step", DVC_STEPS)
+def test_each_dvc_stage_declares_what_tasks_stages_declares(kind, step, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    params = load_params(ROOT / "params.yaml", [f"data.kind={kind}"])
+    inputs = INPUTS[kind][step]
+    project = ROOT / KINDS[kind].dvc_project
+    data = {str((ROOT / params.path(name)).relative_to(project)) for name in inputs.data}
+    deps, stage_params = declared_stage(kind, step)
+    assert deps == set(inputs.code) | data
+    assert stage_params == set(inputs.params)
+
+
+def module_path(module: str) -> str:
+    path = module.replace(".", "/")
+    return path if (ROOT / path).is_dir() else f"{path}.py"
+
+
+def covered(module: str, code: set[str]) -> bool:
+    path = module_path(module)
+    return any(path == c or path.startswith(f"{c}/") for c in code)
+
+
+@pytest.mark.parametrize("step", DVC_STEPS)
+def test_every_module_a_step_runs_is_a_dependency_of_its_stage(step):
+    """The step's module, what it imports, and what those import in turn: each is named by
+    the step's stage (of some kind), or cannot change its outputs (NO_EFFECT)."""
+    graph = import_graph()
+    code = {c for kind in INPUTS for c in INPUTS[kind][step].code}
+    missing, seen, todo = set(), set(), [f"tasks.{step}"]
+    while todo:
+        module = todo.pop()
+        if module in seen or module.split(".")[0] in NO_EFFECT or module in NO_EFFECT:
+            continue
+        seen.add(module)
+        if not covered(module, code):
+            missing.add(module_path(module))
+        todo.extend(graph.get(module, ()))
+    assert not missing, f"{step}: its stages do not depend on {sorted(missing)}"
 
 
 def test_a_run_interrupted_with_random_windows_does_not_resume_with_strided_ones(tmp_path,
