@@ -10,6 +10,8 @@ import re
 import sys
 import tempfile
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -57,10 +59,6 @@ SERVE = Settings()  # `tinygpt serve`'s option defaults
 BIN = Path(sys.executable).parent  # the venv's tools: mlflow, prefect, dvc, tinygpt
 RECIPE_HELP = ("lay recipes/NAME.yaml over params.yaml, under --set (`tinygpt recipes` "
                "lists them)")
-# Commands that talk to MLflow, Prefect or the DVC remote: with a team stack up
-# (.stack/stack.env, `tinygpt stack up`) they talk to its servers; without one, nothing changes.
-STACK_CLIENTS = {"retrain", "finetune", "promote", "history", "serve", "gc", "reproduce", "pull",
-                 "status", "worker"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -122,214 +120,16 @@ def _add_params_options(parser: argparse.ArgumentParser) -> None:
                         metavar="KEY=VALUE", help="override a parameter, e.g. train.max_steps=200")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="tinygpt", description=DESCRIPTION)
-    parser.add_argument("--version", action="version", version=f"tinygpt {package_version()}")
-    parser.add_argument("--debug", action="store_true",
-                        help="on an error, print the whole traceback, not one line")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    tokenizer = commands.add_parser("tokenizer", help="tokenizer commands")
-    tok_commands = tokenizer.add_subparsers(dest="tokenizer_command", required=True)
-    tok_train = tok_commands.add_parser("train", help="train a tokenizer on a text file")
-    tok_train.add_argument("--input", type=Path, required=True, help="a UTF-8 text file")
-    tok_train.add_argument("--vocab-size", type=int, required=True,
-                           help="the vocabulary's size; for word and regex, a cap")
-    tok_train.add_argument("--kind", choices=list(TOKENIZER_KINDS), default="bpe",
-                           help="byte-level BPE (default), characters, or word-level")
-    tok_train.add_argument("--min-frequency", type=int, default=1,
-                           help="word and regex: rarer pieces become <|unk|>")
-    tok_train.add_argument("--out", type=Path, required=True,
-                           help="folder for the tokenizer's files")
-
-    train = commands.add_parser("train", help="quick path: train tokenizer + model on a text file")
-    train.add_argument("--input", type=Path, required=True, help="a UTF-8 text file")
-    train.add_argument("--out", type=Path, required=True,
-                       help="folder for checkpoints, tokenizer and metrics.json")
-    _add_params_options(train)
-
-    generate = commands.add_parser("generate", help="sample text from a checkpoint")
-    generate.add_argument("prompt", help="the text to continue")
-    generate.add_argument("--checkpoint", type=Path, required=True,
-                          help="a checkpoint folder, or a run folder holding best/")
-    _add_sampling_options(generate)
-    generate.add_argument("--weights", choices=WEIGHT_FORMATS, default="auto",
-                          help="decode with the weights in this format (gpt/quantize.py; "
-                               "auto: int8 on a CPU)")
-    generate.add_argument("--stats", action="store_true",
-                          help="end with the decode rate and the weights' size")
-
-    export = commands.add_parser("export-hf", help="write a Hugging Face GPT-2 folder")
-    export.add_argument("--checkpoint", type=Path, required=True,
-                        help="a checkpoint folder, or a run folder holding best/")
-    export.add_argument("--out", type=Path, required=True,
-                        help="folder for config.json, model.safetensors and tokenizer files")
-
-    retrain = commands.add_parser("retrain", help="run the whole pipeline as a Prefect flow")
-    _add_params_options(retrain)
-    retrain.add_argument("--source", help="corpus path or URL (default: data.source)")
-    retrain.add_argument("--force-promote", action="store_true",
-                         help="move the champion alias even if the new model is worse")
-    retrain.add_argument("--fresh", action="store_true",
-                         help="start training over instead of resuming an interrupted run")
-    retrain.add_argument("--recipe", help=RECIPE_HELP)
-
-    finetune = commands.add_parser(
-        "finetune", help="prompt -> completion fine-tuning as a Prefect flow (params: sft)")
-    _add_params_options(finetune)
-    finetune.add_argument("--force-promote", action="store_true",
-                          help="move the champion alias even if the new model is worse")
-    finetune.add_argument("--fresh", action="store_true",
-                          help="start training over instead of resuming an interrupted run")
-    finetune.add_argument("--recipe", help=RECIPE_HELP)
-
-    commands.add_parser("recipes", help="list the recipes (recipes/NAME.yaml), one line each")
-
-    validate = commands.add_parser("validate", help="ingest + validate a corpus, nothing else")
-    validate.add_argument("path", help="a text file, a folder of them, or a JSONL file")
-    validate.add_argument("--kind", choices=DATA_KINDS, default="text",
-                          help="text corpus (default) or prompt/completion JSONL")
-    _add_params_options(validate)
-
-    promote = commands.add_parser(
-        "promote", help="promote a registered version to champion, or roll champion back")
-    which = promote.add_mutually_exclusive_group(required=True)
-    which.add_argument("--version", help="a version number or an alias")
-    which.add_argument("--rollback", action="store_true",
-                       help="move champion back to the version it replaced")
-    promote.add_argument("--force", action="store_true",
-                         help="promote even if it does not beat the champion")
-    _add_params_options(promote)
-
-    history = commands.add_parser("history", help="every recorded alias move of a model")
-    history.add_argument("--model", help="registered model name (default: the kind's)")
-    history.add_argument("--alias", help="only this alias (e.g. champion)")
-    _add_params_options(history)
-
-    serve = commands.add_parser("serve", help="serve the registry's champion over HTTP")
-    serve.add_argument("--host", default="127.0.0.1",
-                       help="address to listen on (0.0.0.0: every interface)")
-    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
-    serve.add_argument("--model", action="append", default=[], dest="models",
-                       help="registry URI (default: models:/<registry.model_name>@champion) "
-                            "or a checkpoint folder (tinygpt train's output); repeat it to "
-                            "serve several, the first being the default")
-    serve.add_argument("--weights", choices=WEIGHT_FORMATS, default=SERVE.weights,
-                       help="decode with the weights in this format (auto: int8 on a CPU)")
-    serve.add_argument("--poll-seconds", type=float, default=SERVE.poll_seconds,
-                       help="how often to check whether the alias moved")
-    serve.add_argument("--max-concurrency", type=int, default=SERVE.max_concurrency,
-                       help="generations running at once")
-    serve.add_argument("--max-queue", type=int, default=SERVE.max_queue,
-                       help="requests waiting for a slot before 429")
-    serve.add_argument("--upload-folder-mb", type=int,
-                       default=SERVE.max_upload_dir_bytes >> 20,
-                       help="accepted uploads (each a run's data) stay in uploads/ up to this "
-                            "total; past it, an upload gets a 413")
-    serve.add_argument("--cors-origin", action="append", default=[], dest="cors_origins",
-                       help="an origin (https://host:port) whose pages may call the API; "
-                            "repeatable; none by default")
-    _add_params_options(serve)
-
-    gc = commands.add_parser(
-        "gc", help="list (--apply: remove) half-made model versions, runs left RUNNING and "
-                   "the workspaces of failed worker runs")
-    gc.add_argument("--apply", action="store_true", help="delete and close, not just list")
-    _add_params_options(gc)
-
-    reproduce = commands.add_parser(
-        "reproduce", help="restore a model version's data and weights with dvc pull")
-    reproduce.add_argument("--version", required=True, help="a version number or an alias")
-    reproduce.add_argument("--retrain", action="store_true",
-                           help="then train again on the restored data and compare weights")
-    _add_params_options(reproduce)
-
-    commands.add_parser(
-        "pull", help="restore what this checkout's dvc.lock records from the DVC remote",
-        description="`dvc pull` of the locked stages from the default remote (the team "
-                    "stack's when one is up), leaving out what the remote does not hold; a "
-                    "deployment's flow run does this in its fresh clone.")
-
-    stack = commands.add_parser(
-        "stack", help="the team stack on 127.0.0.1: PostgreSQL, S3, MLflow, Prefect + worker")
-    stack_commands = stack.add_subparsers(dest="stack_command", required=True)
-    stack_commands.add_parser("up", help="start every service (state in .stack/)")
-    stack_commands.add_parser("down", help="stop every service; tinygpt runs embedded again")
-    stack_commands.add_parser("status", help="one line per service; exit 1 unless all are up")
-    stack_commands.add_parser("env", help="print the stack's variables as `export` lines")
-
-    worker = commands.add_parser(
-        "worker", help="run a Prefect worker for the project's deployments (foreground)",
-        description="`prefect worker start`: each flow run works in a fresh clone of its "
-                    "deployment's commit, in a folder of its own under --work-dir (removed "
-                    "after success). SIGTERM stops it as Ctrl-C does. It needs a Prefect "
-                    "server (PREFECT_API_URL, or a team stack).")
-    worker.add_argument("--pool", default="tinygpt", help="the work pool (prefect.yaml's)")
-    worker.add_argument("--work-dir", type=Path, default=DEFAULT_WORKSPACES,
-                        help="where its runs' workspaces go (default: %(default)s)")
-    worker.add_argument("--limit", type=int, default=WORKER_LIMIT,
-                        help="the most runs at once on this host (default: %(default)s; a run "
-                             "uses every core)")
-    _add_params_options(worker)
-
-    status = commands.add_parser(
-        "status", help="the champion, what the workspace holds, dvc status, the last runs, "
-                       "and whether the servers answer")
-    _add_params_options(status)
-
-    env = commands.add_parser(
-        "env", help="print the project's environment as `export` lines for a shell",
-        description="Every variable tinygpt runs its tools with (the venv's PATH, PREFECT_HOME, "
-                    "the MLflow store, the data mirror; a team stack's when one is up).")
-    _add_params_options(env)
-
-    ui = commands.add_parser(
-        "ui", help="start the MLflow or Prefect UI on the project's store",
-        description="Runs `mlflow ui` or `prefect server start` in the foreground with the "
-                    "project's settings, so it shows this checkout's runs; when the checkout "
-                    "uses a server (a team stack), prints its address instead.")
-    ui.add_argument("tool", choices=("mlflow", "prefect"), help="which UI")
-    ui.add_argument("--port", type=int, help="port on 127.0.0.1 (mlflow 5000, prefect 4200)")
-    _add_params_options(ui)
-    _add_examples(commands)
-    return parser
-
-
-# One example per subcommand, shown at the end of its --help.
-EXAMPLES = {
-    "tokenizer": "tinygpt tokenizer train --input corpus.txt --vocab-size 8192 --out tok/",
-    "tokenizer train": "tinygpt tokenizer train --input corpus.txt --vocab-size 8192 --out tok/",
-    "train": "tinygpt train --input corpus.txt --out runs/quick --set train.max_steps=200",
-    "generate": 'tinygpt generate "ROMEO:" --checkpoint data/model/best --seed 1 --stats',
-    "export-hf": "tinygpt export-hf --checkpoint data/model/best --out hf/",
-    "retrain": "tinygpt retrain --set train.max_steps=200 (make run ARGS=\"...\" does the same)",
-    "finetune": "tinygpt finetune --set sft.init=models:/tinygpt@champion",
-    "recipes": "tinygpt recipes, then tinygpt retrain --recipe NAME",
-    "validate": "tinygpt validate pairs.jsonl --kind sft",
-    "promote": "tinygpt promote --version 3 (or --rollback)",
-    "history": "tinygpt history --alias champion",
-    "serve": "tinygpt serve --port 8000 --weights int8",
-    "gc": "tinygpt gc, then tinygpt gc --apply",
-    "reproduce": "tinygpt reproduce --version champion --retrain",
-    "pull": "git clone URL && cd tinygpt && tinygpt pull",
-    "stack": "tinygpt stack up, then tinygpt stack status",
-    "stack up": "tinygpt stack up",
-    "stack down": "tinygpt stack down",
-    "stack status": "tinygpt stack status",
-    "stack env": 'eval "$(tinygpt stack env)"',
-    "env": 'eval "$(.venv/bin/tinygpt env)"; mlflow --version',
-    "ui": "tinygpt ui mlflow --port 5000",
-    "status": "tinygpt status",
-    "worker": 'eval "$(tinygpt stack env)"; tinygpt worker --limit 1',
-}
-
-
-def _add_examples(commands: argparse._SubParsersAction, prefix: str = "") -> None:
-    for name, sub in commands.choices.items():
-        sub.epilog = f"example: {EXAMPLES[prefix + name]}"
-        for action in sub._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                _add_examples(action, f"{prefix}{name} ")
+def tokenizer_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", type=Path, required=True, help="a UTF-8 text file")
+    parser.add_argument("--vocab-size", type=int, required=True,
+                        help="the vocabulary's size; for word and regex, a cap")
+    parser.add_argument("--kind", choices=list(TOKENIZER_KINDS), default="bpe",
+                        help="byte-level BPE (default), characters, or word-level")
+    parser.add_argument("--min-frequency", type=int, default=1,
+                        help="word and regex: rarer pieces become <|unk|>")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="folder for the tokenizer's files")
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> None:
@@ -347,6 +147,12 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> None:
           f"{time.perf_counter() - started:.2f}s -> {args.out}")
 
 
+def train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", type=Path, required=True, help="a UTF-8 text file")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="folder for checkpoints, tokenizer and metrics.json")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from gpt.config import load_params
     from gpt.quick import train_from_text
@@ -357,6 +163,18 @@ def cmd_train(args: argparse.Namespace) -> None:
           f"{metrics['wall_seconds']:.0f}s | {metrics['tokens_per_s']:.0f} tok/s")
     print(f"checkpoint: {args.out / 'best'}")
     print("sample:\n" + metrics["sample"])
+
+
+def generate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompt", help="the text to continue")
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="a checkpoint folder, or a run folder holding best/")
+    _add_sampling_options(parser)
+    parser.add_argument("--weights", choices=WEIGHT_FORMATS, default="auto",
+                        help="decode with the weights in this format (gpt/quantize.py; "
+                             "auto: int8 on a CPU)")
+    parser.add_argument("--stats", action="store_true",
+                        help="end with the decode rate and the weights' size")
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -385,10 +203,25 @@ def cmd_generate(args: argparse.Namespace) -> None:
               f"{megabytes:.1f} MB)")
 
 
+def export_hf_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="a checkpoint folder, or a run folder holding best/")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="folder for config.json, model.safetensors and tokenizer files")
+
+
 def cmd_export_hf(args: argparse.Namespace) -> None:
     from gpt.export import export_hf
 
     print(f"wrote a Hugging Face GPT-2 folder: {export_hf(args.checkpoint, args.out)}")
+
+
+def finetune_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force-promote", action="store_true",
+                        help="move the champion alias even if the new model is worse")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start training over instead of resuming an interrupted run")
+    parser.add_argument("--recipe", help=RECIPE_HELP)
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
@@ -442,6 +275,11 @@ def print_summary(summary: dict) -> None:
               f"`{tinygpt} ui prefect` (http://127.0.0.1:{PREFECT_UI_PORT})")
     for what, url in links.items():
         print(f"  {what:<8}{url}")
+
+
+def retrain_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", help="corpus path or URL (default: data.source)")
+    finetune_arguments(parser)
 
 
 def cmd_retrain(args: argparse.Namespace) -> None:
@@ -517,6 +355,12 @@ def server_lost(err: BaseException) -> Exception | None:
     return None
 
 
+def validate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="a text file, a folder of them, or a JSONL file")
+    parser.add_argument("--kind", choices=DATA_KINDS, default="text",
+                        help="text corpus (default) or prompt/completion JSONL")
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     """ingest + validate a file with the suite of its kind, in a scratch folder."""
     from gpt.config import load_params, with_paths
@@ -550,6 +394,15 @@ def registry_params(args: argparse.Namespace) -> Params:
     return params
 
 
+def promote_arguments(parser: argparse.ArgumentParser) -> None:
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--version", help="a version number or an alias")
+    which.add_argument("--rollback", action="store_true",
+                       help="move champion back to the version it replaced")
+    parser.add_argument("--force", action="store_true",
+                        help="promote even if it does not beat the champion")
+
+
 def cmd_promote(args: argparse.Namespace) -> None:
     from registry import check_version_exists
     from tasks.lock import run_lock
@@ -579,6 +432,11 @@ def cmd_recipes(_args: argparse.Namespace) -> None:
     print("run one: tinygpt retrain --recipe NAME [--set key=value ...] (finetune for sft ones)")
 
 
+def history_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="registered model name (default: the kind's)")
+    parser.add_argument("--alias", help="only this alias (e.g. champion)")
+
+
 def cmd_history(args: argparse.Namespace) -> None:
     from registry import alias_history, store_name
 
@@ -594,6 +452,12 @@ def cmd_history(args: argparse.Namespace) -> None:
         print(f"{move['when']:<19}  {move['model']:<12} {move['alias']:<10} "
               f"{move['from_version'].replace('none', '-'):>4} -> {move['to_version']:<4} "
               f"{move['by'][:38]:<38} {move['reason']}")
+
+
+def reproduce_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", required=True, help="a version number or an alias")
+    parser.add_argument("--retrain", action="store_true",
+                        help="then train again on the restored data and compare weights")
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
@@ -633,6 +497,10 @@ def cmd_pull(_args: argparse.Namespace) -> None:
           else "dvc.lock records no stage: nothing to pull")
 
 
+def gc_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--apply", action="store_true", help="delete and close, not just list")
+
+
 def cmd_gc(args: argparse.Namespace) -> None:
     from tasks.gc import gc
     from tasks.lock import run_lock
@@ -646,6 +514,31 @@ def cmd_gc(args: argparse.Namespace) -> None:
             print(f"  {line}")
     if not args.apply and any(found.values()):
         print("dry run: nothing changed; `tinygpt gc --apply` removes and closes these")
+
+
+def serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
+    parser.add_argument("--model", action="append", default=[], dest="models",
+                        help="registry URI (default: models:/<registry.model_name>@champion) "
+                             "or a checkpoint folder (tinygpt train's output); repeat it to "
+                             "serve several, the first being the default")
+    parser.add_argument("--weights", choices=WEIGHT_FORMATS, default=SERVE.weights,
+                        help="decode with the weights in this format (auto: int8 on a CPU)")
+    parser.add_argument("--poll-seconds", type=float, default=SERVE.poll_seconds,
+                        help="how often to check whether the alias moved")
+    parser.add_argument("--max-concurrency", type=int, default=SERVE.max_concurrency,
+                        help="generations running at once")
+    parser.add_argument("--max-queue", type=int, default=SERVE.max_queue,
+                        help="requests waiting for a slot before 429")
+    parser.add_argument("--upload-folder-mb", type=int,
+                        default=SERVE.max_upload_dir_bytes >> 20,
+                        help="accepted uploads (each a run's data) stay in uploads/ up to this "
+                             "total; past it, an upload gets a 413")
+    parser.add_argument("--cors-origin", action="append", default=[], dest="cors_origins",
+                        help="an origin (https://host:port) whose pages may call the API; "
+                             "repeatable; none by default")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -705,6 +598,15 @@ def project_environment(params_file: Path | None = None) -> dict[str, str]:
     return values
 
 
+def worker_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pool", default="tinygpt", help="the work pool (prefect.yaml's)")
+    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORKSPACES,
+                        help="where its runs' workspaces go (default: %(default)s)")
+    parser.add_argument("--limit", type=int, default=WORKER_LIMIT,
+                        help="the most runs at once on this host (default: %(default)s; a run "
+                             "uses every core)")
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     """The worker as a child in its own session: a stop request (SIGTERM from a service
     manager, or Ctrl-C) reaches it once, as the SIGINT it shuts down cleanly on."""
@@ -746,6 +648,11 @@ def cmd_env(args: argparse.Namespace) -> None:
     from stack.envfile import export_lines
 
     print("\n".join(export_lines(project_environment(args.params))))
+
+
+def ui_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("tool", choices=("mlflow", "prefect"), help="which UI")
+    parser.add_argument("--port", type=int, help="port on 127.0.0.1 (mlflow 5000, prefect 4200)")
 
 
 def cmd_ui(args: argparse.Namespace) -> None:
@@ -806,46 +713,141 @@ def cmd_stack(args: argparse.Namespace) -> int | None:
     return None
 
 
-COMMANDS = {
-    ("serve", None): cmd_serve,
-    ("retrain", None): cmd_retrain,
-    ("finetune", None): cmd_finetune,
-    ("validate", None): cmd_validate,
-    ("promote", None): cmd_promote,
-    ("history", None): cmd_history,
-    ("recipes", None): cmd_recipes,
-    ("reproduce", None): cmd_reproduce,
-    ("gc", None): cmd_gc,
-    ("pull", None): cmd_pull,
-    ("tokenizer", "train"): cmd_tokenizer_train,
-    ("train", None): cmd_train,
-    ("generate", None): cmd_generate,
-    ("export-hf", None): cmd_export_hf,
-    ("env", None): cmd_env,
-    ("status", None): cmd_status,
-    ("worker", None): cmd_worker,
-    ("ui", None): cmd_ui,
-    ("stack", "up"): cmd_stack,
-    ("stack", "down"): cmd_stack,
-    ("stack", "status"): cmd_stack,
-    ("stack", "env"): cmd_stack,
+@dataclass(frozen=True)
+class Command:
+    """One `tinygpt` command: its line in --help, its arguments, what runs it and an example.
+    A name with a space ("stack up") is a subcommand of its GROUPS entry."""
+
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace], int | None]
+    example: str
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    params: bool = True   # --params and --set
+    # It talks to MLflow, Prefect or the DVC remote: with a team stack up (.stack/stack.env,
+    # `tinygpt stack up`) to its servers; without one, nothing changes.
+    stack: bool = False
+    description: str | None = None
+
+
+GROUPS = {
+    "tokenizer": ("tokenizer commands",
+                  "tinygpt tokenizer train --input corpus.txt --vocab-size 8192 --out tok/"),
+    "stack": ("the team stack on 127.0.0.1: PostgreSQL, S3, MLflow, Prefect + worker",
+              "tinygpt stack up, then tinygpt stack status"),
 }
+COMMANDS = (
+    Command("tokenizer train", "train a tokenizer on a text file", cmd_tokenizer_train,
+            "tinygpt tokenizer train --input corpus.txt --vocab-size 8192 --out tok/",
+            tokenizer_train_arguments, params=False),
+    Command("train", "quick path: train tokenizer + model on a text file", cmd_train,
+            "tinygpt train --input corpus.txt --out runs/quick --set train.max_steps=200",
+            train_arguments),
+    Command("generate", "sample text from a checkpoint", cmd_generate,
+            'tinygpt generate "ROMEO:" --checkpoint data/model/best --seed 1 --stats',
+            generate_arguments, params=False),
+    Command("export-hf", "write a Hugging Face GPT-2 folder", cmd_export_hf,
+            "tinygpt export-hf --checkpoint data/model/best --out hf/", export_hf_arguments,
+            params=False),
+    Command("retrain", "run the whole pipeline as a Prefect flow", cmd_retrain,
+            'tinygpt retrain --set train.max_steps=200 (make run ARGS="..." does the same)',
+            retrain_arguments, stack=True),
+    Command("finetune", "prompt -> completion fine-tuning as a Prefect flow (params: sft)",
+            cmd_finetune, "tinygpt finetune --set sft.init=models:/tinygpt@champion",
+            finetune_arguments, stack=True),
+    Command("recipes", "list the recipes (recipes/NAME.yaml), one line each", cmd_recipes,
+            "tinygpt recipes, then tinygpt retrain --recipe NAME", params=False),
+    Command("validate", "ingest + validate a corpus, nothing else", cmd_validate,
+            "tinygpt validate pairs.jsonl --kind sft", validate_arguments),
+    Command("promote", "promote a registered version to champion, or roll champion back",
+            cmd_promote, "tinygpt promote --version 3 (or --rollback)", promote_arguments,
+            stack=True),
+    Command("history", "every recorded alias move of a model", cmd_history,
+            "tinygpt history --alias champion", history_arguments, stack=True),
+    Command("serve", "serve the registry's champion over HTTP", cmd_serve,
+            "tinygpt serve --port 8000 --weights int8", serve_arguments, stack=True),
+    Command("gc", "list (--apply: remove) half-made model versions, runs left RUNNING and the "
+                  "workspaces of failed worker runs", cmd_gc,
+            "tinygpt gc, then tinygpt gc --apply", gc_arguments, stack=True),
+    Command("reproduce", "restore a model version's data and weights with dvc pull",
+            cmd_reproduce, "tinygpt reproduce --version champion --retrain",
+            reproduce_arguments, stack=True),
+    Command("pull", "restore what this checkout's dvc.lock records from the DVC remote",
+            cmd_pull, "git clone URL && cd tinygpt && tinygpt pull", params=False, stack=True,
+            description="`dvc pull` of the locked stages from the default remote (the team "
+                        "stack's when one is up), leaving out what the remote does not hold; "
+                        "a deployment's flow run does this in its fresh clone."),
+    Command("stack up", "start every service (state in .stack/)", cmd_stack,
+            "tinygpt stack up", params=False),
+    Command("stack down", "stop every service; tinygpt runs embedded again", cmd_stack,
+            "tinygpt stack down", params=False),
+    Command("stack status", "one line per service; exit 1 unless all are up", cmd_stack,
+            "tinygpt stack status", params=False),
+    Command("stack env", "print the stack's variables as `export` lines", cmd_stack,
+            'eval "$(tinygpt stack env)"', params=False),
+    Command("worker", "run a Prefect worker for the project's deployments (foreground)",
+            cmd_worker, 'eval "$(tinygpt stack env)"; tinygpt worker --limit 1',
+            worker_arguments, stack=True,
+            description="`prefect worker start`: each flow run works in a fresh clone of its "
+                        "deployment's commit, in a folder of its own under --work-dir (removed "
+                        "after success). SIGTERM stops it as Ctrl-C does. It needs a Prefect "
+                        "server (PREFECT_API_URL, or a team stack)."),
+    Command("status", "the champion, what the workspace holds, dvc status, the last runs, and "
+                      "whether the servers answer", cmd_status, "tinygpt status", stack=True),
+    Command("env", "print the project's environment as `export` lines for a shell", cmd_env,
+            'eval "$(.venv/bin/tinygpt env)"; mlflow --version',
+            description="Every variable tinygpt runs its tools with (the venv's PATH, "
+                        "PREFECT_HOME, the MLflow store, the data mirror; a team stack's when "
+                        "one is up)."),
+    Command("ui", "start the MLflow or Prefect UI on the project's store", cmd_ui,
+            "tinygpt ui mlflow --port 5000", ui_arguments,
+            description="Runs `mlflow ui` or `prefect server start` in the foreground with the "
+                        "project's settings, so it shows this checkout's runs; when the "
+                        "checkout uses a server (a team stack), prints its address instead."),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every Command, each with its example at the end of its --help."""
+    parser = Parser(prog="tinygpt", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"tinygpt {package_version()}")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, print the whole traceback, not one line")
+    commands = parser.add_subparsers(dest="command", required=True)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for command in COMMANDS:
+        group, _, name = command.name.rpartition(" ")
+        where = commands
+        if group:
+            if group not in groups:
+                help_line, example = GROUPS[group]
+                group_parser = commands.add_parser(group, help=help_line,
+                                                   epilog=f"example: {example}")
+                groups[group] = group_parser.add_subparsers(dest=f"{group}_command",
+                                                            required=True)
+            where = groups[group]
+        sub = where.add_parser(name, help=command.help, description=command.description,
+                               epilog=f"example: {command.example}")
+        if command.arguments:
+            command.arguments(sub)
+        if command.params:
+            _add_params_options(sub)
+        sub.set_defaults(record=command)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for key, value in embedded_defaults().items():
         os.environ.setdefault(key, value)
-    if args.command in STACK_CLIENTS:
+    if args.record.stack:
         apply_env()  # the team stack's variables, when one is up; those already set win
         ensure_remote()  # and its DVC remote, in a checkout that has only the env file
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     for noisy in ("great_expectations", "httpx", "alembic", "mlflow.store"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    handler = COMMANDS[(args.command, getattr(args, "tokenizer_command", None)
-                        or getattr(args, "stack_command", None))]
     try:
-        return handler(args) or 0
+        return args.record.run(args) or 0
     except (ValueError, OSError, RuntimeError) as err:  # one clear line, no traceback
         error, message = err, str(err)
     except KeyboardInterrupt:

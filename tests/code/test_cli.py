@@ -400,3 +400,15 @@ def test_serve_options_default_to_the_services_settings():
     assert (args.weights, args.poll_seconds, args.max_concurrency, args.max_queue) == (
         declared.weights, declared.poll_seconds, declared.max_concurrency, declared.max_queue)
     assert args.upload_folder_mb * 2**20 == declared.max_upload_dir_bytes
+
+
+def test_each_command_record_is_one_subcommand_that_runs_its_handler():
+    """A command is one record (cli.COMMANDS): its help, arguments, example, handler and stack
+    use; the parser is built from the records alone."""
+    from cli import COMMANDS, GROUPS
+
+    parsers = {" ".join(path): sub for path, sub, _ in subcommands(build_parser())}
+    assert set(parsers) == {c.name for c in COMMANDS} | set(GROUPS)
+    for command in COMMANDS:
+        assert parsers[command.name].get_default("record") is command
+        assert parsers[command.name].epilog == f"example: {command.example}"

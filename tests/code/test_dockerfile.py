@@ -165,7 +165,7 @@ def parsed_command(dockerfile: list[tuple[str, str]]):
 def test_command_parses_as_tinygpt_serve_on_all_interfaces(dockerfile):
     cli, args = parsed_command(dockerfile)
     assert args.command == "serve"
-    assert cli.COMMANDS[(args.command, None)] is cli.cmd_serve
+    assert args.record.run is cli.cmd_serve
     assert args.host == "0.0.0.0", "a service bound to 127.0.0.1 is unreachable via docker -p"
 
 
