@@ -19,6 +19,7 @@ from gpt.config import DATA_KINDS, WEIGHT_FORMATS, Params, SampleConfig
 from gpt.tokenizer import TOKENIZER_KINDS
 from serve.settings import Settings
 from stack import apply_env
+from stack.environment import embedded_defaults
 from stack.remote import ensure_remote
 from stack.services import WORKER_LIMIT
 from tasks.workspace import DEFAULT_ROOT as DEFAULT_WORKSPACES
@@ -29,31 +30,6 @@ DESCRIPTION = ("Train, evaluate, version, register and serve a small GPT, from a
                "shows a command's options and an example.")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-# Embedded defaults for the tools the pipeline drives; anything already set wins.
-ENVIRONMENT = {
-    "PREFECT_HOME": str(Path(".prefect").resolve()),
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "60",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "GX_ANALYTICS_ENABLED": "false",
-    "DVC_NO_ANALYTICS": "1",
-    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-    # A run's output is its own lines: no download bars, no "View run" links from MLflow.
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
-    "DO_NOT_TRACK": "1",  # Prefect's client telemetry (the server's is the setting above)
-    # Our loggers' lines (steps, training progress) also go to the Prefect run's logs, live;
-    # outside a flow run (tinygpt train) they stay on the terminal only, without a warning.
-    "PREFECT_LOGGING_EXTRA_LOGGERS": "tinygpt",
-    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
-    # A lost server ends a run in seconds with one line, not after minutes of the clients'
-    # retries (Prefect's default waits 2 + 4 + ... + 32 s per call, MLflow's up to minutes).
-    "PREFECT_CLIENT_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
-}
-# The data mirror beside the checkout, used when the corpus cannot be downloaded (as `make`).
-MIRROR = Path("..").resolve() / "shared" / "data"
 PREFECT_UI_PORT = 4200  # `tinygpt ui prefect`'s (MLflow's is registry.MLFLOW_UI_PORT)
 SERVE = Settings()  # `tinygpt serve`'s option defaults
 BIN = Path(sys.executable).parent  # the venv's tools: mlflow, prefect, dvc, tinygpt
@@ -573,11 +549,6 @@ def package_version() -> str:
         return version("tinygpt")
     except PackageNotFoundError:  # run from a checkout without `make setup`
         return "(not installed)"
-
-
-def embedded_defaults() -> dict[str, str]:
-    """ENVIRONMENT, and the data mirror beside the checkout when there is one."""
-    return {**ENVIRONMENT, **({"TINYGPT_DATA_MIRROR": str(MIRROR)} if MIRROR.is_dir() else {})}
 
 
 def project_environment(params_file: Path | None = None) -> dict[str, str]:

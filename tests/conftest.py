@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import ENVIRONMENT  # cheap: it imports none of the tools
+from stack.environment import ENVIRONMENT  # cheap: it imports none of the tools
 
 # Prefect, Great Expectations, DVC and MLflow as `tinygpt` runs them (set before any of them
 # is imported), with private state for the test session.
