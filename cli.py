@@ -104,6 +104,8 @@ def tokenizer_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="byte-level BPE (default), characters, or word-level")
     parser.add_argument("--min-frequency", type=int, default=1,
                         help="word and regex: rarer pieces become <|unk|>")
+    parser.add_argument("--drop-whitespace", action="store_true",
+                        help="regex: whitespace is no token (the 004 book's tokenizer)")
     parser.add_argument("--out", type=Path, required=True,
                         help="folder for the tokenizer's files")
 
@@ -117,7 +119,8 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> None:
     text = read_text(args.input)
     started = time.perf_counter()
     tokenizer = train_tokenizer(args.kind, text, args.vocab_size,
-                                min_frequency=args.min_frequency)
+                                min_frequency=args.min_frequency,
+                                drop_whitespace=args.drop_whitespace)
     tokenizer.save(args.out)
     print(f"trained {args.kind} tokenizer, vocab {tokenizer.vocab_size}, in "
           f"{time.perf_counter() - started:.2f}s -> {args.out}")

@@ -140,6 +140,7 @@ class TokenizerConfig:
     kind: str = "bpe"              # bpe | char | word | regex
     vocab_size: int = 2048         # word, regex: a cap on the most frequent pieces
     min_frequency: int = 1         # word, regex: fewer occurrences in training -> <|unk|>
+    drop_whitespace: bool = False  # regex: whitespace is no token; decode spaces the words
 
     def __post_init__(self) -> None:
         _one_of("tokenizer", "kind", self.kind, list(TOKENIZER_KINDS))
@@ -147,6 +148,9 @@ class TokenizerConfig:
         if self.min_frequency != 1 and self.kind not in FREQUENCY_KINDS:
             raise ValueError(f"tokenizer.min_frequency applies to the "
                              f"{' and '.join(FREQUENCY_KINDS)} kinds, not {self.kind}")
+        if self.drop_whitespace and self.kind != "regex":
+            raise ValueError(f"tokenizer.drop_whitespace applies to the regex kind, not "
+                             f"{self.kind}")
 
 
 @dataclass
@@ -160,6 +164,7 @@ class GPTConfig:
     n_embd: int = 256
     dropout: float = 0.1
     bias: bool = True        # biases in Linear and LayerNorm, as GPT-2 has
+    qkv_bias: bool = True    # with bias: the attention's query, key and value projections too
     attn_impl: str = "sdpa"  # "sdpa" (fused kernel) or "explicit" (masked softmax, for reading)
     # gpt2: learned positions, LayerNorm, GELU MLP. modern: rotary positions, RMSNorm and a
     # SwiGLU MLP, as Llama and Qwen have (exported as those).

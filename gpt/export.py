@@ -28,7 +28,8 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
         if name == "lm_head.weight" and model.config.tie_embeddings:
             continue  # tied to transformer.wte.weight; transformers re-ties it on load
         state[name] = tensor.t().contiguous() if name.endswith(CONV1D_SUFFIXES) else tensor
-    if not model.config.bias:  # GPT-2 always has biases; zeros make them no-ops
+    if not (model.config.bias and model.config.qkv_bias):  # GPT-2 always has biases; zeros
+        # make the missing ones no-ops
         for name, module in model.named_modules():
             if isinstance(module, (torch.nn.Linear, torch.nn.LayerNorm)) and name != "lm_head":
                 width = module.weight.shape[0]

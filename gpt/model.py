@@ -112,7 +112,8 @@ class CausalSelfAttention(nn.Module):
         self.impl = config.attn_impl
         self.dropout = config.dropout
         # One matmul makes queries, keys and values for every head at once.
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd,
+                                bias=config.bias and config.qkv_bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = dropout_layer(config.dropout)
         head_dim = config.n_embd // config.n_head

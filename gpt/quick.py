@@ -41,7 +41,8 @@ def train_from_text(input_path: str | Path, out_dir: str | Path,
 
     t0 = time.perf_counter()
     tokenizer = train_tokenizer(kind, train_text, params.tokenizer.vocab_size,
-                                min_frequency=params.tokenizer.min_frequency)
+                                min_frequency=params.tokenizer.min_frequency,
+                                drop_whitespace=params.tokenizer.drop_whitespace)
     tokenizer.save(out / "tokenizer")
     log.info("trained %s tokenizer (vocab %d) in %.1fs", kind, tokenizer.vocab_size,
              time.perf_counter() - t0)

@@ -38,7 +38,8 @@ def corpus_tokenizer(params: Params) -> Tokenizer:
         return BPETokenizer.from_counts(counts, settings.vocab_size, (ENDOFTEXT,))
     text = "".join(chunk.text() for chunk in chunks)
     return train_tokenizer(settings.kind, text, settings.vocab_size,
-                           special_tokens=(ENDOFTEXT,), min_frequency=settings.min_frequency)
+                           special_tokens=(ENDOFTEXT,), min_frequency=settings.min_frequency,
+                           drop_whitespace=settings.drop_whitespace)
 
 
 def pairs_tokenizer(params: Params) -> Tokenizer:

@@ -51,15 +51,18 @@ FREQUENCY_KINDS = ("word", "regex")
 
 def train_tokenizer(kind: str, text: str, vocab_size: int,
                     special_tokens: Iterable[str] = (ENDOFTEXT,),
-                    min_frequency: int = 1) -> Tokenizer:
+                    min_frequency: int = 1, drop_whitespace: bool = False) -> Tokenizer:
     """Train the tokenizer named by kind (a key of TOKENIZER_KINDS); min_frequency applies to
-    the FREQUENCY_KINDS only."""
+    the FREQUENCY_KINDS only, drop_whitespace to regex only (the 004 book's tokenizer)."""
     if kind not in TOKENIZER_KINDS:
         raise ValueError(f"unknown tokenizer kind {kind!r}; "
                          f"choose one of {sorted(TOKENIZER_KINDS)}")
+    if drop_whitespace and kind != "regex":
+        raise ValueError(f"drop_whitespace applies to the regex kind, not {kind}")
     if kind in FREQUENCY_KINDS:
+        options = {"drop_whitespace": True} if drop_whitespace else {}
         return TOKENIZER_KINDS[kind].train(text, vocab_size, special_tokens,
-                                           min_frequency=min_frequency)
+                                           min_frequency=min_frequency, **options)
     if min_frequency != 1:
         raise ValueError(f"min_frequency applies to the {' and '.join(FREQUENCY_KINDS)} "
                          f"kinds, not {kind}")

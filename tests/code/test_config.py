@@ -174,8 +174,10 @@ WRITE_UPS = {
                        "model.n_embd": 128, "model.block_size": 128,
                        "train.checkpoint_interval": 100, "sample.repetition_penalty": 1.2,
                        "sample.top_p": 0.95, "sample.max_new_tokens": 20},
-    "regex-gpt": {"tokenizer.kind": "regex", "data.windows": "strided", "data.stride": 128,
-                  "model.block_size": 256, "model.bias": False, "train.learning_rate": 4e-4},
+    "regex-gpt": {"tokenizer.kind": "regex", "tokenizer.drop_whitespace": True,
+                  "tokenizer.min_frequency": 1, "data.windows": "strided", "data.stride": 128,
+                  "model.block_size": 256, "model.qkv_bias": False, "model.bias": True,
+                  "train.learning_rate": 4e-4},
 }
 
 

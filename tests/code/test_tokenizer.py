@@ -429,6 +429,28 @@ def test_regex_kind_splits_as_the_write_ups_re_split(shakespeare):
         assert tok.split(text) == reference
 
 
+def test_regex_kind_drops_whitespace_and_decodes_as_the_004_book_does(shakespeare, tmp_path):
+    """The book's SimpleTokenizerV2: `item.strip()` pieces only, and a decoder that joins them
+    with spaces and closes the space before , . ? ! " ( ) '."""
+    from gpt.generate import decode_stream
+
+    tok = train_tokenizer("regex", shakespeare, 65535, drop_whitespace=True)
+    assert not any(piece.isspace() for piece in tok.pieces)
+    distinct = {p for p in re.split(r'([,.:;?_!"()\']|--|\s)', shakespeare) if p.strip()}
+    assert set(tok.pieces) == distinct  # the full vocabulary: every word it saw
+    text = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak."
+    ids = tok.encode(text)
+    pieces = [p.strip() for p in re.split(r'([,.:;?_!"()\']|--|\s)', text) if p.strip()]
+    assert [tok.decode([i]) for i in ids] == pieces
+    book = re.sub(r'\s+([,.?!"()\'])', r"\1", " ".join(pieces))
+    assert tok.decode(ids) == book
+    assert "".join(decode_stream(ids, tok)) == " " + book  # a continuation: after a space
+    tok.save(tmp_path)
+    assert load_tokenizer(tmp_path).decode(ids) == book
+    with pytest.raises(ValueError, match="drop_whitespace applies to the regex kind"):
+        train_tokenizer("word", shakespeare, 300, drop_whitespace=True)
+
+
 def test_word_kind_keeps_the_most_frequent_pieces_and_maps_the_rest_to_unk(shakespeare):
     tok = train_tokenizer("word", shakespeare, 1000, min_frequency=1)
     assert tok.vocab_size == 1000 and tok.special_tokens == {ENDOFTEXT: 998, UNKNOWN: 999}

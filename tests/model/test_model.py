@@ -142,14 +142,18 @@ def test_checkpoint_round_trip_rebuilds_from_config_alone(any_arch, tmp_path):
     assert tied == tiny_model.config.tie_embeddings
 
 
-@pytest.mark.parametrize(("bias", "tie"), [(True, True), (False, False)],
-                         ids=["bias-tied", "untied"])
-def test_exported_hf_gpt2_gives_our_logits(bpe_1k, tmp_path, bias, tie):
+@pytest.mark.parametrize(("bias", "qkv_bias", "tie"),
+                         [(True, True, True), (False, True, False), (True, False, True)],
+                         ids=["bias-tied", "untied", "no-qkv-bias"])
+def test_exported_hf_gpt2_gives_our_logits(bpe_1k, tmp_path, bias, qkv_bias, tie):
     from transformers import GPT2LMHeadModel, GPT2TokenizerFast
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=bpe_1k.vocab_size, block_size=64, n_layer=2, n_head=4,
-                          n_embd=64, bias=bias, tie_embeddings=tie))
+                          n_embd=64, bias=bias, qkv_bias=qkv_bias, tie_embeddings=tie))
+    attention = model.transformer.h[0].attn
+    assert (attention.c_attn.bias is not None) == (bias and qkv_bias)  # the 004 book's switch
+    assert (attention.c_proj.bias is not None) == bias
     if bias:  # make biases non-zero so a mis-mapped bias would show
         with torch.no_grad():
             for name, p in model.named_parameters():

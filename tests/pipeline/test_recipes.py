@@ -52,9 +52,10 @@ def test_the_regex_recipe_trains_on_strided_windows_and_serves_words(char_run, p
         "step-000010", "step-000020"]
     model, tokenizer, _ = load_registered(params, "models:/regex-gpt@champion")
     assert isinstance(tokenizer, RegexTokenizer) and UNKNOWN in tokenizer.special_tokens
-    assert tokenizer.decode(tokenizer.encode("First Citizen: zyzzyva!")) == \
-        f"First Citizen: {UNKNOWN}!"
-    assert model.config.bias is False
+    assert tokenizer.drop_whitespace  # the book's decoder: no space before , . ? ! only
+    assert tokenizer.decode(tokenizer.encode("First Citizen:  zyzzyva!")) == \
+        f"First Citizen : {UNKNOWN}!"
+    assert model.config.bias and not model.config.qkv_bias
 
 
 def test_an_unknown_recipe_stops_the_command_in_one_line(project, capsys):
