@@ -1,5 +1,6 @@
-"""`POST /generate` answers with the whole text; `POST /generate/stream` sends it as
-Server-Sent Events: `piece` events, then `done` with the stats."""
+"""`POST /generate` answers with the whole text; `POST /generate/stream` (also
+`/generate-stream`, the 003 write-up's route) sends it as Server-Sent Events: `piece` events,
+then `done` with the stats."""
 
 from __future__ import annotations
 
@@ -68,6 +69,7 @@ async def generate(body: GenerateRequest, holders: HoldersDep, holder: HolderDep
 
 
 @router.post("/generate/stream")
+@router.post("/generate-stream")  # the word-streaming write-up's (003) name for it
 async def generate_stream(body: GenerateRequest, request: Request, holders: HoldersDep,
                           holder: HolderDep, gate: GateDep,
                           metrics: MetricsDep) -> StreamingResponse:

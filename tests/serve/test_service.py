@@ -42,6 +42,9 @@ def test_stream_sends_pieces_then_stats_and_matches_generate(service):
     assert events[-1][1]["completion_tokens"] == 24
     plain = httpx.post(f"{service}/generate", json=BASE, timeout=60).json()
     assert "".join(pieces) == plain["text"]
+    with httpx.stream("POST", f"{service}/generate-stream", json=BASE, timeout=60) as response:
+        again = [data["text"] for event, data in sse_events(response) if event == "piece"]
+    assert again == pieces  # the 003 write-up's route answers the same
 
 
 def test_degenerate_temperature_and_top_p_sample_greedily_and_never_fail(service):
