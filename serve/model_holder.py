@@ -24,6 +24,7 @@ from registry import load_version, parse_model_uri, resolve_version
 log = logging.getLogger("tinygpt.serve")
 # The sampling defaults a client (the page's sliders) starts from.
 SLIDERS = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty")
+SAMPLING_DEFAULTS = {k: v for k, v in asdict(SamplingParams()).items() if k in SLIDERS}
 
 
 @dataclass
@@ -42,8 +43,7 @@ class LoadedModel:
         return {"model": self.name, "version": self.version, "alias": self.alias,
                 "parameters": self.parameters, "device": self.device, "weights": self.weights,
                 "block_size": self.model.config.block_size,
-                "sampling": {k: v for k, v in asdict(SamplingParams()).items()
-                             if k in SLIDERS}}
+                "sampling": SAMPLING_DEFAULTS}
 
 
 LOCAL = "local"  # the version shown for a checkpoint folder, which no registry numbers

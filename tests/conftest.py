@@ -21,7 +21,7 @@ os.environ["TINYGPT_STACK"] = "off"  # a stack up in this checkout must not reac
 
 from gpt.model import GPT, GPTConfig
 from gpt.tokenizer import BPETokenizer
-from tests.scratch import ROOT, copy_code, corpus_path  # noqa: F401  (tests import ROOT, copy_code here)
+from tests.scratch import ROOT, corpus_path
 
 
 @pytest.fixture(scope="session")

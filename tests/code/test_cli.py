@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cli import build_parser, main
-from tests.conftest import ROOT
+from tests.scratch import ROOT
 from tests.serve.conftest import free_port
 
 BIN = Path(sys.executable).parent

@@ -20,7 +20,7 @@ from gpt.config import (
     read_params_file,
     recipe_overrides,
 )
-from tests.conftest import ROOT
+from tests.scratch import ROOT
 
 
 def test_repository_params_build_valid_configs():

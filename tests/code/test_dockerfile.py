@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from packaging.specifiers import SpecifierSet
 
-from tests.conftest import ROOT
+from tests.scratch import ROOT
 
 DOCKERFILE = ROOT / "Dockerfile"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.scratch import ROOT
 
 # A package may import its own modules and those of the packages listed beside it.
 ALLOWED = {

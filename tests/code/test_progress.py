@@ -17,7 +17,7 @@ from pathlib import Path
 
 from gpt.progress import Bar, Progress, duration, format_rate
 from gpt.train import time_left
-from tests.conftest import ROOT
+from tests.scratch import ROOT
 
 
 def test_a_progress_line_says_how_far_how_fast_and_what_is_left(caplog):

@@ -13,7 +13,7 @@ from tasks.common import DVC_STEPS, KINDS, MANIFEST
 from tasks.stages import INPUTS
 from tasks.train import fingerprint
 from tests.code.test_layers import import_graph
-from tests.conftest import ROOT
+from tests.scratch import ROOT
 
 # Modules whose changes cannot change a step's outputs: the settings' schema (their values
 # are the stages' params), atomic writes, progress lines, stop requests, run logging, the

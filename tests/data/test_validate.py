@@ -17,7 +17,7 @@ import pytest
 from gpt.config import Params, build_params
 from tasks.ingest import MIRROR_ENV, fetch, ingest, read_records, split_paragraphs
 from tasks.validate import DataValidationError, validate
-from tests.conftest import ROOT
+from tests.scratch import ROOT
 
 
 def params_for(tmp_path: Path, **validate_settings) -> Params:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.scratch import ROOT
 
 
 def tinygpt_validate(tmp_path, lines):

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 
 from gpt.checkpoint import model_state
 from gpt.model import GPT
-from tests.conftest import ROOT
 from tests.model.ddp_probe import STEPS, model_config, train, train_config
+from tests.scratch import ROOT
 
 
 def test_two_ranks_equal_one_process_with_two_micro_batches(tmp_path):

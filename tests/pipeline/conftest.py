@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, copy_code
+from tests.scratch import ROOT, copy_code
 
 BIN = Path(sys.executable).parent
 TINY = {

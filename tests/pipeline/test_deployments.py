@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import ROOT
+from tests.scratch import ROOT
 from tests.serve.conftest import Process, free_port, wait_for
 
 BIN = Path(sys.executable).parent

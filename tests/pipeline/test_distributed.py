@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from flows.retrain import retrain
 from gpt.config import load_params
 from registry import client
-from tests.conftest import ROOT
+from tests.scratch import ROOT
 from tests.serve.conftest import free_port
 
 STEPS = 10

@@ -29,8 +29,8 @@ from registry import (
 )
 from tasks.gc import gc
 from tasks.promote import PromotionError, promote
-from tests.conftest import ROOT
 from tests.pipeline.conftest import sh
+from tests.scratch import ROOT
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from gpt.config import SamplingParams
-from tests.conftest import ROOT
+from tests.scratch import ROOT
 from tests.serve.conftest import BIN, start_service, wait_for
 
 CHROMIUM = "/usr/bin/chromium"

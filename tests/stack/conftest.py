@@ -21,7 +21,7 @@ import pytest
 
 from stack.envfile import OPT_OUT, VARIABLES, read_env
 from stack.processes import alive, stop
-from tests.conftest import ROOT, copy_code
+from tests.scratch import ROOT, copy_code
 
 BIN = Path(sys.executable).parent
 PROJECT_FILES = ("dvc.yaml", "prefect.yaml", "params.yaml", ".gitignore")

@@ -31,7 +31,7 @@ from stack.processes import alive
 from stack.remote import VARIABLE as DVC_REMOTE_VARIABLE
 from stack.services import BUCKET, POOL, S3_CREDENTIALS, SERVICES
 from tasks.common import KINDS
-from tests.conftest import ROOT
+from tests.scratch import ROOT
 from tests.stack.conftest import (
     BIN,
     OVERRIDES,

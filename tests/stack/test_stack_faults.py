@@ -19,7 +19,7 @@ import psutil
 from stack.envfile import read_env
 from stack.processes import alive, port_open, stop, tree
 from stack.services import CRASH_AFTER_SECONDS, HEARTBEAT_SECONDS, SERVICES
-from tests.conftest import ROOT
+from tests.scratch import ROOT
 from tests.stack.conftest import (
     BIN,
     LONG,
