@@ -32,6 +32,7 @@ from stack.remote import VARIABLE as DVC_REMOTE_VARIABLE
 from stack.services import BUCKET, POOL, S3_CREDENTIALS, SERVICES
 from tasks.common import KINDS
 from tests.scratch import ROOT
+from tests.serve.conftest import until
 from tests.stack.conftest import (
     BIN,
     OVERRIDES,
@@ -155,7 +156,8 @@ def test_scheduled_and_on_demand_runs_complete_on_the_worker_into_postgres_and_s
     # runs' outputs are in the checkout, and no workspace is left.
     assert not (stack.root / "data" / "model").exists()
     workspaces = stack.root / ".tinygpt" / "workspaces"
-    assert workspaces.is_dir() and not any(workspaces.iterdir())
+    # Prefect runs the on_completion hook that removes it just after marking the run Completed.
+    until(lambda: workspaces.is_dir() and not any(workspaces.iterdir()))
 
     # The registry: each run registered a version with its lineage, in PostgreSQL; the
     # champion is one of them (an identical second run is no better, so not promoted).
