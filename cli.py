@@ -22,6 +22,7 @@ from stack import apply_env
 from stack.environment import embedded_defaults
 from stack.remote import ensure_remote
 from stack.services import WORKER_LIMIT
+from tasks.kinds import DEFAULT_KIND, KINDS
 from tasks.workspace import DEFAULT_ROOT as DEFAULT_WORKSPACES
 
 ERROR_LOG = Path(".tinygpt") / "last-error.log"
@@ -211,23 +212,12 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def print_summary(summary: dict) -> None:
-    metrics = summary["metrics"]
     print(f"\nmodel {summary['model']} version {summary['version']} "
           f"({'now champion' if summary['promoted'] else 'candidate, not promoted'}; "
           f"champion is version {summary['champion']})")
     print(f"promotion: {summary['promotion']}")
-    if summary["kind"] == "sft":
-        print(f"base: {summary['base_version'] or 'none (from scratch)'}")
-        print(f"{metrics['split']} exact match {metrics['exact_match']:.3f} on "
-              f"{metrics['records']} records | completion loss {metrics['completion_loss']:.4f}"
-              f" | {summary['steps']} steps in {summary['train_seconds']:.0f}s")
-        for task_name, accuracy in metrics["accuracy_by_task"].items():
-            print(f"  {task_name:<16} {accuracy:.3f}")
-        if "parses_as_python" in metrics:
-            print(f"parses as Python: {metrics['parses_as_python']:.3f}")
-    else:
-        print(f"val loss {metrics['val_loss']:.4f} | perplexity {metrics['val_perplexity']:.2f}"
-              f" | bits/byte {metrics['val_bits_per_byte']:.4f} | {summary['steps']} steps")
+    for line in KINDS[summary["kind"]].summary_lines(summary):
+        print(line)
     if drift := summary["drift"]:
         print(f"data drift from champion v{drift['drift_champion_version']:.0f}: byte "
               f"divergence {drift['drift_js_divergence']:.4f} bits, "
@@ -336,7 +326,7 @@ def server_lost(err: BaseException) -> Exception | None:
 
 def validate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="a text file, a folder of them, or a JSONL file")
-    parser.add_argument("--kind", choices=DATA_KINDS, default="text",
+    parser.add_argument("--kind", choices=DATA_KINDS, default=DEFAULT_KIND,
                         help="text corpus (default) or prompt/completion JSONL")
 
 

@@ -324,7 +324,8 @@ class RegistryConfig:
     candidate_alias: str = "candidate"
 
 
-# A kind's overlay: partial sections laid over the shared ones when data.kind names the kind.
+# A kind's overlay: a kind with a section of its own name (sft) lays that section's partial
+# tokenizer, model, train and paths over the shared ones when data.kind names it.
 OVERLAY_SECTIONS = ("tokenizer", "model", "train", "paths")
 
 
@@ -393,7 +394,11 @@ class Params:
     @property
     def model_name(self) -> str:
         """The registered model name this kind's runs register under."""
-        return self.sft.model_name if self.kind == "sft" else self.registry.model_name
+        return self.model_name_of(self.kind)
+
+    def model_name_of(self, kind: str) -> str:
+        """The registered model name a kind's runs register under."""
+        return (getattr(self, kind) if has_overlay(kind) else self.registry).model_name
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values of every section (what MLflow records and cache keys hash)."""
@@ -505,8 +510,8 @@ def build_params(raw: Mapping[str, Any]) -> Params:
                              f"{type(values).__name__} {values!r}")
     base = {name: dict(raw.get(name) or {}) for name in SECTIONS}
     kind = base["data"].get("kind", DataConfig.kind)
-    if kind == "sft":
-        overlay = build_section("sft", base["sft"])
+    if has_overlay(kind):
+        overlay = build_section(kind, base[kind])
         for name in OVERLAY_SECTIONS:
             base[name] = {**base[name], **getattr(overlay, name)}
     return Params(**{name: build_section(name, values) for name, values in base.items()})
@@ -567,16 +572,22 @@ def load_params(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     """Read params.yaml (default: the working directory's), apply overrides, check it all."""
     overrides = list(overrides)
     raw = apply_overrides(read_params_file(path), overrides)
-    if (raw.get("data") or {}).get("kind") == "sft":
-        raw = apply_overrides(raw, onto_sft_overlay(overrides))
+    kind = (raw.get("data") or {}).get("kind")
+    if has_overlay(kind):
+        raw = apply_overrides(raw, onto_overlay(kind, overrides))
     return build_params(raw)
 
 
-def onto_sft_overlay(overrides: Iterable[str]) -> list[str]:
+def has_overlay(kind: Any) -> bool:
+    """Whether a data kind has a params section of its own to lay over the shared ones."""
+    return kind in DATA_KINDS and kind in SECTIONS
+
+
+def onto_overlay(kind: str, overrides: Iterable[str]) -> list[str]:
     """A fine-tuning run reads tokenizer, model, train and paths from the sft section, so an
     override of one of them (`train.max_steps=30`) goes there too: it wins over what
     params.yaml's or a recipe's sft section says, as an override should."""
-    return [f"sft.{item.strip()}" for item in overrides
+    return [f"{kind}.{item.strip()}" for item in overrides
             if item.strip().split(".", 1)[0] in OVERLAY_SECTIONS]
 
 

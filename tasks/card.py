@@ -9,16 +9,9 @@ import shlex
 from typing import Any
 
 from gpt.config import Params
-from tasks.common import kind_of
+from tasks.kinds import kind_of
 
 CARD_FILE = "model_card.md"
-LIMITS = {
-    "text": "A small character-of-Shakespeare style text model for study and demos: it "
-            "continues text in the style of its corpus, knows no facts, and will produce "
-            "fluent nonsense. Not for answering questions or any decision about people.",
-    "sft": "A small prompt-to-answer model for the narrow tasks of its training pairs: "
-           "outside them its answers are guesses. Not for any decision about people.",
-}
 
 
 def size_line(manifest: dict[str, Any]) -> str:
@@ -79,7 +72,7 @@ def model_card(params: Params, name: str, version: str, tags: dict[str, str],
 ```
 
 ## Intended use and limits
-{LIMITS[params.kind]}
+{kind_of(params).purpose}
 
 ## Reproduce
 ```bash

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from gpt.config import Params
 from registry import alias_version, client, download_checkpoint
-from tasks.common import kind_of, validated_path
+from tasks.kinds import kind_of, validated_path
 
 PROFILE_FILE = "data_profile.json"
 SAMPLE_BYTES = 1 << 20  # compression is measured on the first MiB
@@ -38,7 +38,7 @@ CODE_POINTS = 0x110000
 def character_counts(params: Params) -> tuple[np.ndarray, str]:
     """How often each code point occurs in the validated data (prompt and completion, for
     pairs), read a row group at a time, and the data's first MiB (a record at a time)."""
-    columns = ["text"] if params.kind == "text" else ["prompt", "completion"]
+    columns = list(kind_of(params).text_columns)
     table = pq.ParquetFile(validated_path(params))
     counts = np.zeros(CODE_POINTS, dtype=np.int64)
     sample: list[str] = []

@@ -32,7 +32,8 @@ from gpt.files import (
 from gpt.tokenizer import ENDOFTEXT, BPETokenizer, Tokenizer, load_tokenizer
 from gpt.tokenizer.bpe import safe_slices
 from tasks.chunks import Chunk, combined_digest, fan_out, plan, text_digest
-from tasks.common import MANIFEST, validated_path
+from tasks.common import MANIFEST
+from tasks.kinds import kind_of, validated_path
 
 SFT_SPLITS = ("train", "val", "test")
 
@@ -80,7 +81,7 @@ def encode_chunk(chunk: Chunk, tokenizer_dir: str, tokenizer_digest: str,
             "records": chunk.stop - chunk.start, "digest": text_digest(iter(documents))}
 
 
-def encode_corpus(params: Params, tokenizer: Tokenizer, out: Path) -> dict[str, Any]:
+def encode_text_shards(params: Params, tokenizer: Tokenizer, out: Path) -> dict[str, Any]:
     """Token shards of the train and val documents, written as they fill from the chunks'
     parts (encoded in parallel); their counts for the manifest."""
     per_shard = params.data.tokens_per_shard
@@ -114,7 +115,7 @@ def encode_corpus(params: Params, tokenizer: Tokenizer, out: Path) -> dict[str, 
     return manifest
 
 
-def encode_pairs(params: Params, tokenizer: Tokenizer, out: Path) -> dict[str, Any]:
+def encode_sft_splits(params: Params, tokenizer: Tokenizer, out: Path) -> dict[str, Any]:
     """Each split's records as (inputs, labels) id lists; their counts for the manifest."""
     # pandas (0.4 s to import) only here: a data worker imports this module to encode text
     import pandas as pd
@@ -150,9 +151,6 @@ def scored_pairs(tokens_dir: Path) -> Path:
     return tokens_dir / f"{read_json(tokens_dir / MANIFEST)['scored_split']}.parquet"
 
 
-ENCODERS = {"text": encode_corpus, "sft": encode_pairs}
-
-
 def encode(params: Params) -> dict[str, Any]:
     """Encode the validated records with the run's tokenizer into the tokens folder."""
     validated, tokenizer_dir = validated_path(params), params.path("tokenizer")
@@ -162,7 +160,7 @@ def encode(params: Params) -> dict[str, Any]:
                                 "vocab_size": tokenizer.vocab_size}
 
     def fill(folder: Path) -> None:
-        manifest.update(ENCODERS[params.kind](params, tokenizer, folder))
+        manifest.update(kind_of(params).step("encode")(params, tokenizer, folder))
         write_json(folder / MANIFEST, manifest)
 
     out = atomic_directory(params.path("tokens"), fill)

@@ -20,8 +20,9 @@ from gpt.evaluate import evaluate_tokens
 from gpt.files import read_json, write_json
 from gpt.tokenizer import load_tokenizer
 from tasks.chunks import plan, text_digest
-from tasks.common import BEST, EVAL_METRICS, MANIFEST, validated_path
+from tasks.common import BEST, EVAL_METRICS, MANIFEST
 from tasks.encode import encode_documents, scored_pairs
+from tasks.kinds import kind_of, validated_path
 from tasks.tracking import log_metrics
 
 SAMPLE_RUNS = 64  # a big split's sample: this many runs of consecutive records, evenly spaced
@@ -60,7 +61,7 @@ def score_text(model, tokenizer, documents: list[tuple[str, int, bool]]) -> dict
     return evaluate_tokens(model, ids, sum(n for _, n, _ in documents))
 
 
-def evaluate_corpus(params: Params) -> dict[str, Any]:
+def evaluate_text(params: Params) -> dict[str, Any]:
     best = params.path("model") / BEST
     documents = evaluation_documents(params)
     metrics: dict[str, Any] = {k: round(v, 6) for k, v in score_text(
@@ -69,7 +70,7 @@ def evaluate_corpus(params: Params) -> dict[str, Any]:
     return metrics
 
 
-def evaluate_pairs(params: Params) -> dict[str, Any]:
+def evaluate_sft(params: Params) -> dict[str, Any]:
     import torch
 
     from gpt.sft import PAD, answer_all, eval_batches, parses_as_python
@@ -98,12 +99,9 @@ def evaluate_pairs(params: Params) -> dict[str, Any]:
     return metrics
 
 
-SCORERS = {"text": evaluate_corpus, "sft": evaluate_pairs}
-
-
 def evaluate(params: Params, run_id: str | None = None) -> dict[str, Any]:
     """Score the best checkpoint; write metrics/eval.json and log the numbers to the run."""
-    metrics = SCORERS[params.kind](params)
+    metrics = kind_of(params).step("evaluate")(params)
     write_json(params.path("metrics") / EVAL_METRICS, metrics)
     log_metrics(params, run_id, metrics)
     return metrics

@@ -20,7 +20,7 @@ import os
 import socket
 from typing import Any
 
-from gpt.config import Params
+from gpt.config import DATA_KINDS, Params
 from registry import client, missing_lineage
 from tasks.workspace import kept_workspaces
 
@@ -89,7 +89,7 @@ def half_made_versions(params: Params) -> list[tuple[str, Any, list[str]]]:
 
     mlflow_client = client(params)
     found = []
-    for name in dict.fromkeys([params.registry.model_name, params.sft.model_name]):
+    for name in dict.fromkeys(params.model_name_of(kind) for kind in DATA_KINDS):
         try:
             versions = mlflow_client.search_model_versions(f"name='{name}'")
         except MlflowException:

@@ -32,6 +32,7 @@ from gpt.data import CorpusError
 from gpt.files import atomic_file, sha256_file
 from gpt.progress import Progress
 from tasks.common import CORPUS_FILE, PAIRS_RAW
+from tasks.kinds import kind_of
 
 log = logging.getLogger("tinygpt.ingest")
 BLOCK = 1 << 20  # bytes read at a time
@@ -308,7 +309,7 @@ def read_pairs(path: str | Path):
     return frame.astype({"prompt": object, "completion": object})
 
 
-def ingest_pairs(params: Params, source: str | None) -> dict[str, Any]:
+def ingest_sft(params: Params, source: str | None) -> dict[str, Any]:
     """The configured (or given) fine-tuning set, generated or a JSONL file -> pairs.jsonl."""
     from gpt.sft_data import python_tasks, verifiable_tasks, write_jsonl
 
@@ -332,9 +333,6 @@ def ingest_pairs(params: Params, source: str | None) -> dict[str, Any]:
             "bytes": target.stat().st_size}
 
 
-READERS = {"text": ingest_text, "sft": ingest_pairs}
-
-
 def ingest(params: Params, source: str | None = None) -> dict[str, Any]:
     """The run's source (data.source, sft.dataset, or the one given) -> the raw folder."""
-    return READERS[params.kind](params, source)
+    return kind_of(params).step("ingest")(params, source)

@@ -32,22 +32,22 @@ from registry import (
     smoke_test,
     tracking_uri,
 )
-from tasks.common import Kind, kind_tagged
 from tasks.encode import scored_pairs
 from tasks.evaluate import evaluation_documents, score_text
+from tasks.kinds import Kind, kind_tagged
 from tasks.lock import promotion_lease
 
 log = logging.getLogger("tinygpt.tasks.promote")
 
 
-def score_on_current_val(params: Params, model_uri: str) -> float:
+def rescore_text(params: Params, model_uri: str) -> float:
     """A registered model's val bits per byte on the text this run's candidate was scored
     on."""
     model, tokenizer, _ = load_registered(params, model_uri)
     return score_text(model, tokenizer, evaluation_documents(params))["val_bits_per_byte"]
 
 
-def score_on_current_test(params: Params, model_uri: str) -> float:
+def rescore_sft(params: Params, model_uri: str) -> float:
     """A registered fine-tuned model's exact match on the records this run's candidate was
     scored on."""
     from gpt.sft import answer_all
@@ -59,15 +59,12 @@ def score_on_current_test(params: Params, model_uri: str) -> float:
     return sum(hits) / max(len(hits), 1)
 
 
-RESCORERS = {"text": score_on_current_val, "sft": score_on_current_test}
-
-
 def champion_score(params: Params, kind: Kind, name: str, champion, candidate) -> float:
     """The champion's score on the candidate's data: its tag, or a re-score."""
     same_data = champion.tags.get(kind.data_tag) == candidate.tags.get(kind.data_tag)
     if same_data and kind.metric in champion.tags:
         return float(champion.tags[kind.metric])
-    return RESCORERS[kind.name](params, f"models:/{name}/{champion.version}")
+    return kind.step("rescore")(params, f"models:/{name}/{champion.version}")
 
 
 class PromotionError(ValueError):

@@ -13,13 +13,14 @@ from gpt.config import Params
 from gpt.files import read_json, sha256_json
 from registry import client, git_commit, register_checkpoint
 from tasks.card import CARD_FILE, description, model_card
-from tasks.common import BEST, MANIFEST, kind_of
+from tasks.common import BEST, MANIFEST
+from tasks.kinds import kind_of
 from tasks.version import RUN_OWNED
 
 log = logging.getLogger("tinygpt.register")
 
 
-def corpus_tags(params: Params, metrics: dict[str, Any], manifest: dict[str, Any],
+def text_tags(params: Params, metrics: dict[str, Any], manifest: dict[str, Any],
                 _base_version: str | None) -> tuple[dict[str, str], str]:
     """A pretrained model's provenance and val bits per byte; its example prompt."""
     tags = {"data_digest": manifest["data_digest"],
@@ -30,7 +31,7 @@ def corpus_tags(params: Params, metrics: dict[str, Any], manifest: dict[str, Any
     return tags, params.sample.prompt
 
 
-def pairs_tags(params: Params, metrics: dict[str, Any], manifest: dict[str, Any],
+def sft_tags(params: Params, metrics: dict[str, Any], manifest: dict[str, Any],
                base_version: str | None) -> tuple[dict[str, str], str]:
     """A fine-tuned model's base version, test set and exact match; a held-out prompt."""
     tags = {"data_digest": manifest["data_digest"],
@@ -45,9 +46,6 @@ def pairs_tags(params: Params, metrics: dict[str, Any], manifest: dict[str, Any]
     return tags, str(prompts.iloc[0])
 
 
-TAGGERS = {"text": corpus_tags, "sft": pairs_tags}
-
-
 def register(params: Params, run_id: str, metrics: dict[str, Any], dvc_lock_digest: str,
              base_version: str | None = None, overrides: list[str] | None = None,
              sample: str = "") -> dict[str, Any]:
@@ -56,13 +54,13 @@ def register(params: Params, run_id: str, metrics: dict[str, Any], dvc_lock_dige
     first instant), then give it a description and a model card."""
     kind = kind_of(params)
     manifest = read_json(params.path("tokens") / MANIFEST)
-    tags, example = TAGGERS[kind.name](params, metrics, manifest, base_version)
+    tags, example = kind.step("tags")(params, metrics, manifest, base_version)
     provenance = {"git_commit": git_commit(RUN_OWNED),
                   "params_digest": sha256_json(params.to_dict()),
                   "overrides": json.dumps(overrides or [])}
     registered = register_checkpoint(
         params, run_id, params.path("model") / BEST, params.model_name,
-        {"kind": kind.tag, "dvc_lock_digest": dvc_lock_digest, **provenance, **tags},
+        {"kind": kind.name, "dvc_lock_digest": dvc_lock_digest, **provenance, **tags},
         example_prompt=example, mode=kind.mode)
     name, version, all_tags = registered["name"], registered["version"], registered["tags"]
     try:  # the version stands with its tags: a retry here would register a second one

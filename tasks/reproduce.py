@@ -16,7 +16,8 @@ from typing import Any
 from gpt.config import Params, load_params, with_paths
 from gpt.files import atomic_file, sha256_file, sha256_json
 from registry import client, download_checkpoint, model_version
-from tasks.common import BEST, kind_of
+from tasks.common import BEST
+from tasks.kinds import kind_of
 from tasks.version import LOCK_FILE, METRICS_ARTIFACT, VersioningError, dvc, locked_stages
 
 WEIGHTS = "model.safetensors"
@@ -116,7 +117,6 @@ def retrain_and_compare(params: Params, version: str,
     and compare the weights and the scores with the restored (registered) ones."""
     import torch
 
-    from tasks.evaluate import SCORERS
     from tasks.train import fit, prepare_staging
 
     mlflow_client = client(params)
@@ -129,9 +129,9 @@ def retrain_and_compare(params: Params, version: str,
         fit(again, again.path("model"), None, False)
         difference = compare_weights(params.path("model") / BEST / WEIGHTS,
                                      again.path("model") / BEST / WEIGHTS)
-        scores = {"registered": SCORERS[run_params.kind](run_params),
-                  "retrained": SCORERS[run_params.kind](again)}
-    metric = "val_bits_per_byte" if run_params.kind == "text" else "exact_match"
+        score = kind_of(run_params).step("evaluate")
+        scores = {"registered": score(run_params), "retrained": score(again)}
+    metric = kind_of(run_params).metric
     return {"max_abs_difference": difference, "identical": difference == 0.0,
             "threads": torch.get_num_threads(), "metric": metric,
             **{f"{which}_{metric}": scores[which][metric] for which in scores}}

@@ -24,7 +24,7 @@ from registry import (
     ui_base,
     ui_links,
 )
-from tasks.common import KINDS, kind_tagged
+from tasks.kinds import DEFAULT_KIND, kind_tagged
 from tasks.version import LOCK_FILE, VersioningError, dvc
 
 
@@ -40,7 +40,7 @@ def champion_line(params: Params, found) -> str:
     if found is None:
         return f"{params.model_name} has no {alias} yet: `make run` trains and promotes one"
     tags = found.tags
-    kind = kind_tagged(tags.get("kind", KINDS["text"].tag))
+    kind = kind_tagged(tags.get("kind", DEFAULT_KIND))
     return (f"{params.model_name} version {found.version}: {kind.metric_label} "
             f"{tags.get(kind.metric, '?')}, registered "
             f"{when(found.creation_timestamp)}, data {tags.get('data_digest', '?')[:12]}")

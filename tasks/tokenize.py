@@ -19,7 +19,7 @@ from gpt.config import Params
 from gpt.files import atomic_directory, sha256_tree
 from gpt.tokenizer import ENDOFTEXT, BPETokenizer, Tokenizer, count_pretokens, train_tokenizer
 from tasks.chunks import Chunk, fan_out, plan
-from tasks.common import validated_path
+from tasks.kinds import kind_of, validated_path
 
 
 def count_chunk(chunk: Chunk) -> Counter[str]:
@@ -27,7 +27,7 @@ def count_chunk(chunk: Chunk) -> Counter[str]:
     return count_pretokens(chunk.text())
 
 
-def corpus_tokenizer(params: Params) -> Tokenizer:
+def text_tokenizer(params: Params) -> Tokenizer:
     settings = params.tokenizer
     chunks = [c for c in plan(validated_path(params), params.data.val_fraction)
               if c.split == "train"]
@@ -42,7 +42,7 @@ def corpus_tokenizer(params: Params) -> Tokenizer:
                            drop_whitespace=settings.drop_whitespace)
 
 
-def pairs_tokenizer(params: Params) -> Tokenizer:
+def sft_tokenizer(params: Params) -> Tokenizer:
     from gpt.sft import CONTROL_TOKENS
 
     if params.sft.init:
@@ -60,12 +60,9 @@ def pairs_tokenizer(params: Params) -> Tokenizer:
                            min_frequency=params.tokenizer.min_frequency)
 
 
-BUILDERS = {"text": corpus_tokenizer, "sft": pairs_tokenizer}
-
-
 def tokenize(params: Params) -> dict[str, Any]:
     started = time.perf_counter()
-    tokenizer = BUILDERS[params.kind](params)
+    tokenizer = kind_of(params).step("tokenize")(params)
     seconds = time.perf_counter() - started
     out = atomic_directory(params.path("tokenizer"), tokenizer.save)
     return {"path": str(out), "digest": sha256_tree(out), "vocab_size": tokenizer.vocab_size,
@@ -73,13 +70,16 @@ def tokenize(params: Params) -> dict[str, Any]:
 
 
 def base_version(params: Params) -> str | None:
-    """The registered version `sft.init` names now (an alias may have moved), or None."""
-    if params.kind != "sft" or not params.sft.init:
+    """The registered version the kind's base model parameter (sft.init) names now (an alias
+    may have moved), or None."""
+    key = kind_of(params).base_param
+    reference = key and tasks.stages.param_value(params, key)
+    if not reference:
         return None
     from registry import resolve_version, use_store
 
     use_store(params)
-    return "/".join(resolve_version(params.sft.init))
+    return "/".join(resolve_version(reference))
 
 
 def cache_key(_context, arguments: dict[str, Any]) -> str:

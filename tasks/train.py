@@ -43,6 +43,7 @@ from gpt.tokenizer import Tokenizer, load_tokenizer
 from gpt.train import Trainer, pick_device, windows_trainer
 from tasks.common import BEST, LATEST, LOSS_CSV, MANIFEST, TRAIN_METRICS
 from tasks.interrupt import check_stop, stop_requested
+from tasks.kinds import kind_of
 from tasks.stages import param_values
 from tasks.tracking import log_params, metric_logger, run_artifacts
 
@@ -60,7 +61,7 @@ def check_windows(manifest: dict[str, Any], block_size: int) -> None:
                 f"fewer than one training window of model.block_size + 1 = {block_size + 1}")
 
 
-def corpus_trainer(params: Params, tokenizer: Tokenizer, out: Path, callback: Callback,
+def text_trainer(params: Params, tokenizer: Tokenizer, out: Path, callback: Callback,
                    scratch: Path) -> tuple[Trainer, str | None]:
     """Windows of the token shards (data.windows), fresh weights from the seed."""
     tokens_dir = params.path("tokens")
@@ -87,7 +88,7 @@ def read_examples(path: Path) -> list:
                             strict=True)]
 
 
-def pairs_trainer(params: Params, tokenizer: Tokenizer, out: Path, callback: Callback,
+def sft_trainer(params: Params, tokenizer: Tokenizer, out: Path, callback: Callback,
                   _scratch: Path) -> tuple[Trainer, str | None]:
     """Length-bucketed batches of records, from a registered base model or fresh weights."""
     from gpt.sft import PAD, BucketedBatches, eval_batches
@@ -115,9 +116,6 @@ def pairs_trainer(params: Params, tokenizer: Tokenizer, out: Path, callback: Cal
     trainer = Trainer(model, batches, lambda: val, cfg, out, callback=callback,
                       assets_dir=params.path("tokenizer"))
     return trainer, base_version
-
-
-TRAINERS = {"text": corpus_trainer, "sft": pairs_trainer}
 
 
 def write_loss_curve(history: list[dict[str, Any]], losses: list[dict[str, Any]],
@@ -198,7 +196,7 @@ def fit(params: Params, staging: Path, run_id: str | None, resume: bool) -> dict
     staging; a plain summary back."""
     tokenizer = load_tokenizer(params.path("tokenizer"))
     with tempfile.TemporaryDirectory(prefix="tinygpt-tokens-") as scratch:
-        trainer, base_version = TRAINERS[params.kind](params, tokenizer, staging,
+        trainer, base_version = kind_of(params).step("train")(params, tokenizer, staging,
                                                       metric_logger(params, run_id),
                                                       Path(scratch))
         trainer.should_stop = stop_requested
@@ -294,7 +292,7 @@ def train(params: Params, run_id: str | None = None, fresh: bool = False) -> dic
                      reports / "loss_curve.png")
     artifacts = [reports / "loss_curve.png"]
     sample = None
-    if params.kind == "text":
+    if kind_of(params).samples:
         sample = write_samples(params, model_dir / BEST, reports / "samples.txt")
         artifacts.append(reports / "samples.txt")
     if run_id is not None:

@@ -30,7 +30,8 @@ import pandas as pd
 from gpt.config import Params, ValidateConfig
 from gpt.files import atomic_file
 from tasks.chunks import Chunk, fan_out, plan
-from tasks.common import CORPUS_FILE, PAIRS_RAW, validated_path
+from tasks.common import CORPUS_FILE, PAIRS_RAW
+from tasks.kinds import kind_of, validated_path
 from tasks.web_assets import self_host
 
 SUITE_NAME = "corpus"
@@ -304,7 +305,7 @@ def add_up(details: dict[str, Any], parts: list[dict[str, Any]], offsets: np.nda
     details.pop("partial_unexpected_counts", None)
 
 
-def check_corpus(params: Params) -> Checked:
+def check_text(params: Params) -> Checked:
     """The corpus's suite, a chunk at a time (in parallel), combined into one verdict."""
     raw = params.path("raw") / CORPUS_FILE
     chunks = plan(raw, None)
@@ -354,7 +355,7 @@ def length_limits(params: Params) -> tuple[Callable[[str, str], int], int]:
     return (lambda p, c: len(p.encode()) + len(c.encode()) + controls), block
 
 
-def check_pairs(params: Params) -> Checked:
+def check_sft(params: Params) -> Checked:
     """The suite on prompt -> completion records (a set small enough to check whole)."""
     from tasks.ingest import read_pairs
 
@@ -372,13 +373,10 @@ def check_pairs(params: Params) -> Checked:
                    lambda tmp: frame.astype({"prompt": str, "completion": str}).to_parquet(tmp))
 
 
-CHECKS = {"text": check_corpus, "sft": check_pairs}
-
-
 def validate(params: Params) -> dict[str, Any]:
     """Check the raw records against the kind's suite; write the validated file only when
     they pass. The Data Docs report is written either way."""
-    checked = CHECKS[params.kind](params)
+    checked = kind_of(params).step("validate")(params)
     report = write_data_docs(checked.result, checked.make_suite,
                              params.path("reports") / "data_docs")
     write_static_report(checked.result, checked.rows, params.path("reports") / STATIC_REPORT)

@@ -17,7 +17,7 @@ from typing import Any
 
 from gpt.config import Params
 from gpt.files import atomic_directory, atomic_file, replace_directory, sha256_file
-from tasks.common import Kind, kind_of
+from tasks.kinds import Kind, kind_of
 
 LOCK_FILE = "dvc.lock"  # the pretraining project's; the fine-tuning one's is sft/dvc.lock
 # Tracked by git and rewritten by every run: a version's commit tag ignores them, and each

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tasks.common import KINDS
+from tasks.kinds import KINDS
 from tasks.lock import LOCK_FILE, held
 from tasks.version import dvc, locked_stages
 

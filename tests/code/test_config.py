@@ -152,9 +152,10 @@ def test_nonsense_parameters_fail_before_any_work(tmp_path, capsys, shakespeare_
 def test_the_dvc_stage_entry_point_names_the_same_steps_and_kinds():
     import tasks.__main__ as entry
     from gpt.config import DATA_KINDS
-    from tasks.common import DVC_STEPS
+    from tasks.kinds import DVC_STEPS, KINDS
 
     assert (DVC_STEPS, tuple(DATA_KINDS)) == (entry.STEPS, entry.KINDS)
+    assert tuple(KINDS) == tuple(DATA_KINDS)
 
 
 # What each write-up states, which its recipe must say too (../shared/seeds/); and what makes
@@ -225,24 +226,3 @@ def test_every_sampler_starts_from_one_set_of_defaults():
     assert pyfunc == {**declared, "top_p": 1.0}  # the signature's "every token"
     yaml_sample = asdict(load_params(ROOT / "params.yaml").sample.sampling())
     assert yaml_sample == {**declared, "seed": yaml_sample["seed"]}
-
-
-def test_every_table_keyed_by_kind_covers_every_kind():
-    """A step looks up its kind's part in a table keyed by kind name (ENCODERS, SCORERS, ...):
-    a kind missing from one would fail only when its run reaches that step, after training."""
-    import importlib
-    import pkgutil
-
-    import tasks
-    from tasks.common import KINDS
-
-    tables = {}
-    for info in pkgutil.iter_modules(tasks.__path__):
-        module = importlib.import_module(f"tasks.{info.name}")
-        for name, value in vars(module).items():
-            if isinstance(value, dict) and set(value) & set(KINDS):
-                tables[f"tasks.{info.name}.{name}"] = set(value)
-    assert len(tables) >= 10, sorted(tables)  # the checker finds them
-    wrong = {name: sorted(set(KINDS) - keys) for name, keys in tables.items()
-             if keys != set(KINDS)}
-    assert not wrong, f"tables missing a kind: {wrong}"

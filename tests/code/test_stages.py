@@ -1,6 +1,6 @@
-"""What each step reads is declared once, in tasks/stages.py: dvc.yaml's stages say the same,
-every project module a step runs is named there, and an interrupted run resumes only with the
-same settings."""
+"""What each step reads is declared once, by its kind (tasks/kinds/): dvc.yaml's stages say
+the same, every project module a step runs is named there, and an interrupted run resumes
+only with the same settings."""
 
 from __future__ import annotations
 
@@ -9,17 +9,19 @@ import yaml
 
 from gpt.config import load_params
 from gpt.files import write_json
-from tasks.common import DVC_STEPS, KINDS, MANIFEST
-from tasks.stages import INPUTS
+from tasks.common import MANIFEST
+from tasks.kinds import DVC_STEPS, KINDS
 from tasks.train import fingerprint
 from tests.code.test_layers import import_graph
 from tests.scratch import ROOT
 
 # Modules whose changes cannot change a step's outputs: the settings' schema (their values
 # are the stages' params), atomic writes, progress lines, stop requests, run logging, the
-# registry's client (a base model is pinned by its version in the cache key), locks, reports.
+# registry's client (a base model is pinned by its version in the cache key), locks, reports;
+# the kinds' declarations (what they name a step runs is checked in tests/code/test_kinds.py).
 NO_EFFECT = {"gpt.config", "gpt.files", "gpt.progress", "tasks.common", "tasks.interrupt",
-             "tasks.tracking", "tasks.lock", "tasks.stages", "tasks.web_assets", "registry"}
+             "tasks.tracking", "tasks.lock", "tasks.stages", "tasks.web_assets", "registry",
+             "tasks.kinds", *(f"tasks.kinds.{name}" for name in ("base", *KINDS))}
 
 
 def declared_stage(kind: str, step: str) -> tuple[set[str], set[str]]:
@@ -35,12 +37,12 @@ def declared_stage(kind: str, step: str) -> tuple[set[str], set[str]]:
     return deps, params
 
 
-@pytest.mark.parametrize("kind", sorted(INPUTS))
+@pytest.mark.parametrize("kind", sorted(KINDS))
 @pytest.mark.parametrize("step", DVC_STEPS)
 def test_each_dvc_stage_declares_what_tasks_stages_declares(kind, step, monkeypatch):
     monkeypatch.chdir(ROOT)
     params = load_params(ROOT / "params.yaml", [f"data.kind={kind}"])
-    inputs = INPUTS[kind][step]
+    inputs = KINDS[kind].inputs[step]
     project = ROOT / KINDS[kind].dvc_project
     data = {str((ROOT / params.path(name)).relative_to(project)) for name in inputs.data}
     deps, stage_params = declared_stage(kind, step)
@@ -63,7 +65,7 @@ def test_every_module_a_step_runs_is_a_dependency_of_its_stage(step):
     """The step's module, what it imports, and what those import in turn: each is named by
     the step's stage (of some kind), or cannot change its outputs (NO_EFFECT)."""
     graph = import_graph()
-    code = {c for kind in INPUTS for c in INPUTS[kind][step].code}
+    code = {c for kind in KINDS.values() for c in kind.inputs[step].code}
     missing, seen, todo = set(), set(), [f"tasks.{step}"]
     while todo:
         module = todo.pop()

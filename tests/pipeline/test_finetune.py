@@ -14,7 +14,7 @@ from flows.retrain import retrain
 from gpt.config import load_params
 from gpt.files import sha256_tree
 from registry import client
-from tasks.common import KINDS
+from tasks.kinds import KINDS
 from tasks.validate import DataValidationError
 from tests.pipeline.conftest import dvc, dvc_changes
 

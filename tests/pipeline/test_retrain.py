@@ -21,7 +21,7 @@ from flows.retrain import retrain
 from gpt.config import load_params
 from gpt.files import sha256_tree
 from registry import client
-from tasks.common import KINDS
+from tasks.kinds import KINDS
 from tasks.reproduce import reproduce
 from tests.data.test_validate import bad_sources
 from tests.pipeline.conftest import BIN, dvc, dvc_changes

@@ -30,7 +30,7 @@ from stack.envfile import ENV_FILE, VARIABLES
 from stack.processes import alive
 from stack.remote import VARIABLE as DVC_REMOTE_VARIABLE
 from stack.services import BUCKET, POOL, S3_CREDENTIALS, SERVICES
-from tasks.common import KINDS
+from tasks.kinds import KINDS
 from tests.scratch import ROOT
 from tests.serve.conftest import until
 from tests.stack.conftest import (
