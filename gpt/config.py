@@ -268,6 +268,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0    # > 1 discourages tokens already in the context
     seed: int | None = None            # same seed, same parameters -> same sample
     stop: Sequence[str] = field(default_factory=tuple)  # text at which generation ends
+    context_tokens: int | None = None  # the most recent tokens it attends to; None: its block
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
@@ -283,6 +284,19 @@ class SamplingParams:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
         if any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
+        if self.context_tokens is not None and (
+                not isinstance(self.context_tokens, int) or self.context_tokens < 1):
+            raise ValueError(f"context_tokens must be a positive integer, "
+                             f"got {self.context_tokens!r}")
+
+
+    def tunable(self) -> dict[str, Any]:
+        """The settings a person tunes for a model (TUNABLE_SAMPLING): a recipe's choice of
+        them is registered with its model, and the service and its page start from it."""
+        return {name: getattr(self, name) for name in TUNABLE_SAMPLING}
+
+
+TUNABLE_SAMPLING = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty")
 
 
 @dataclass

@@ -99,25 +99,29 @@ class DecodeClock:
 def iter_tokens(model: GPT, idx: torch.Tensor, params: SamplingParams,
                 stop_ids: Sequence[int] = (), clock: DecodeClock | None = None
                 ) -> Iterator[torch.Tensor]:
-    """Yield each new token (B,) in turn; stops early when batch 1 samples a stop id."""
+    """Yield each new token (B,) in turn; stops early when batch 1 samples a stop id.
+
+    Every token is predicted from at most the last `params.context_tokens` tokens (the
+    model's block size when None, or when that is smaller): a sliding window. Until the
+    window is full each step feeds one token through the KV cache; once it is full the window
+    moves one token a step, and the cache is refilled from it (the positions restart at 0,
+    as in training)."""
     model.eval()
-    block = model.config.block_size
+    window = min(params.context_tokens or model.config.block_size, model.config.block_size)
     generator = _generator(idx.device, params.seed)
-    context = idx[:, -block:]
+    context = idx[:, -window:]
     cache = model.new_cache(idx.size(0))
     logits, _ = model(context, cache=cache, last_only=True)
     for _ in range(params.max_new_tokens):
         scores = apply_repetition_penalty(logits[:, -1, :], context, params.repetition_penalty)
         token = sample_next(scores, params, generator)
-        context = torch.cat([context, token], dim=1)
+        context = torch.cat([context, token], dim=1)[:, -window:]
         if clock is not None:
             clock.tick()
         yield token[:, 0]
         if idx.size(0) == 1 and token.item() in stop_ids:
             return
-        if cache.pos == block:
-            # The position table ends here: keep the most recent half and refill the cache.
-            context = context[:, -(block // 2):]
+        if cache.pos == window:
             cache = model.new_cache(idx.size(0))
             logits, _ = model(context, cache=cache, last_only=True)
         else:

@@ -378,7 +378,8 @@ def download_checkpoint(params: Params, name: str, version: str, into: Path) -> 
 
 
 def load_version(name: str, version: str):
-    """The tinygpt pyfunc of a registered version, unwrapped: `.model`, `.tokenizer`, `.mode`."""
+    """The tinygpt pyfunc of a registered version, unwrapped: `.model`, `.tokenizer`, `.mode`,
+    `.sampling` (its run's tunable sampling settings)."""
     import mlflow
 
     return mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
@@ -451,7 +452,7 @@ def register_checkpoint(params: Params, run_id: str, checkpoint: Path, model_nam
         artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=run_id,
         python_model=str(PYFUNC_FILE), artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
         signature=signature(), input_example=pd.DataFrame({"prompt": [example_prompt]}),
-        model_config={"mode": mode})
+        model_config={"mode": mode, "sampling": params.sample.sampling().tunable()})
     all_tags = {"git_commit": git_commit(), "run_id": run_id, **tags}  # tags may say better
     registered = mlflow.register_model(info.model_uri, model_name, tags=all_tags)
     return {"name": model_name, "version": str(registered.version),

@@ -26,7 +26,9 @@ class TinyGPTModel(mlflow.pyfunc.PythonModel):
         folder = context.artifacts[CHECKPOINT_ARTIFACT]
         self.model = load_model(folder).eval()
         self.tokenizer = load_tokenizer(folder)
-        self.mode = (context.model_config or {}).get("mode", "text")
+        config = context.model_config or {}
+        self.mode = config.get("mode", "text")
+        self.sampling = config.get("sampling", {})  # what its run's sample section chose
 
     def predict(self, context, model_input: pd.DataFrame,
                 params: dict[str, Any] | None = None) -> pd.DataFrame:

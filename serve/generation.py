@@ -7,7 +7,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
@@ -15,6 +15,7 @@ import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from gpt.config import TUNABLE_SAMPLING
 from gpt.generate import SamplingParams, decode_stream, encode_prompt, iter_tokens
 from gpt.sft import PROMPT, prompt_ids
 from serve.model_holder import LoadedModel
@@ -42,15 +43,19 @@ class GenerateRequest(BaseModel):
     # "completion": the prompt is wrapped as <|prompt|> ... <|completion|> (fine-tuned models);
     # None: completion for a model whose tokenizer has those control tokens, else text.
     mode: Literal["text", "completion"] | None = None
-    # The model's context the prompt may fill: it keeps its last context_tokens tokens.
-    context_tokens: int | None = Field(None, ge=1, le=65535)
+    # The tokens the model attends to, prompt and answer: a window sliding over the last
+    # context_tokens (None: the model's block size).
+    context_tokens: int | None = Field(DEFAULTS.context_tokens, ge=1, le=65535)
     model: str | None = Field(None, max_length=1000)  # a served model's name; None: the default
 
-    def sampling(self) -> SamplingParams:
-        return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                              top_k=self.top_k, top_p=self.top_p,
-                              repetition_penalty=self.repetition_penalty, seed=self.seed,
-                              stop=tuple(self.stop))
+    def sampling(self, model_defaults: Mapping[str, Any]) -> SamplingParams:
+        """The request's sampling; a tunable setting it leaves out takes the served model's
+        default (its recipe's choice)."""
+        chosen = {name: getattr(self, name) for name in TUNABLE_SAMPLING}
+        chosen.update({name: value for name, value in model_defaults.items()
+                       if name in TUNABLE_SAMPLING and name not in self.model_fields_set})
+        return SamplingParams(**chosen, seed=self.seed, stop=tuple(self.stop),
+                              context_tokens=self.context_tokens)
 
 
 def failed(err: Exception) -> str:
@@ -116,7 +121,7 @@ class Generation:
 
     def __init__(self, loaded: LoadedModel, request: GenerateRequest) -> None:
         self.loaded = loaded
-        self.params = request.sampling()
+        self.params = request.sampling(loaded.sampling)
         self.prompt = request.prompt
         self.mode = request.mode or (
             "completion" if PROMPT in loaded.tokenizer.special_tokens else "text")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from gpt.checkpoint import load_model, resolve_checkpoint
@@ -22,9 +22,8 @@ from gpt.tokenizer import load_tokenizer
 from registry import load_version, parse_model_uri, resolve_version
 
 log = logging.getLogger("tinygpt.serve")
-# The sampling defaults a client (the page's sliders) starts from.
-SLIDERS = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty")
-SAMPLING_DEFAULTS = {k: v for k, v in asdict(SamplingParams()).items() if k in SLIDERS}
+# What a model registered without its run's sampling choice (or a checkpoint folder) uses.
+SAMPLING_DEFAULTS = SamplingParams().tunable()
 
 
 @dataclass
@@ -37,13 +36,16 @@ class LoadedModel:
     parameters: int
     device: str
     weights: str
+    # The tunable sampling settings of its run (a recipe's): what a request leaves out takes,
+    # and what the page's sliders start from.
+    sampling: dict[str, Any] = field(default_factory=lambda: dict(SAMPLING_DEFAULTS))
     loaded_at: float = field(default_factory=time.time)
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.name, "version": self.version, "alias": self.alias,
                 "parameters": self.parameters, "device": self.device, "weights": self.weights,
                 "block_size": self.model.config.block_size,
-                "sampling": SAMPLING_DEFAULTS}
+                "sampling": self.sampling}
 
 
 LOCAL = "local"  # the version shown for a checkpoint folder, which no registry numbers
@@ -78,15 +80,17 @@ class ModelHolder:
         return resolve_version(f"models:/{self.name}@{self.alias}")[1]
 
     def load_version(self, version: str) -> LoadedModel:
+        sampling = dict(SAMPLING_DEFAULTS)
         if self.folder is not None:
             model, tokenizer = load_model(self.folder), load_tokenizer(self.folder)
         else:
             wrapper = load_version(self.name, version)
             model, tokenizer = wrapper.model, wrapper.tokenizer
+            sampling.update(getattr(wrapper, "sampling", {}))
         device = next(model.parameters()).device
         weights = pick_weights(self.weights, device)
         return LoadedModel(self.name, version, self.alias, for_decoding(model, weights),
-                           tokenizer, model.num_params(), str(device), weights)
+                           tokenizer, model.num_params(), str(device), weights, sampling)
 
     def refresh(self) -> bool:
         """Load the version the URI resolves to, if it is not the one served, and swap it in if

@@ -211,17 +211,17 @@ def test_an_unknown_recipe_is_refused_naming_the_closest_one():
 
 def test_every_sampler_starts_from_one_set_of_defaults():
     """params.yaml's sample section, the registered pyfunc's signature, /generate and the page
-    (GET /health's "sampling") all take SamplingParams' defaults; they once disagreed."""
+    (GET /health's "sampling" for a model whose run chose none) all take SamplingParams'
+    defaults; they once disagreed."""
     from dataclasses import asdict
 
-    from gpt.config import SamplingParams
+    from gpt.config import TUNABLE_SAMPLING, SamplingParams
     from registry import sampling_from
     from serve.generation import GenerateRequest
-    from serve.model_holder import SLIDERS
 
     declared = asdict(SamplingParams())
     request = GenerateRequest().model_dump()
-    assert {k: request[k] for k in SLIDERS} == {k: declared[k] for k in SLIDERS}
+    assert {k: request[k] for k in TUNABLE_SAMPLING} == SamplingParams().tunable()
     pyfunc = asdict(sampling_from(None))
     assert pyfunc == {**declared, "top_p": 1.0}  # the signature's "every token"
     yaml_sample = asdict(load_params(ROOT / "params.yaml").sample.sampling())

@@ -47,6 +47,22 @@ def test_top_k_of_one_is_greedy(byte_model):
     assert torch.equal(greedy, top1)
 
 
+@pytest.mark.parametrize("window", [5, 64, None])  # a few tokens; the block; the default
+def test_each_token_is_predicted_from_the_last_context_tokens_only(byte_model, window):
+    """Against nanoGPT's loop without a cache: crop to the window, run it all, take the
+    argmax. Past the window (and past the block, 64) the cached sampler must agree."""
+    idx = torch.tensor([[72, 105, 33, 10, 72, 105, 33]])
+    crop = window or byte_model.config.block_size
+    expected = idx
+    byte_model.eval()
+    with torch.no_grad():
+        for _ in range(80):
+            logits, _ = byte_model(expected[:, -crop:])
+            expected = torch.cat([expected, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    got = generate_ids(byte_model, idx, 80, temperature=0, context_tokens=window)
+    assert torch.equal(got, expected)
+
+
 def test_top_p_keeps_the_smallest_set_reaching_p():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     kept = filter_top_p(logits, 0.7).isfinite()
@@ -94,7 +110,7 @@ def test_stream_text_joins_to_the_full_generation(byte_model, byte_tokenizer):
 
 @pytest.mark.parametrize(("field", "value"), [
     ("temperature", -0.1), ("top_k", 0), ("top_p", 1.5), ("repetition_penalty", 0.0),
-    ("max_new_tokens", -1),
+    ("max_new_tokens", -1), ("context_tokens", 0),
 ])
 def test_nonsense_sampling_parameters_are_refused(field, value):
     with pytest.raises(ValueError, match=field):

@@ -144,6 +144,8 @@ def test_registered_pyfunc_loads_from_the_champion_alias_and_generates(first_run
     out = model.predict(pd.DataFrame({"prompt": ["ROMEO:"]}),
                         params={"max_new_tokens": 8, "seed": 1})
     assert list(out.columns) == ["completion"] and isinstance(out["completion"][0], str)
+    run_sampling = load_params().sample.sampling().tunable()
+    assert model.unwrap_python_model().sampling == run_sampling  # what the service starts from
     model_dir = Path(mlflow.artifacts.download_artifacts("models:/tinygpt@champion"))
     stored = {p.name for p in model_dir.rglob("*") if p.is_file()}
     assert {"model.safetensors", "config.json", "vocab.json", "merges.txt"} <= stored

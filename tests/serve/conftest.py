@@ -43,7 +43,8 @@ class Registry:
 
     def register(self, seed: int, alias: str | None = "champion", name: str = "tinygpt",
                  fine_tuned: bool = False, loadable: bool = True,
-                 tokenizer: Tokenizer | None = None, nan_weights: bool = False) -> str:
+                 tokenizer: Tokenizer | None = None, nan_weights: bool = False,
+                 sampling: dict | None = None) -> str:
         """Register a small random-weight model; point alias at it. Returns the version.
 
         fine_tuned: its tokenizer has the control tokens, and it always answers
@@ -52,6 +53,7 @@ class Registry:
         moves, so loading the version fails.
         nan_weights: its position embedding is NaN (what a diverged run registers): it loads,
         and check_model refuses it.
+        sampling: the tunable sampling settings its run chose, as the pipeline registers them.
         """
         import mlflow
         import pandas as pd
@@ -83,7 +85,8 @@ class Registry:
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(PYFUNC_FILE), artifacts={"checkpoint": str(ckpt)},
                 signature=signature(), input_example=pd.DataFrame({"prompt": ["hi"]}),
-                registered_model_name=name)
+                registered_model_name=name,
+                model_config={"sampling": sampling} if sampling else None)
         version = str(info.registered_model_version)
         if not loadable:
             stored = mlflow.MlflowClient().get_model_version_download_uri(name, version)

@@ -84,7 +84,8 @@ def test_the_page_chooses_among_served_models_and_trims_the_context(browser_page
     from gpt.tokenizer import WordTokenizer
 
     registry.register(seed=9, name="page-words", tokenizer=WordTokenizer.train(
-        "to be or not to be, that is the question:\n", 64))
+        "to be or not to be, that is the question:\n", 64),
+        sampling={"max_new_tokens": 20, "top_p": 0.95, "repetition_penalty": 1.2})
     proc, url = start_service(registry.uri, tmp_path, "--model", "models:/tinygpt@champion",
                               "--model", "models:/page-words@champion")
     try:
@@ -95,6 +96,9 @@ def test_the_page_chooses_among_served_models_and_trims_the_context(browser_page
             expect(page.locator("#model-choice")).to_be_visible()
             page.select_option("#model-select", "page-words")
             expect(page.locator("#model")).to_contain_text("model page-words version")
+            for slider, value in (("max_new_tokens", "20"), ("top_p", "0.95"),
+                                  ("repetition_penalty", "1.2")):  # its run's choice
+                expect(page.locator(f"#{slider}-value")).to_have_text(value)
             expect(page.locator("#context_tokens")).to_have_attribute("max", "64")  # its block
             page.locator("#context_tokens").fill("3")
             page.fill("#prompt", "to be or not to be")

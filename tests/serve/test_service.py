@@ -261,13 +261,20 @@ def test_several_models_are_served_and_chosen_per_request(registry, tmp_path):
     from gpt.tokenizer import WordTokenizer
 
     words_tokenizer = WordTokenizer.train("to be or not to be, that is the question:\n", 64)
-    registry.register(seed=8, name="tinygpt-words", tokenizer=words_tokenizer)
+    recipe = {"max_new_tokens": 3, "top_p": 0.95, "repetition_penalty": 1.2}  # its run's
+    registry.register(seed=8, name="tinygpt-words", tokenizer=words_tokenizer, sampling=recipe)
     proc, url = start_service(registry.uri, tmp_path, "--model", "models:/tinygpt@champion",
                               "--model", "models:/tinygpt-words@champion")
     try:
         wait_for(f"{url}/health")
         listed = wait_for(f"{url}/models").json()["models"]
         assert [m["model"] for m in listed] == ["tinygpt", "tinygpt-words"]
+        assert listed[1]["sampling"] == {**listed[0]["sampling"], **recipe}
+        # What a request leaves out comes from the model's run; what it names, from it.
+        short, longer = (httpx.post(f"{url}/generate", timeout=60, json={
+            "model": "tinygpt-words", "prompt": "to be", "seed": 3, **extra}).json()
+            for extra in ({}, {"max_new_tokens": 12}))
+        assert short["completion_tokens"] <= 3 < longer["completion_tokens"]
         default = httpx.post(f"{url}/generate", timeout=60, json={**BASE, "max_new_tokens": 4})
         assert default.json()["model"] == "tinygpt" and "code" not in default.json()
         words = httpx.post(f"{url}/generate", timeout=60, json={
@@ -277,7 +284,7 @@ def test_several_models_are_served_and_chosen_per_request(registry, tmp_path):
         # 14 pieces: words, spaces and the comma; "hamlet", never seen, is one <|unk|>.
         assert words["prompt_tokens"] == len(words_tokenizer.encode("to be or not to be, hamlet"))
         assert words["prompt_tokens"] == 14
-        # The context-length setting: the prompt keeps its last N tokens.
+        # The context-length setting: the model attends to the last N tokens, prompt included.
         trimmed = httpx.post(f"{url}/generate", timeout=60, json={
             **BASE, "model": "tinygpt-words", "prompt": "to be or not to be, hamlet",
             "context_tokens": 3, "max_new_tokens": 4}).json()
