@@ -141,9 +141,14 @@ class TokenizerConfig:
     vocab_size: int = 2048         # word, regex: a cap on the most frequent pieces
     min_frequency: int = 1         # word, regex: fewer occurrences in training -> <|unk|>
     drop_whitespace: bool = False  # regex: whitespace is no token; decode spaces the words
+    # The records it learns from: the train split (the held-out text stays unseen), or all of
+    # them, as a tokenizer trained on the whole corpus file is (a word vocabulary then has no
+    # <|unk|> in the held-out text, whose bits per byte then count every word).
+    fit_on: str = "train"          # train | all
 
     def __post_init__(self) -> None:
         _one_of("tokenizer", "kind", self.kind, list(TOKENIZER_KINDS))
+        _one_of("tokenizer", "fit_on", self.fit_on, FIT_ON)
         _positive_ints("tokenizer", self, ["vocab_size", "min_frequency"])
         if self.min_frequency != 1 and self.kind not in FREQUENCY_KINDS:
             raise ValueError(f"tokenizer.min_frequency applies to the "
@@ -151,6 +156,9 @@ class TokenizerConfig:
         if self.drop_whitespace and self.kind != "regex":
             raise ValueError(f"tokenizer.drop_whitespace applies to the regex kind, not "
                              f"{self.kind}")
+
+
+FIT_ON = ("train", "all")
 
 
 @dataclass

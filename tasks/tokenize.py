@@ -30,7 +30,7 @@ def count_chunk(chunk: Chunk) -> Counter[str]:
 def text_tokenizer(params: Params) -> Tokenizer:
     settings = params.tokenizer
     chunks = [c for c in plan(validated_path(params), params.data.val_fraction)
-              if c.split == "train"]
+              if c.split == "train" or settings.fit_on == "all"]
     if settings.kind == "bpe":
         counts: Counter[str] = Counter()
         for part in fan_out(params, count_chunk, chunks, "counting pretokens"):
@@ -53,7 +53,7 @@ def sft_tokenizer(params: Params) -> Tokenizer:
     import pandas as pd  # here only: a data worker imports this module to count pretokens
 
     frame = pd.read_parquet(validated_path(params))
-    train = frame[frame["split"] == "train"]
+    train = frame if params.tokenizer.fit_on == "all" else frame[frame["split"] == "train"]
     text = "\n".join(train["prompt"]) + "\n" + "\n".join(train["completion"])
     return train_tokenizer(params.tokenizer.kind, text, params.tokenizer.vocab_size,
                            special_tokens=CONTROL_TOKENS,

@@ -171,7 +171,8 @@ WRITE_UPS = {
                          "train.max_steps": 3000},
     "prompt-to-code": {"data.kind": "sft", "tokenizer.kind": "char", "model.n_layer": 2,
                        "model.n_embd": 128},
-    "word-streaming": {"tokenizer.kind": "word", "model.n_layer": 4, "model.n_head": 4,
+    "word-streaming": {"tokenizer.kind": "word", "tokenizer.fit_on": "all",
+                       "tokenizer.min_frequency": 1, "model.n_layer": 4, "model.n_head": 4,
                        "model.n_embd": 128, "model.block_size": 128,
                        "train.checkpoint_interval": 100, "sample.repetition_penalty": 1.2,
                        "sample.top_p": 0.95, "sample.max_new_tokens": 20},
@@ -180,6 +181,21 @@ WRITE_UPS = {
                   "model.block_size": 256, "model.qkv_bias": False, "model.bias": True,
                   "train.learning_rate": 4e-4},
 }
+
+
+def test_word_streaming_has_the_write_ups_4_6m_parameters_on_tiny_shakespeare(shakespeare):
+    """The 003 write-up's model: its vocabulary (every word of the corpus, fit_on all) and its
+    dimensions give 4.6M parameters, within 10%."""
+    from gpt.model import GPT
+    from gpt.tokenizer import ENDOFTEXT, train_tokenizer
+
+    params = load_params(overrides=recipe_overrides("word-streaming", ROOT / "recipes"))
+    settings = params.tokenizer
+    tokenizer = train_tokenizer(settings.kind, shakespeare, settings.vocab_size,
+                                special_tokens=(ENDOFTEXT,),
+                                min_frequency=settings.min_frequency)
+    parameters = GPT(params.model_config(tokenizer.vocab_size)).num_params(non_embedding=False)
+    assert abs(parameters / 4.6e6 - 1) <= 0.10, parameters
 
 
 def test_every_recipe_builds_states_its_write_up_and_registers_under_its_own_name():

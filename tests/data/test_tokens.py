@@ -177,3 +177,32 @@ def test_a_slow_chunk_holds_back_results_not_workers():
         results = list(_in_order(list(range(12)), submit, n_workers=2))
     assert results == [(c, c * 10) for c in range(12)]
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(("fit_on", "unknown_in_val"), [("train", True), ("all", False)])
+def test_a_tokenizer_learns_from_the_train_split_or_every_record(tmp_path, monkeypatch,
+                                                                 fit_on, unknown_in_val):
+    """tokenizer.fit_on: a word only the held-out tail holds is <|unk|> to a vocabulary
+    learnt from the train split, and a word of one learnt from every record."""
+    import shutil
+
+    from gpt.config import load_params
+    from gpt.tokenizer import UNKNOWN, load_tokenizer
+    from tasks.ingest import ingest
+    from tasks.tokenize import tokenize
+    from tasks.validate import validate
+    from tests.scratch import ROOT
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("to be or not to be\n\n" * 40 + "that is the question\n\n" * 4)
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    params = load_params(None, [f"data.source={corpus}", "data.sha256=null",
+                                "data.val_fraction=0.1", "tokenizer.kind=word",
+                                f"tokenizer.fit_on={fit_on}"])
+    for step in (ingest, validate, tokenize):
+        step(params)
+    tokenizer = load_tokenizer(params.path("tokenizer"))
+    unknown = tokenizer.special_tokens[UNKNOWN]
+    assert (unknown in tokenizer.encode("question")) == unknown_in_val
+    assert unknown not in tokenizer.encode("to be or not")
