@@ -145,10 +145,20 @@ class TokenizerConfig:
     # them, as a tokenizer trained on the whole corpus file is (a word vocabulary then has no
     # <|unk|> in the held-out text, whose bits per byte then count every word).
     fit_on: str = "train"          # train | all
+    # char, as the 002 write-up builds it: a <|unk|> token for characters unseen in training
+    # (else they are refused), printable ASCII in the vocabulary whatever the corpus holds,
+    # and the special tokens at the first ids.
+    unknown: bool = False
+    seed_ascii: bool = False
+    specials_first: bool = False
 
     def __post_init__(self) -> None:
         _one_of("tokenizer", "kind", self.kind, list(TOKENIZER_KINDS))
         _one_of("tokenizer", "fit_on", self.fit_on, FIT_ON)
+        for option in ("unknown", "seed_ascii", "specials_first"):
+            if getattr(self, option) and self.kind != "char":
+                raise ValueError(f"tokenizer.{option} applies to the char kind, not "
+                                 f"{self.kind}")
         _positive_ints("tokenizer", self, ["vocab_size", "min_frequency"])
         if self.min_frequency != 1 and self.kind not in FREQUENCY_KINDS:
             raise ValueError(f"tokenizer.min_frequency applies to the "
@@ -360,7 +370,9 @@ class SFTConfig:
     seed: int = 0
     init: str | None = None        # a registered model to start from: models:/tinygpt@champion
     model_name: str = "tinygpt-sft"
-    max_new_tokens: int = 32       # longest answer generated when scoring
+    max_new_tokens: int | None = None  # longest answer generated when scoring; None: one
+    #                                    more token than the set's longest answer
+    fallback: bool = False         # a degenerate answer -> the closest training prompt's answer
     tokenizer: dict[str, Any] = field(default_factory=lambda: {"kind": "char",
                                                                "vocab_size": 256})
     model: dict[str, Any] = field(default_factory=lambda: {
@@ -374,7 +386,8 @@ class SFTConfig:
         "metrics": "sft/metrics", "reports": "reports/sft"})
 
     def __post_init__(self) -> None:
-        _positive_ints("sft", self, ["records", "max_new_tokens"])
+        _positive_ints("sft", self, ["records"] + (["max_new_tokens"]
+                                                   if self.max_new_tokens is not None else []))
         for name in OVERLAY_SECTIONS:
             check_keys(f"sft.{name}", getattr(self, name), SECTIONS[name],
                        exclude=DERIVED.get(name, ()))

@@ -9,18 +9,28 @@ prompt, and every padding position, is -100, which cross-entropy ignores.
 from __future__ import annotations
 
 import ast
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from gpt.generate import SamplingParams, decode_stream, iter_tokens
-from gpt.tokenizer import ENDOFTEXT, Tokenizer
+from gpt.tokenizer import ENDOFTEXT, UNKNOWN, Tokenizer
 
 PROMPT, COMPLETION, PAD = "<|prompt|>", "<|completion|>", "<|pad|>"
 CONTROL_TOKENS = (PROMPT, COMPLETION, ENDOFTEXT, PAD)
+# The 002 write-up's ids for the same tokens: <PAD>=0, <UNK>=1, <PROMPT>=2, <CODE>=3, <EOS>=4.
+WRITE_UP_ORDER = (PAD, UNKNOWN, PROMPT, COMPLETION, ENDOFTEXT)
 IGNORE = -100
+
+
+def special_tokens(unknown: bool = False, write_up_order: bool = False) -> tuple[str, ...]:
+    """A fine-tuning tokenizer's special tokens: the control tokens, <|unk|> with unknown,
+    in the write-up's order with write_up_order."""
+    tokens = (*CONTROL_TOKENS, UNKNOWN) if unknown else CONTROL_TOKENS
+    return tuple(sorted(tokens, key=WRITE_UP_ORDER.index)) if write_up_order else tokens
 
 
 def control_ids(tokenizer: Tokenizer) -> dict[str, int]:
@@ -146,27 +156,94 @@ def exact_match(prediction: str, answer: str) -> bool:
     return prediction.strip() == answer.strip()
 
 
+def answer_budget(tokenizer: Tokenizer, answers: Iterable[str]) -> int:
+    """Tokens to generate while scoring: one more than the longest answer (room for it and
+    its <|endoftext|>). A character the tokenizer lacks counts as its UTF-8 bytes."""
+    def length(answer: str) -> int:
+        try:
+            return len(tokenizer.encode(answer))
+        except ValueError:
+            return len(answer.encode("utf-8"))
+
+    return 1 + max((length(a) for a in answers), default=0)
+
+
+# The 002 write-up's fallback: an answer this short, or repeating itself this much, is replaced
+# by the answer of the training prompt closest to the one asked.
+MIN_ANSWER_CHARS = 2
+MAX_REPEATED_SHARE = 0.5
+
+
+def degenerate(answer: str) -> bool:
+    """Too short, or mostly a loop: the share of its character trigrams that repeat an
+    earlier one (`detetetete`: 5 of 8) above MAX_REPEATED_SHARE."""
+    text = answer.strip()
+    if len(text) < MIN_ANSWER_CHARS:
+        return True
+    trigrams = [text[i:i + 3] for i in range(len(text) - 2)]
+    return len(trigrams) >= 6 and 1 - len(set(trigrams)) / len(trigrams) > MAX_REPEATED_SHARE
+
+
+class Fallback:
+    """The training answers by prompt, and the one whose prompt shares the most words with a
+    new prompt (Jaccard similarity of their lower-cased words; the first on a tie)."""
+
+    def __init__(self, prompts: Sequence[str], answers: Sequence[str]) -> None:
+        if not prompts:
+            raise ValueError("a fallback needs training examples")
+        self.words = [_words(p) for p in prompts]
+        self.answers = list(answers)
+
+    def closest(self, prompt: str) -> str:
+        asked = _words(prompt)
+        scores = [len(asked & w) / max(len(asked | w), 1) for w in self.words]
+        return self.answers[scores.index(max(scores))]
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"\w+", text.lower()))
+
+
+@dataclass
+class Answers:
+    predictions: list[str]
+    hits: list[bool]         # exactly right
+    fell_back: list[bool]    # replaced by the closest training example's answer
+
+
 def answer_all(model, tokenizer: Tokenizer, prompts: Sequence[str], answers: Sequence[str],
-               max_new_tokens: int) -> tuple[list[str], list[bool]]:
-    """Greedy answers to prompts and whether each is exactly right. A prompt the tokenizer
-    cannot encode gets an empty answer and counts as a miss."""
-    predictions, hits = [], []
+               max_new_tokens: int, fallback: Fallback | None = None) -> Answers:
+    """Greedy answers to prompts, each replaced by the fallback's when it is degenerate (with
+    a fallback), and whether each is exactly right. A prompt the tokenizer cannot encode gets
+    an empty answer (or the fallback's)."""
+    result = Answers([], [], [])
     for prompt, answer in zip(prompts, answers, strict=True):
         try:
             prediction = complete(model, tokenizer, prompt, max_new_tokens)
         except ValueError:
-            predictions.append("")
-            hits.append(False)
-            continue
-        predictions.append(prediction)
-        hits.append(exact_match(prediction, answer))
-    return predictions, hits
+            prediction = ""
+        replaced = fallback is not None and degenerate(prediction)
+        if replaced:
+            prediction = fallback.closest(prompt)
+        result.predictions.append(prediction)
+        result.hits.append(exact_match(prediction, answer))
+        result.fell_back.append(replaced)
+    return result
 
 
-def parses_as_python(code: str) -> bool:
-    """Whether code is syntactically valid Python (parsed, never executed)."""
+def is_code(text: str) -> bool:
+    """Python that parses (never executed) and says something: not empty, and not one bare
+    name (`detetetete` parses, as a name)."""
     try:
-        ast.parse(code)
+        body = ast.parse(text).body
     except (SyntaxError, ValueError):
         return False
-    return True
+    bare_name = len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(
+        body[0].value, ast.Name)
+    return bool(body) and not bare_name
+
+
+def same_code(prediction: str, answer: str) -> bool:
+    """The stricter code check: is_code, and the reference's text once every run of
+    whitespace is one space."""
+    return is_code(prediction) and " ".join(prediction.split()) == " ".join(answer.split())

@@ -73,7 +73,7 @@ def evaluate_text(params: Params) -> dict[str, Any]:
 def evaluate_sft(params: Params) -> dict[str, Any]:
     import torch
 
-    from gpt.sft import PAD, answer_all, eval_batches, parses_as_python
+    from gpt.sft import PAD, eval_batches, is_code, same_code
     from gpt.train import estimate_loss
     from tasks.train import read_examples
 
@@ -83,20 +83,53 @@ def evaluate_sft(params: Params) -> dict[str, Any]:
     frame = pd.read_parquet(scored)
     batches = eval_batches(read_examples(scored), 32, tokenizer.special_tokens[PAD])
     loss = estimate_loss(model, batches, torch.device("cpu"), torch.float32)
-    predictions, hits = answer_all(model, tokenizer, frame["prompt"], frame["completion"],
-                                   params.sft.max_new_tokens)
+    answers = answer_pairs(params, model, tokenizer, frame)
+    share = _share(len(frame))
     metrics: dict[str, Any] = {"completion_loss": round(loss, 6), "split": scored.stem,
-                               "exact_match": round(sum(hits) / len(hits), 6),
-                               "records": len(hits)}
-    by_task = pd.DataFrame({"task": frame["task"], "hit": hits}).groupby("task")["hit"].mean()
+                               "exact_match": share(sum(answers.hits)),
+                               "records": len(frame),
+                               "max_new_tokens": answer_limit(params, tokenizer)}
+    if params.sft.fallback:
+        metrics["fallback_share"] = share(sum(answers.fell_back))
+    by_task = pd.DataFrame({"task": frame["task"], "hit": answers.hits}
+                           ).groupby("task")["hit"].mean()
     metrics["accuracy_by_task"] = {k: round(float(v), 4) for k, v in by_task.items()}
     if (frame["task"] == "python").any():
-        metrics["parses_as_python"] = round(
-            sum(map(parses_as_python, predictions)) / len(predictions), 6)
+        metrics["code_valid"] = share(sum(map(is_code, answers.predictions)))
+        metrics["code_match"] = share(sum(map(same_code, answers.predictions,
+                                              frame["completion"])))
     metrics["examples"] = [{"prompt": p, "expected": a, "got": g} for p, a, g in
-                           list(zip(frame["prompt"], frame["completion"], predictions,
+                           list(zip(frame["prompt"], frame["completion"], answers.predictions,
                                     strict=True))[:5]]
     return metrics
+
+
+def _share(total: int):
+    return lambda count: round(count / max(total, 1), 6)
+
+
+def answer_limit(params: Params, tokenizer) -> int:
+    """sft.max_new_tokens, or one more token than the longest answer in the whole set."""
+    from gpt.sft import answer_budget
+
+    if params.sft.max_new_tokens is not None:
+        return params.sft.max_new_tokens
+    completions = pd.read_parquet(validated_path(params), columns=["completion"])
+    return answer_budget(tokenizer, completions["completion"])
+
+
+def answer_pairs(params: Params, model, tokenizer, frame: pd.DataFrame):
+    """Greedy answers to the frame's prompts (gpt.sft.Answers), with the write-up's fallback
+    to the train split's answers when sft.fallback is on."""
+    from gpt.sft import Fallback, answer_all
+
+    fallback = None
+    if params.sft.fallback:
+        train = pd.read_parquet(params.path("tokens") / "train.parquet",
+                                columns=["prompt", "completion"])
+        fallback = Fallback(train["prompt"].tolist(), train["completion"].tolist())
+    return answer_all(model, tokenizer, frame["prompt"], frame["completion"],
+                      answer_limit(params, tokenizer), fallback)
 
 
 def evaluate(params: Params, run_id: str | None = None) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from registry import (
     tracking_uri,
 )
 from tasks.encode import scored_pairs
-from tasks.evaluate import evaluation_documents, score_text
+from tasks.evaluate import answer_pairs, evaluation_documents, score_text
 from tasks.kinds import Kind, kind_tagged
 from tasks.lock import promotion_lease
 
@@ -50,12 +50,9 @@ def rescore_text(params: Params, model_uri: str) -> float:
 def rescore_sft(params: Params, model_uri: str) -> float:
     """A registered fine-tuned model's exact match on the records this run's candidate was
     scored on."""
-    from gpt.sft import answer_all
-
     model, tokenizer, _ = load_registered(params, model_uri)
     frame = pd.read_parquet(scored_pairs(params.path("tokens")))
-    _, hits = answer_all(model, tokenizer, frame["prompt"], frame["completion"],
-                         params.sft.max_new_tokens)
+    hits = answer_pairs(params, model, tokenizer, frame).hits
     return sum(hits) / max(len(hits), 1)
 
 

@@ -17,7 +17,14 @@ from typing import Any
 import tasks.stages
 from gpt.config import Params
 from gpt.files import atomic_directory, sha256_tree
-from gpt.tokenizer import ENDOFTEXT, BPETokenizer, Tokenizer, count_pretokens, train_tokenizer
+from gpt.tokenizer import (
+    ENDOFTEXT,
+    UNKNOWN,
+    BPETokenizer,
+    Tokenizer,
+    count_pretokens,
+    train_tokenizer,
+)
 from tasks.chunks import Chunk, fan_out, plan
 from tasks.kinds import kind_of, validated_path
 
@@ -37,13 +44,16 @@ def text_tokenizer(params: Params) -> Tokenizer:
             counts.update(part)
         return BPETokenizer.from_counts(counts, settings.vocab_size, (ENDOFTEXT,))
     text = "".join(chunk.text() for chunk in chunks)
-    return train_tokenizer(settings.kind, text, settings.vocab_size,
-                           special_tokens=(ENDOFTEXT,), min_frequency=settings.min_frequency,
-                           drop_whitespace=settings.drop_whitespace)
+    specials = (ENDOFTEXT, UNKNOWN) if settings.unknown else (ENDOFTEXT,)
+    return train_tokenizer(settings.kind, text, settings.vocab_size, special_tokens=specials,
+                           min_frequency=settings.min_frequency,
+                           drop_whitespace=settings.drop_whitespace,
+                           seed_ascii=settings.seed_ascii,
+                           specials_first=settings.specials_first)
 
 
 def sft_tokenizer(params: Params) -> Tokenizer:
-    from gpt.sft import CONTROL_TOKENS
+    from gpt.sft import CONTROL_TOKENS, special_tokens
 
     if params.sft.init:
         from registry import load_registered
@@ -55,9 +65,13 @@ def sft_tokenizer(params: Params) -> Tokenizer:
     frame = pd.read_parquet(validated_path(params))
     train = frame if params.tokenizer.fit_on == "all" else frame[frame["split"] == "train"]
     text = "\n".join(train["prompt"]) + "\n" + "\n".join(train["completion"])
-    return train_tokenizer(params.tokenizer.kind, text, params.tokenizer.vocab_size,
-                           special_tokens=CONTROL_TOKENS,
-                           min_frequency=params.tokenizer.min_frequency)
+    settings = params.tokenizer
+    return train_tokenizer(settings.kind, text, settings.vocab_size,
+                           special_tokens=special_tokens(settings.unknown,
+                                                         settings.specials_first),
+                           min_frequency=settings.min_frequency,
+                           seed_ascii=settings.seed_ascii,
+                           specials_first=settings.specials_first)
 
 
 def tokenize(params: Params) -> dict[str, Any]:

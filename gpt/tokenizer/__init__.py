@@ -51,14 +51,18 @@ FREQUENCY_KINDS = ("word", "regex")
 
 def train_tokenizer(kind: str, text: str, vocab_size: int,
                     special_tokens: Iterable[str] = (ENDOFTEXT,),
-                    min_frequency: int = 1, drop_whitespace: bool = False) -> Tokenizer:
+                    min_frequency: int = 1, drop_whitespace: bool = False,
+                    seed_ascii: bool = False, specials_first: bool = False) -> Tokenizer:
     """Train the tokenizer named by kind (a key of TOKENIZER_KINDS); min_frequency applies to
-    the FREQUENCY_KINDS only, drop_whitespace to regex only (the 004 book's tokenizer)."""
+    the FREQUENCY_KINDS only, drop_whitespace to regex only (the 004 book's tokenizer),
+    seed_ascii and specials_first to char only (the 002 write-up's)."""
     if kind not in TOKENIZER_KINDS:
         raise ValueError(f"unknown tokenizer kind {kind!r}; "
                          f"choose one of {sorted(TOKENIZER_KINDS)}")
     if drop_whitespace and kind != "regex":
         raise ValueError(f"drop_whitespace applies to the regex kind, not {kind}")
+    if (seed_ascii or specials_first) and kind != "char":
+        raise ValueError(f"seed_ascii and specials_first apply to the char kind, not {kind}")
     if kind in FREQUENCY_KINDS:
         options = {"drop_whitespace": True} if drop_whitespace else {}
         return TOKENIZER_KINDS[kind].train(text, vocab_size, special_tokens,
@@ -66,6 +70,9 @@ def train_tokenizer(kind: str, text: str, vocab_size: int,
     if min_frequency != 1:
         raise ValueError(f"min_frequency applies to the {' and '.join(FREQUENCY_KINDS)} "
                          f"kinds, not {kind}")
+    if kind == "char":
+        return CharTokenizer.train(text, vocab_size, special_tokens, seed_ascii=seed_ascii,
+                                   specials_first=specials_first)
     return TOKENIZER_KINDS[kind].train(text, vocab_size, special_tokens)
 
 

@@ -21,8 +21,12 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
              f" | {summary['steps']} steps in {summary['train_seconds']:.0f}s"]
     lines += [f"  {task_name:<16} {accuracy:.3f}"
               for task_name, accuracy in metrics["accuracy_by_task"].items()]
-    if "parses_as_python" in metrics:
-        lines.append(f"parses as Python: {metrics['parses_as_python']:.3f}")
+    if "code_valid" in metrics:
+        lines.append(f"Python that parses and is not a bare name: {metrics['code_valid']:.3f}"
+                     f" | the reference's code, whitespace aside: {metrics['code_match']:.3f}")
+    if "fallback_share" in metrics:
+        lines.append(f"answered by the closest training example: "
+                     f"{metrics['fallback_share']:.3f}")
     return lines
 
 
@@ -64,7 +68,8 @@ KIND = Kind(
                         ("sft.init", "sft.model", "sft.train", "model", "train"),
                         ("tokens", "tokenizer")),
         "evaluate": Inputs(code(*TRAIN_CODE, *SFT_CODE, "tasks/evaluate.py"),
-                           ("sft.max_new_tokens",), ("model", "tokens")),
+                           ("sft.max_new_tokens", "sft.fallback"),
+                           ("model", "tokens", "validated")),
     },
     summary_lines=summary_lines,
 )

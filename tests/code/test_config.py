@@ -118,11 +118,11 @@ def test_the_sft_kind_lays_its_sections_over_the_shared_ones():
 def test_a_set_wins_over_a_recipes_sft_section_on_a_fine_tuning_run():
     recipe = recipe_overrides("prompt-to-code", ROOT / "recipes")
     as_written = load_params(ROOT / "params.yaml", recipe)  # params.yaml's and the recipe's sft
-    assert (as_written.train.max_steps, as_written.model.dropout) == (3000, 0.0)
+    assert (as_written.train.max_steps, as_written.model.dropout) == (3000, 0.1)
     params = load_params(ROOT / "params.yaml", [*recipe, "train.max_steps=30",
-                                                 "model.dropout=0.1"])
+                                                 "model.dropout=0.2"])
     assert params.kind == "sft" and params.train.max_steps == 30
-    assert params.model.dropout == 0.1 and params.model.n_embd == 128  # the rest: the recipe's
+    assert params.model.dropout == 0.2 and params.model.n_embd == 128  # the rest: the recipe's
     text = load_params(ROOT / "params.yaml", ["train.max_steps=30"])
     assert text.train.max_steps == 30 and text.sft.train["max_steps"] == 3000
 
@@ -170,7 +170,9 @@ WRITE_UPS = {
                          "train.learning_rate": 3e-4, "train.min_lr": 3e-4,
                          "train.max_steps": 3000},
     "prompt-to-code": {"data.kind": "sft", "tokenizer.kind": "char", "model.n_layer": 2,
-                       "model.n_embd": 128},
+                       "model.n_embd": 128, "tokenizer.unknown": True,
+                       "tokenizer.seed_ascii": True, "tokenizer.specials_first": True,
+                       "model.dropout": 0.1, "sft.fallback": True},
     "word-streaming": {"tokenizer.kind": "word", "tokenizer.fit_on": "all",
                        "tokenizer.min_frequency": 1, "model.n_layer": 4, "model.n_head": 4,
                        "model.n_embd": 128, "model.block_size": 128,

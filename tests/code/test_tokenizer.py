@@ -397,6 +397,27 @@ def test_char_tokenizer_decodes_specials_and_refuses_a_too_small_vocabulary(shak
         train_tokenizer("char", shakespeare, 65)
 
 
+def test_char_tokenizer_as_the_002_write_up_builds_it(tmp_path):
+    """Its control tokens at ids 0-4 (<PAD>, <UNK>, <PROMPT>, <CODE>, <EOS>), printable ASCII
+    in the vocabulary though the corpus lacks it, and <|unk|> for any other character."""
+    from gpt.sft import WRITE_UP_ORDER, special_tokens
+
+    tok = train_tokenizer("char", "reverse a list: lst[::-1]", 256,
+                          special_tokens=special_tokens(unknown=True, write_up_order=True),
+                          seed_ascii=True, specials_first=True)
+    assert [tok.special_tokens[t] for t in WRITE_UP_ORDER] == [0, 1, 2, 3, 4]
+    assert tok.vocab_size == 5 + 95  # printable ASCII holds every character of the corpus
+    code = "def f(d): return {k: v for k, v in d.items()}  # `braces`"
+    assert tok.decode(tok.encode(code)) == code and min(tok.encode(code)) >= 5
+    assert tok.encode("λ=1") == [tok.special_tokens[UNKNOWN], *tok.encode("=1")]
+    tok.save(tmp_path)
+    again = load_tokenizer(tmp_path)
+    assert again.encode(code) == tok.encode(code) and again.decode([0, 37]) == "<|pad|>" + \
+        tok.decode([37])
+    with pytest.raises(ValueError, match="char kind, not bpe"):
+        train_tokenizer("bpe", "abc", 300, seed_ascii=True)
+
+
 # =============================================================================================
 # Word-level kinds: word (a vocabulary by frequency) and regex (the 004 write-up's rule)
 # =============================================================================================

@@ -19,11 +19,15 @@ from gpt.sft import (
     PROMPT,
     BucketedBatches,
     Example,
+    Fallback,
+    answer_budget,
     complete,
+    degenerate,
     format_record,
+    is_code,
     pad_batch,
-    parses_as_python,
     prompt_ids,
+    same_code,
 )
 from gpt.sft_data import python_tasks, split_of, verifiable_tasks
 from gpt.tokenizer import BPETokenizer, CharTokenizer
@@ -146,5 +150,27 @@ def test_verifiable_answers_are_right_and_splits_are_stable():
 def test_python_set_is_a_few_hundred_records_that_all_parse():
     records = python_tasks()
     assert 200 <= len(records) <= 400
-    assert all(parses_as_python(r["code"]) for r in records)
-    assert not parses_as_python("def broken(:\n")
+    assert all(is_code(r["code"]) for r in records)
+    assert not is_code("def broken(:\n")
+
+
+def test_the_code_check_wants_python_that_says_something_and_the_reference_text():
+    assert not is_code("detetetete") and not is_code("") and not is_code("   \n")
+    assert is_code("lst[::-1]") and is_code("x = 1")
+    assert same_code("def f(a):\n    return a[::-1]", "def f(a):\n  return  a[::-1]\n")
+    assert not same_code("detetetete", "detetetete")  # equal, but not code
+    assert not same_code("a[::-1]", "lst[::-1]")
+
+
+def test_a_short_or_looping_answer_falls_back_to_the_closest_training_prompts():
+    assert degenerate("detetetete") and degenerate("") and degenerate(" x ")
+    assert not degenerate("lst[::-1]") and not degenerate("print(sorted(words))")
+    fallback = Fallback(["reverse a list", "sum a list of numbers", "sort words"],
+                        ["lst[::-1]", "sum(nums)", "sorted(words)"])
+    assert fallback.closest("reverse the list") == "lst[::-1]"
+    assert fallback.closest("Sort the words") == "sorted(words)"
+
+
+def test_scoring_generates_one_token_past_the_longest_answer():
+    tokenizer = CharTokenizer.train("abcdef(): ")
+    assert answer_budget(tokenizer, ["ab", "abc(d)", "é"]) == 7  # "é": 2 bytes, unknown
