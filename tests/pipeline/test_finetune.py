@@ -13,6 +13,8 @@ import pytest
 from flows.retrain import retrain
 from gpt.config import load_params
 from gpt.files import sha256_tree
+from gpt.sft_data import python_tasks
+from gpt.tokenizer import load_tokenizer
 from registry import client
 from tasks.kinds import KINDS
 from tasks.validate import DataValidationError
@@ -113,11 +115,16 @@ def test_a_failed_finetune_puts_its_outputs_back_and_registers_nothing(rerun, pr
 
 def test_finetune_from_the_pretrained_champion_reuses_its_tokenizer(rerun, project):
     retrain(overrides=["model.block_size=256"])  # a base whose context fits the code records
-    tuned = retrain(overrides=[*SMALL, "sft.init=models:/tinygpt@champion",
-                               "sft.dataset=python"])
+    scored_to_the_end = [o for o in SMALL if not o.startswith("sft.max_new_tokens")]
+    tuned = retrain(overrides=[*scored_to_the_end, "sft.init=models:/tinygpt@champion",
+                               "sft.dataset=python", "sft.fallback=true"])
     tags = registry().get_model_version("tinygpt-sft", tuned["version"]).tags
     assert tags["base_version"] == "1"
-    assert "parses_as_python" in tuned["metrics"]
+    metrics = tuned["metrics"]
+    assert {"code_valid", "code_match", "fallback_share"} <= set(metrics)
+    tokenizer = load_tokenizer(project / "sft/data/tokenizer")
+    longest = max(len(tokenizer.encode(r["code"])) for r in python_tasks())
+    assert metrics["max_new_tokens"] == longest + 1  # room for every answer and its end
     vocab = json.loads((project / "sft/data/tokenizer/special_tokens.json").read_text())
     assert set(vocab) == {"<|endoftext|>", "<|prompt|>", "<|completion|>", "<|pad|>"}
     base_vocab = json.loads((project / "data/tokenizer/vocab.json").read_text())
