@@ -206,6 +206,7 @@ def _words(text: str) -> set[str]:
 
 @dataclass
 class Answers:
+    max_new_tokens: int      # the most tokens each answer could have
     predictions: list[str]
     hits: list[bool]         # exactly right
     fell_back: list[bool]    # replaced by the closest training example's answer
@@ -216,7 +217,7 @@ def answer_all(model, tokenizer: Tokenizer, prompts: Sequence[str], answers: Seq
     """Greedy answers to prompts, each replaced by the fallback's when it is degenerate (with
     a fallback), and whether each is exactly right. A prompt the tokenizer cannot encode gets
     an empty answer (or the fallback's)."""
-    result = Answers([], [], [])
+    result = Answers(max_new_tokens, [], [], [])
     for prompt, answer in zip(prompts, answers, strict=True):
         try:
             prediction = complete(model, tokenizer, prompt, max_new_tokens)

@@ -87,8 +87,7 @@ def evaluate_sft(params: Params) -> dict[str, Any]:
     share = _share(len(frame))
     metrics: dict[str, Any] = {"completion_loss": round(loss, 6), "split": scored.stem,
                                "exact_match": share(sum(answers.hits)),
-                               "records": len(frame),
-                               "max_new_tokens": answer_limit(params, tokenizer)}
+                               "records": len(frame), "max_new_tokens": answers.max_new_tokens}
     if params.sft.fallback:
         metrics["fallback_share"] = share(sum(answers.fell_back))
     by_task = pd.DataFrame({"task": frame["task"], "hit": answers.hits}
