@@ -9,9 +9,11 @@ prompt, and every padding position, is -100, which cross-entropy ignores.
 from __future__ import annotations
 
 import ast
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -186,18 +188,36 @@ def degenerate(answer: str) -> bool:
 
 class Fallback:
     """The training answers by prompt, and the one whose prompt shares the most words with a
-    new prompt (Jaccard similarity of their lower-cased words; the first on a tie)."""
+    new prompt (Jaccard similarity of their lower-cased words; the first on a tie). Saved as
+    JSON beside a registered model, so its served answers fall back as its scored ones did."""
 
     def __init__(self, prompts: Sequence[str], answers: Sequence[str]) -> None:
-        if not prompts:
-            raise ValueError("a fallback needs training examples")
-        self.words = [_words(p) for p in prompts]
-        self.answers = list(answers)
+        if not prompts or len(prompts) != len(answers):
+            raise ValueError(f"a fallback needs training examples, as many prompts as answers "
+                             f"(got {len(prompts)} and {len(answers)})")
+        self.prompts, self.answers = list(prompts), list(answers)
+        self.words = [_words(p) for p in self.prompts]
 
     def closest(self, prompt: str) -> str:
         asked = _words(prompt)
         scores = [len(asked & w) / max(len(asked | w), 1) for w in self.words]
         return self.answers[scores.index(max(scores))]
+
+    def answer(self, prompt: str, generated: str) -> tuple[str, bool]:
+        """The generated answer, or the closest training answer when it is degenerate; and
+        whether it was replaced."""
+        if degenerate(generated):
+            return self.closest(prompt), True
+        return generated, False
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps({"prompts": self.prompts, "answers": self.answers}),
+                        encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> Fallback:
+        saved = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls(saved["prompts"], saved["answers"])
 
 
 def _words(text: str) -> set[str]:
@@ -223,9 +243,9 @@ def answer_all(model, tokenizer: Tokenizer, prompts: Sequence[str], answers: Seq
             prediction = complete(model, tokenizer, prompt, max_new_tokens)
         except ValueError:
             prediction = ""
-        replaced = fallback is not None and degenerate(prediction)
-        if replaced:
-            prediction = fallback.closest(prompt)
+        replaced = False
+        if fallback is not None:
+            prediction, replaced = fallback.answer(prompt, prediction)
         result.predictions.append(prediction)
         result.hits.append(exact_match(prediction, answer))
         result.fell_back.append(replaced)

@@ -19,6 +19,7 @@ from gpt.config import Params, SamplingParams
 
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 CHECKPOINT_ARTIFACT = "checkpoint"
+FALLBACK_ARTIFACT = "fallback"  # a fine-tuned model's answers to fall back on (gpt.sft.Fallback)
 # Sampling params the pyfunc accepts (its signature), with SamplingParams' defaults in the
 # concrete types a signature needs: top_p 1.0 keeps every token, seed -1 = unseeded.
 _SAMPLING = SamplingParams()
@@ -379,7 +380,8 @@ def download_checkpoint(params: Params, name: str, version: str, into: Path) -> 
 
 def load_version(name: str, version: str):
     """The tinygpt pyfunc of a registered version, unwrapped: `.model`, `.tokenizer`, `.mode`,
-    `.sampling` (its run's tunable sampling settings)."""
+    `.sampling` (its run's tunable sampling settings), `.fallback` (a gpt.sft.Fallback or
+    None)."""
     import mlflow
 
     return mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
@@ -438,10 +440,11 @@ def missing_lineage(version) -> list[str]:
 
 def register_checkpoint(params: Params, run_id: str, checkpoint: Path, model_name: str,
                         tags: dict[str, str], example_prompt: str = "ROMEO:",
-                        mode: str = "text") -> dict[str, Any]:
-    """Log a checkpoint folder as the pyfunc in run_id (which stays RUNNING), then create the
-    model version with all its tags in one call, so no version ever exists without its
-    lineage."""
+                        mode: str = "text", artifacts: dict[str, Path] | None = None
+                        ) -> dict[str, Any]:
+    """Log a checkpoint folder (and any other artifacts the pyfunc reads) as the pyfunc in
+    run_id (which stays RUNNING), then create the model version with all its tags in one call,
+    so no version ever exists without its lineage."""
     import mlflow
     import pandas as pd
 
@@ -450,7 +453,9 @@ def register_checkpoint(params: Params, run_id: str, checkpoint: Path, model_nam
     # run FINISHED here, and a run killed later (in promote) would not be found as stale.
     info = mlflow.models.Model.log(
         artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=run_id,
-        python_model=str(PYFUNC_FILE), artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
+        python_model=str(PYFUNC_FILE),
+        artifacts={CHECKPOINT_ARTIFACT: str(checkpoint),
+                   **{name: str(path) for name, path in (artifacts or {}).items()}},
         signature=signature(), input_example=pd.DataFrame({"prompt": [example_prompt]}),
         model_config={"mode": mode, "sampling": params.sample.sampling().tunable()})
     all_tags = {"git_commit": git_commit(), "run_id": run_id, **tags}  # tags may say better

@@ -132,6 +132,9 @@ class Generation:
             self.idx = encode_prompt(loaded.tokenizer, request.prompt)
         if request.context_tokens is not None:
             self.idx = self.idx[:, -request.context_tokens:]
+        # A completion-mode answer the fallback checks as a whole: it comes in one piece.
+        self.fallback = loaded.fallback if self.mode == "completion" else None
+        self.fell_back = False
         self.cancelled = threading.Event()
         self.completion_tokens = 0
         self.started = time.perf_counter()
@@ -152,19 +155,32 @@ class Generation:
             yield token_id
 
     def pieces(self) -> Iterator[str]:
-        for piece in decode_stream(self._token_ids(), self.loaded.tokenizer, self.params.stop):
+        pieces = decode_stream(self._token_ids(), self.loaded.tokenizer, self.params.stop)
+        if self.fallback is not None:
+            pieces = iter([self._checked("".join(pieces))])
+        for piece in pieces:
             if self.first_piece_at is None:
                 self.first_piece_at = time.perf_counter()
             yield piece
 
+    def _checked(self, answer: str) -> str:
+        """The answer, or the fallback's when it is degenerate (a cancelled one is kept)."""
+        if self.cancelled.is_set():
+            return answer
+        answer, self.fell_back = self.fallback.answer(self.prompt, answer)
+        return answer
+
     def stats(self) -> dict[str, Any]:
         seconds = time.perf_counter() - self.started
         first = (self.first_piece_at or time.perf_counter()) - self.started
-        return {"prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens,
-                "model": self.loaded.name, "version": self.loaded.version,
-                "seconds": round(seconds, 4), "first_piece_seconds": round(first, 4),
-                "tokens_per_s": round(self.completion_tokens / max(seconds, 1e-9), 2)}
+        stats = {"prompt_tokens": self.prompt_tokens,
+                 "completion_tokens": self.completion_tokens,
+                 "model": self.loaded.name, "version": self.loaded.version,
+                 "seconds": round(seconds, 4), "first_piece_seconds": round(first, 4),
+                 "tokens_per_s": round(self.completion_tokens / max(seconds, 1e-9), 2)}
+        if self.fallback is not None:
+            stats["fell_back"] = self.fell_back  # the answer is the closest training one
+        return stats
 
 
 class ClientGone(Exception):

@@ -18,6 +18,7 @@ from gpt.checkpoint import load_model, resolve_checkpoint
 from gpt.config import SamplingParams
 from gpt.generate import ModelCheckFailed, check_model
 from gpt.quantize import for_decoding, pick_weights
+from gpt.sft import Fallback
 from gpt.tokenizer import load_tokenizer
 from registry import load_version, parse_model_uri, resolve_version
 
@@ -39,13 +40,15 @@ class LoadedModel:
     # The tunable sampling settings of its run (a recipe's): what a request leaves out takes,
     # and what the page's sliders start from.
     sampling: dict[str, Any] = field(default_factory=lambda: dict(SAMPLING_DEFAULTS))
+    # A fine-tuned model's training answers, for its degenerate answers (gpt.sft.Fallback).
+    fallback: Fallback | None = None
     loaded_at: float = field(default_factory=time.time)
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.name, "version": self.version, "alias": self.alias,
                 "parameters": self.parameters, "device": self.device, "weights": self.weights,
                 "block_size": self.model.config.block_size,
-                "sampling": self.sampling}
+                "sampling": self.sampling, "fallback": self.fallback is not None}
 
 
 LOCAL = "local"  # the version shown for a checkpoint folder, which no registry numbers
@@ -80,17 +83,19 @@ class ModelHolder:
         return resolve_version(f"models:/{self.name}@{self.alias}")[1]
 
     def load_version(self, version: str) -> LoadedModel:
-        sampling = dict(SAMPLING_DEFAULTS)
+        sampling, fallback = dict(SAMPLING_DEFAULTS), None
         if self.folder is not None:
             model, tokenizer = load_model(self.folder), load_tokenizer(self.folder)
         else:
             wrapper = load_version(self.name, version)
             model, tokenizer = wrapper.model, wrapper.tokenizer
             sampling.update(getattr(wrapper, "sampling", {}))
+            fallback = getattr(wrapper, "fallback", None)
         device = next(model.parameters()).device
         weights = pick_weights(self.weights, device)
         return LoadedModel(self.name, version, self.alias, for_decoding(model, weights),
-                           tokenizer, model.num_params(), str(device), weights, sampling)
+                           tokenizer, model.num_params(), str(device), weights, sampling,
+                           fallback)
 
     def refresh(self) -> bool:
         """Load the version the URI resolves to, if it is not the one served, and swap it in if

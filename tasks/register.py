@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from gpt.config import Params
 from gpt.files import read_json, sha256_json
-from registry import client, git_commit, register_checkpoint
+from registry import FALLBACK_ARTIFACT, client, git_commit, register_checkpoint
 from tasks.card import CARD_FILE, description, model_card
 from tasks.common import BEST, MANIFEST
 from tasks.kinds import kind_of
@@ -46,6 +48,25 @@ def sft_tags(params: Params, metrics: dict[str, Any], manifest: dict[str, Any],
     return tags, str(prompts.iloc[0])
 
 
+def text_artifacts(_params: Params, _folder: Path) -> dict[str, Path]:
+    """A text model carries its checkpoint alone."""
+    return {}
+
+
+def sft_artifacts(params: Params, folder: Path) -> dict[str, Path]:
+    """With sft.fallback, the training split's prompts and answers: the registered model
+    answers a degenerate generation with the closest of them, as its evaluation did."""
+    from gpt.sft import Fallback
+
+    if not params.sft.fallback:
+        return {}
+    train = pd.read_parquet(params.path("tokens") / "train.parquet",
+                            columns=["prompt", "completion"])
+    path = folder / "fallback.json"
+    Fallback(train["prompt"].tolist(), train["completion"].tolist()).save(path)
+    return {FALLBACK_ARTIFACT: path}
+
+
 def register(params: Params, run_id: str, metrics: dict[str, Any], dvc_lock_digest: str,
              base_version: str | None = None, overrides: list[str] | None = None,
              sample: str = "") -> dict[str, Any]:
@@ -58,10 +79,12 @@ def register(params: Params, run_id: str, metrics: dict[str, Any], dvc_lock_dige
     provenance = {"git_commit": git_commit(RUN_OWNED),
                   "params_digest": sha256_json(params.to_dict()),
                   "overrides": json.dumps(overrides or [])}
-    registered = register_checkpoint(
-        params, run_id, params.path("model") / BEST, params.model_name,
-        {"kind": kind.name, "dvc_lock_digest": dvc_lock_digest, **provenance, **tags},
-        example_prompt=example, mode=kind.mode)
+    with tempfile.TemporaryDirectory() as folder:
+        registered = register_checkpoint(
+            params, run_id, params.path("model") / BEST, params.model_name,
+            {"kind": kind.name, "dvc_lock_digest": dvc_lock_digest, **provenance, **tags},
+            example_prompt=example, mode=kind.mode,
+            artifacts=kind.step("artifacts")(params, Path(folder)))
     name, version, all_tags = registered["name"], registered["version"], registered["tags"]
     try:  # the version stands with its tags: a retry here would register a second one
         mlflow_client = client(params)

@@ -47,6 +47,7 @@ class Steps:
     evaluate: str  # (params) -> metrics on the held-out split
     rescore: str   # (params, model_uri) -> a registered model's metric on this run's split
     tags: str      # (params, metrics, manifest, base version) -> (registry tags, example)
+    artifacts: str  # (params, folder) -> {name: file written in folder} its model carries
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ KIND = Kind(
         evaluate="tasks.evaluate:evaluate_sft",
         rescore="tasks.promote:rescore_sft",
         tags="tasks.register:sft_tags",
+        artifacts="tasks.register:sft_artifacts",
     ),
     inputs={
         "ingest": Inputs(code("gpt/sft_data.py", "tasks/ingest.py"),

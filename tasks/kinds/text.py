@@ -42,6 +42,7 @@ KIND = Kind(
         evaluate="tasks.evaluate:evaluate_text",
         rescore="tasks.promote:rescore_text",
         tags="tasks.register:text_tags",
+        artifacts="tasks.register:text_artifacts",
     ),
     inputs={
         "ingest": Inputs(code("gpt/data.py", "tasks/ingest.py"),

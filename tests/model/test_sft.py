@@ -169,6 +169,17 @@ def test_a_short_or_looping_answer_falls_back_to_the_closest_training_prompts():
                         ["lst[::-1]", "sum(nums)", "sorted(words)"])
     assert fallback.closest("reverse the list") == "lst[::-1]"
     assert fallback.closest("Sort the words") == "sorted(words)"
+    assert fallback.answer("sort words", "detetetete") == ("sorted(words)", True)
+    assert fallback.answer("sort words", "words.sort()") == ("words.sort()", False)
+
+
+def test_a_saved_fallback_loads_with_the_same_examples(tmp_path):
+    fallback = Fallback(["reverse a list", "Ünïcode"], ["lst[::-1]", "'é'"])
+    fallback.save(tmp_path / "fallback.json")
+    loaded = Fallback.load(tmp_path / "fallback.json")
+    assert (loaded.prompts, loaded.answers) == (fallback.prompts, fallback.answers)
+    with pytest.raises(ValueError, match="as many prompts as answers"):
+        Fallback(["a", "b"], ["x"])
 
 
 def test_scoring_generates_one_token_past_the_longest_answer():

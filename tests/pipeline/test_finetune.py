@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from flows.retrain import retrain
@@ -15,7 +16,7 @@ from gpt.config import load_params
 from gpt.files import sha256_tree
 from gpt.sft_data import python_tasks
 from gpt.tokenizer import load_tokenizer
-from registry import client
+from registry import client, load_version
 from tasks.kinds import KINDS
 from tasks.validate import DataValidationError
 from tests.pipeline.conftest import dvc, dvc_changes
@@ -122,6 +123,9 @@ def test_finetune_from_the_pretrained_champion_reuses_its_tokenizer(rerun, proje
     assert tags["base_version"] == "1"
     metrics = tuned["metrics"]
     assert {"code_valid", "code_match", "fallback_share"} <= set(metrics)
+    served = load_version("tinygpt-sft", tuned["version"])  # carries the answers it falls to
+    train = pd.read_parquet(project / "sft/data/tokens/train.parquet")
+    assert served.fallback.answers == train["completion"].tolist()
     tokenizer = load_tokenizer(project / "sft/data/tokenizer")
     longest = max(len(tokenizer.encode(r["code"])) for r in python_tasks())
     assert metrics["max_new_tokens"] == longest + 1  # room for every answer and its end

@@ -21,9 +21,9 @@ import torch
 
 from gpt.checkpoint import WEIGHTS_FILE, save_model
 from gpt.model import GPT, GPTConfig
-from gpt.sft import CONTROL_TOKENS
+from gpt.sft import CONTROL_TOKENS, Fallback
 from gpt.tokenizer import BPETokenizer, Tokenizer
-from registry import PYFUNC_FILE, signature
+from registry import CHECKPOINT_ARTIFACT, FALLBACK_ARTIFACT, PYFUNC_FILE, signature
 
 BIN = Path(sys.executable).parent
 T = TypeVar("T")
@@ -44,7 +44,7 @@ class Registry:
     def register(self, seed: int, alias: str | None = "champion", name: str = "tinygpt",
                  fine_tuned: bool = False, loadable: bool = True,
                  tokenizer: Tokenizer | None = None, nan_weights: bool = False,
-                 sampling: dict | None = None) -> str:
+                 sampling: dict | None = None, fallback: Fallback | None = None) -> str:
         """Register a small random-weight model; point alias at it. Returns the version.
 
         fine_tuned: its tokenizer has the control tokens, and it always answers
@@ -54,6 +54,7 @@ class Registry:
         nan_weights: its position embedding is NaN (what a diverged run registers): it loads,
         and check_model refuses it.
         sampling: the tunable sampling settings its run chose, as the pipeline registers them.
+        fallback: the training answers it carries, as a fine-tune with sft.fallback registers.
         """
         import mlflow
         import pandas as pd
@@ -81,12 +82,17 @@ class Registry:
             mlflow.create_experiment("serving-tests",
                                      artifact_location=(self.root / "artifacts").as_uri())
         mlflow.set_experiment("serving-tests")
+        artifacts = {CHECKPOINT_ARTIFACT: str(ckpt)}
+        if fallback is not None:
+            fallback.save(self.root / f"fallback-{name}-{seed}.json")
+            artifacts[FALLBACK_ARTIFACT] = str(self.root / f"fallback-{name}-{seed}.json")
+        config = {"mode": "completion"} if fine_tuned else {}
         with mlflow.start_run():
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(PYFUNC_FILE), artifacts={"checkpoint": str(ckpt)},
+                name="model", python_model=str(PYFUNC_FILE), artifacts=artifacts,
                 signature=signature(), input_example=pd.DataFrame({"prompt": ["hi"]}),
                 registered_model_name=name,
-                model_config={"sampling": sampling} if sampling else None)
+                model_config={**config, "sampling": sampling} if sampling else config or None)
         version = str(info.registered_model_version)
         if not loadable:
             stored = mlflow.MlflowClient().get_model_version_download_uri(name, version)

@@ -8,8 +8,10 @@ import time
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 
+from gpt.sft import Fallback
 from tests.serve.conftest import sse_events, start_service, until, wait_for
 
 BASE = {"prompt": "ROMEO:", "max_new_tokens": 24, "temperature": 0.9, "top_k": 40, "seed": 7}
@@ -255,6 +257,44 @@ def test_completion_mode_wraps_the_prompt_and_stops_at_endoftext(registry, tmp_p
         assert plain["prompt_tokens"] == answer["prompt_tokens"] and plain["code"] == ""
     finally:
         proc.stop()
+
+
+def test_a_fine_tuned_model_with_a_fallback_answers_with_the_closest_training_answer(
+        registry, tmp_path):
+    """The 002 write-up's fallback as served: this model always answers at once with
+    <|endoftext|>, an empty (degenerate) answer, so every route answers with the training
+    answer whose prompt is closest, and says so; the pyfunc does the same."""
+    from registry import load_version
+
+    fallback = Fallback(["add two numbers", "reverse a list"], ["a + b", "xs[::-1]"])
+    version = registry.register(seed=6, name="tinygpt-fallback", fine_tuned=True,
+                                fallback=fallback)
+    proc, url = start_service(registry.uri, tmp_path, "--model",
+                              "models:/tinygpt-fallback@champion")
+    try:
+        assert wait_for(f"{url}/health").json()["fallback"] is True
+        whole = httpx.post(f"{url}/generate", timeout=60,
+                           json={"prompt": "Reverse the list"}).json()
+        assert (whole["text"], whole["code"], whole["fell_back"]) == (
+            "xs[::-1]", "xs[::-1]", True)
+        with httpx.stream("POST", f"{url}/generate-stream", timeout=60,
+                          json={"prompt": "add the two numbers"}) as response:
+            events = list(sse_events(response))
+        assert [p["text"] for e, p in events if e == "piece"] == ["a + b"]
+        assert events[-1][1]["fell_back"] is True
+        openai = httpx.post(f"{url}/v1/completions", timeout=60, json={
+            "model": "tinygpt-fallback", "prompt": "reverse a list"}).json()
+        assert openai["choices"][0]["text"] == "xs[::-1]"
+        text_mode = httpx.post(f"{url}/generate", timeout=60, json={
+            "prompt": "reverse a list", "mode": "text", "max_new_tokens": 4}).json()
+        assert "fell_back" not in text_mode  # a continuation is never replaced
+    finally:
+        proc.stop()
+    import mlflow
+    mlflow.set_tracking_uri(registry.uri)
+    pyfunc = load_version("tinygpt-fallback", version)
+    assert pyfunc.predict(None, pd.DataFrame({"prompt": ["add two numbers"]}))[
+        "completion"].tolist() == ["a + b"]
 
 
 def test_several_models_are_served_and_chosen_per_request(registry, tmp_path):
