@@ -202,6 +202,8 @@ def finetune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fresh", action="store_true",
                         help="start training over instead of resuming an interrupted run")
     parser.add_argument("--recipe", help=RECIPE_HELP)
+    parser.add_argument("--summary-json", type=Path, metavar="PATH",
+                        help="also write the run's summary as JSON (for scripts)")
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
@@ -285,6 +287,10 @@ def cmd_retrain(args: argparse.Namespace) -> None:
                     exit_now(line)
                 raise RuntimeError(line) from None
     print_summary(summary)
+    if args.summary_json:
+        from gpt.files import write_json
+
+        write_json(args.summary_json, summary)
 
 
 def exit_now(message: str) -> NoReturn:

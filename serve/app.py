@@ -1,11 +1,13 @@
 """The tinygpt HTTP service: generation (plain and streamed), health, metrics, the web page,
-and corpus upload that starts a retraining run through a Prefect deployment.
+and the corpus chain (upload, vocabulary, a retraining run on a Prefect deployment's worker or
+in the service's own project).
 
 Start it with `tinygpt serve`; build it in tests with `create_app(Settings(...))`.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,6 +18,7 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
 from serve.generation import Gate, Metrics
+from serve.local_runs import LocalRuns
 from serve.middleware import CapBody, Observe
 from serve.model_holder import ModelHolder
 from serve.routes import corpus, generate, openai, status
@@ -41,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.holder = holders[0]  # the default: requests that name no model get it
     app.state.gate = Gate(settings.max_concurrency, settings.max_queue)
     app.state.metrics = Metrics()
+    app.state.local_runs = LocalRuns(settings.upload_dir / "runs")
     # The last added runs first: CORS, then Observe (which so counts CapBody's 413s).
     app.add_middleware(CapBody, limit_for=settings.body_limit)
     app.add_middleware(Observe, metrics=app.state.metrics)
@@ -61,6 +65,7 @@ async def _follow_model(app: FastAPI) -> AsyncIterator[None]:
     yield
     for holder in app.state.holders.values():
         await holder.stop()
+    await asyncio.to_thread(app.state.local_runs.stop)  # they promote nothing
 
 
 async def _invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:

@@ -1,8 +1,10 @@
-"""Corpus uploads: a safe place to keep one, its validation, the tokenizer it would give, and
-the retraining run it starts."""
+"""Corpus uploads: a safe place to keep one, its validation, the vocabulary it gets (kept for
+its run), and the retraining run it starts: on a Prefect deployment's worker when a Prefect
+API is configured, else in the service's own project (serve.local_runs)."""
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 import uuid
@@ -12,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
-NO_PREFECT = ("retraining needs a Prefect server: start `prefect server start` and a worker on "
-              "the tinygpt pool, and set PREFECT_API_URL")
+UPLOAD_ID = re.compile(r"^[0-9a-f]{12}$")  # the prefix upload_path gives each kept upload
+VOCABULARY = ".vocabulary.json"  # beside a kept upload: the settings its vocabulary was built with
+NO_PREFECT = "no Prefect API is configured (PREFECT_API_URL): this service's runs are embedded"
 
 
 class UploadTooLarge(Exception):
@@ -102,7 +105,8 @@ def validate_upload(path: Path, filename: str) -> str | None:
 
 def build_tokenizer(path: Path, filename: str, overrides: Sequence[str]) -> dict[str, Any]:
     """ingest -> validate -> tokenize on an upload (the 000 write-up's build_tokenizer step):
-    what the pipeline's tokenize step would train on it, and how it cuts the corpus's start."""
+    what the pipeline's tokenize step trains on it with these settings (the same digest), and
+    how it cuts the corpus's start."""
     from gpt.tokenizer import load_tokenizer
     from tasks.tokenize import tokenize
 
@@ -117,19 +121,53 @@ def build_tokenizer(path: Path, filename: str, overrides: Sequence[str]) -> dict
             "first_tokens": [tokenizer.decode([i]) for i in ids[:32]]}
 
 
-def require_prefect_api() -> None:
-    """Raise PrefectNotConfigured unless a Prefect API is set (environment or profile)."""
+def keep_vocabulary(path: Path, filename: str, overrides: Sequence[str],
+                    built: dict[str, Any]) -> str:
+    """Keep an upload and the settings its vocabulary was built with, for POST /train; its
+    id."""
+    upload_id = path.name[:12]
+    (path.parent / f"{upload_id}{VOCABULARY}").write_text(json.dumps({
+        "file": path.name, "filename": filename, "overrides": list(overrides),
+        "digest": built["digest"], "vocab_size": built["vocab_size"]}), encoding="utf-8")
+    return upload_id
+
+
+def kept_upload(upload_dir: Path, upload_id: str) -> tuple[Path, list[str]]:
+    """The kept upload with that id and its vocabulary's settings; KeyError when none is."""
+    record = upload_dir / f"{upload_id}{VOCABULARY}"
+    if not UPLOAD_ID.match(upload_id) or not record.is_file():
+        raise KeyError(upload_id)
+    kept = json.loads(record.read_text(encoding="utf-8"))
+    path = upload_dir / kept["file"]
+    if not path.is_file():
+        raise KeyError(upload_id)
+    return path, kept["overrides"]
+
+
+def prefect_api_set() -> bool:
+    """Whether a Prefect API is configured (environment or profile)."""
     from prefect.settings import PREFECT_API_URL
 
-    if not PREFECT_API_URL.value():
+    return bool(PREFECT_API_URL.value())
+
+
+def require_prefect_api() -> None:
+    """Raise PrefectNotConfigured unless a Prefect API is set."""
+    if not prefect_api_set():
         raise PrefectNotConfigured
 
 
-async def start_retraining(deployment: str, source: Path) -> dict[str, str]:
-    """Create a run of the retraining deployment for the uploaded corpus; do not wait."""
-    require_prefect_api()
+async def start_deployment_run(deployment: str, source: Path,
+                               overrides: Sequence[str] = ()) -> dict[str, str]:
+    """Create a run of the retraining deployment for the uploaded corpus, its overrides after
+    the deployment's own; do not wait."""
+    from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
-    flow_run = await run_deployment(name=deployment, parameters={"source": str(source)},
-                                    timeout=0)
-    return {"id": str(flow_run.id), "state": flow_run.state.name if flow_run.state else "?"}
+    async with get_client() as prefect:
+        defaults = (await prefect.read_deployment_by_name(deployment)).parameters
+    parameters = {"source": str(source),
+                  "overrides": [*defaults.get("overrides", []), *overrides]}
+    flow_run = await run_deployment(name=deployment, parameters=parameters, timeout=0)
+    return {"id": str(flow_run.id), "state": flow_run.state.name if flow_run.state else "?",
+            "where": "worker"}

@@ -1,12 +1,15 @@
-"""The service when things go wrong: an oversized chunked body, a bad upload, Prefect not
-configured or not reachable, a champion that cannot be loaded or fails the model check, a
-generation that fails midway; and the upload steps that need no Prefect (build_tokenizer)."""
+"""The service when things go wrong: an oversized chunked body, a bad upload, a kept upload's
+id that is not one, a run that fails, Prefect not reachable, a champion that cannot be loaded
+or fails the model check, a generation that fails midway; and the upload steps that need no
+Prefect (build_tokenizer)."""
 
 from __future__ import annotations
 
 import json
 import select
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +22,7 @@ import openai
 import pytest
 import torch
 
+from serve.local_runs import LocalRun
 from serve.settings import Settings
 from tests.serve.conftest import (
     Process,
@@ -201,18 +205,51 @@ def test_build_tokenizer_shows_what_an_upload_gets_and_keeps_nothing(no_prefect,
     assert list((cwd / "uploads").iterdir()) == []
 
 
-def test_without_a_prefect_api_retraining_is_503_and_starts_nothing(no_prefect):
+def test_a_kept_upload_is_trained_by_its_id_and_nothing_else_is(no_prefect, shakespeare):
+    """build_tokenizer with keep=true keeps the upload and its vocabulary's settings under an
+    id; /train refuses an id it never gave (404), one that is no id (422) and nonsense steps;
+    with no Prefect API, an unknown run is a 404 and no temporary Prefect server starts."""
     proc, url, cwd = no_prefect
-    text = "".join(f"Paragraph {i}: the quick brown fox.\n\n" for i in range(20))
-    response = httpx.post(f"{url}/corpus", params={"filename": "fox.txt"}, content=text,
-                          timeout=60)
-    assert response.status_code == 503, response.text
-    error = response.json()["error"]
-    assert "prefect server start" in error and "PREFECT_API_URL" in error
+    built = httpx.post(f"{url}/build_tokenizer", timeout=120, content=shakespeare[:40_000],
+                       params={"filename": "plays.txt", "kind": "bpe", "vocab_size": 300,
+                               "keep": "true"})
+    assert built.status_code == 200, built.text
+    upload_id = built.json()["upload_id"]
+    kept = sorted(p.name for p in (cwd / "uploads").iterdir())
+    assert kept == [f"{upload_id}-plays.txt", f"{upload_id}.vocabulary.json"]
+    settings = json.loads((cwd / "uploads" / kept[1]).read_text())
+    assert settings["overrides"] == ["tokenizer.kind=bpe", "tokenizer.vocab_size=300"]
+    assert settings["digest"] == built.json()["digest"]
+    for body, status in (({"upload_id": "0123456789ab"}, 404), ({"upload_id": "../../etc"}, 422),
+                         ({"upload_id": upload_id, "max_steps": 0}, 422),
+                         ({"upload_id": upload_id, "steps": 5}, 422)):
+        response = httpx.post(f"{url}/train", json=body, timeout=30)
+        assert response.status_code == status, (body, response.text)
     run = httpx.get(f"{url}/runs/{uuid.uuid4()}", timeout=30)
-    assert run.status_code == 503 and "prefect server start" in run.json()["detail"]
-    assert descendants(proc.proc.pid) == []  # no temporary Prefect server
-    assert list((cwd / "uploads").iterdir()) == []
+    assert run.status_code == 404 and run.json()["detail"] == "no such run"
+    assert descendants(proc.proc.pid) == []  # no temporary Prefect server, no run
+    for path in (cwd / "uploads").iterdir():  # as the other tests here expect the folder
+        path.unlink()
+
+
+def test_an_embedded_run_that_fails_reports_its_last_line(tmp_path):
+    """A run's state as /runs/{id} reports it, from the real process: Running with its newest
+    progress line, then Failed with its error line (the CLI's one-line error)."""
+    script = ("import sys; print('2026-12-06 12:00:01,5 INFO tinygpt.train: step 10/50 | loss 3.2',"
+              " flush=True); sys.stdin.readline(); print('tinygpt: error: the corpus is empty');"
+              " sys.exit(1)")
+    log = tmp_path / "run.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-c", script], stdout=out,
+                                   stdin=subprocess.PIPE)
+    run = LocalRun("r1", process, log, tmp_path / "summary.json")
+    running = until(lambda: (s := run.state("champion"))["progress"] and s)
+    assert (running["state"], running["final"], running["progress"]) == (
+        "Running", False, "step 10/50 | loss 3.2")
+    process.communicate(b"\n", timeout=30)
+    failed = run.state("champion")
+    assert (failed["state"], failed["final"]) == ("Failed", True)
+    assert failed["error"] == "tinygpt: error: the corpus is empty" and "outcome" not in failed
 
 
 def test_unreachable_prefect_gives_503_not_404(registry, tmp_path):

@@ -119,21 +119,98 @@ def test_bad_upload_shows_the_validation_errors(browser_page):
     page.set_input_files("#corpus", files=[{"name": "../../etc/evil.jsonl",
                                             "mimeType": "text/plain",
                                             "buffer": b'{"text": 5}\n'}])
-    page.click("#upload")
-    status = page.locator("#corpus-status")
+    page.click("#vocabulary")
+    status = page.locator("#vocab-status")
     expect(status).to_contain_text("validation failed", timeout=60_000)
     expect(status).to_contain_text("'text' must be a string")
+    expect(page.locator("#train")).to_be_disabled()
 
 
-def test_good_upload_starts_a_retraining_run_and_shows_its_state(browser_page, artifacts_dir):
+def test_the_chain_sends_its_run_to_the_deployment_with_the_vocabulary_built(
+        browser_page, artifacts_dir):
+    """With a Prefect API: the vocabulary step shows its size and first tokens, and the run
+    it starts on the deployment carries the same tokenizer settings (no worker here: it stays
+    Scheduled; tests/stack runs one to the end)."""
+    from prefect.client.orchestration import get_client
+
     page = browser_page
     text = "".join(f"Paragraph {i}: the quick brown fox.\n\n" for i in range(50)).encode()
     page.set_input_files("#corpus", files=[{"name": "my corpus.txt", "mimeType": "text/plain",
                                             "buffer": text}])
-    page.click("#upload")
-    expect(page.locator("#corpus-status")).to_contain_text("retraining run", timeout=60_000)
-    expect(page.locator("#corpus-status")).to_contain_text("Scheduled")
+    page.select_option("#tokenizer-kind", "char")
+    page.fill("#vocab-size", "64")
+    page.click("#vocabulary")
+    vocabulary = page.locator("#vocab-status")
+    expect(vocabulary).to_contain_text("char vocabulary of", timeout=60_000)
+    expect(vocabulary).to_contain_text('"P" "a" "r" "a"')
+    page.fill("#train-steps", "12")
+    page.click("#train")
+    status = page.locator("#corpus-status")
+    expect(status).to_contain_text("retraining run", timeout=60_000)
+    expect(status).to_contain_text("Scheduled")
     page.screenshot(path=str(artifacts_dir / "playground-upload.png"), full_page=True)
+    run_id = status.inner_text().split("retraining run ")[1].split(":")[0]
+    with get_client(sync_client=True) as prefect:  # Playwright's loop runs in this thread
+        sent = prefect.read_flow_run(run_id).parameters
+    assert sent["overrides"][-3:] == ["tokenizer.kind=char", "tokenizer.vocab_size=64",
+                                      "train.max_steps=12"]
+    assert Path(sent["source"]).name.endswith("-my_corpus.txt")
+
+
+def test_the_chain_runs_embedded_with_nothing_started_but_the_service(browser_page, shakespeare,
+                                                                     tmp_path, artifacts_dir):
+    """The 000 write-up's page with `tinygpt serve` alone (no Prefect API, no model yet):
+    upload, build the vocabulary, train with progress shown (`tinygpt retrain` in the service's
+    project, embedded), then generate from the new champion once it is served. The registered
+    version's tokenizer is the vocabulary the page showed."""
+    from mlflow import MlflowClient
+
+    from tests.pipeline.conftest import make_project
+
+    (tmp_path / "project").mkdir()
+    root = make_project(tmp_path / "project", shakespeare[:40_000])
+    store = f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
+    proc, url = start_service(store, root, env={"PREFECT_API_URL": None})
+    try:
+        wait_for(f"{url}/health", status=503)  # nothing registered yet
+        page = browser_page.context.browser.new_page(viewport={"width": 1100, "height": 900})
+        try:
+            page.goto(f"{url}/")
+            page.evaluate("""() => {
+                window.statuses = [];
+                const status = document.getElementById('corpus-status');
+                new MutationObserver(() => window.statuses.push(status.textContent)).observe(
+                    status, {childList: true, characterData: true, subtree: true});
+            }""")
+            page.set_input_files("#corpus", files=[{
+                "name": "sonnets.txt", "mimeType": "text/plain",
+                "buffer": shakespeare[40_000:80_000].encode()}])
+            page.fill("#vocab-size", "300")
+            page.click("#vocabulary")
+            vocabulary = page.locator("#vocab-status")
+            expect(vocabulary).to_contain_text("bpe vocabulary of 300 tokens", timeout=60_000)
+            shown_digest = re.search(r"digest (\w{12})", vocabulary.inner_text()).group(1)
+            page.fill("#train-steps", "20")
+            page.click("#train")
+            status = page.locator("#corpus-status")
+            expect(status).to_contain_text("Completed", timeout=300_000)
+            expect(status).to_contain_text("tinygpt version 1, now champion")
+            expect(status).to_contain_text("served now", timeout=60_000)
+            expect(page.locator("#model")).to_contain_text("model tinygpt version 1")
+            page.fill("#prompt", "Shall I")
+            page.click("#generate")
+            expect(page.locator("#stats")).to_contain_text("tinygpt version 1", timeout=60_000)
+            page.screenshot(path=str(artifacts_dir / "playground-embedded-chain.png"),
+                            full_page=True)
+            statuses = page.evaluate("window.statuses")
+        finally:
+            page.close()
+    finally:
+        proc.stop()
+    progress = {s.split(" \u2014 ")[-1] for s in statuses if "Running \u2014 step " in s}
+    assert len(progress) >= 2, statuses  # the line moved on while the run went
+    tags = MlflowClient(store, store).get_model_version("tinygpt", "1").tags
+    assert tags["tokenizer_digest"].startswith(shown_digest)
 
 
 @pytest.mark.parametrize(("path", "shown"), [("/docs", ".swagger-ui .info .title"),

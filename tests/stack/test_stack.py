@@ -295,12 +295,13 @@ def test_the_service_serves_the_stack_champion_and_swaps_mid_stream(stack: Stack
         proc.stop()
 
 
-def test_the_page_upload_runs_on_the_worker_and_shows_the_new_version(stack: StackUp,
-                                                                      shakespeare: str,
-                                                                      artifacts_dir):
-    """In Chromium: the page's corpus upload starts retrain/on-demand, the stack's worker
-    runs it; the page shows the step the run is on as it goes, and ends showing Completed,
-    the version it registered and the decision with the two bits/byte figures behind it."""
+def test_the_page_chain_runs_on_the_worker_and_shows_the_new_version(stack: StackUp,
+                                                                     shakespeare: str,
+                                                                     artifacts_dir):
+    """In Chromium: the page's chain (upload, vocabulary, train) starts retrain/on-demand with
+    the vocabulary's settings after the deployment's own, and the stack's worker runs it; the
+    page shows the step the run is on as it goes, and ends showing Completed, the version it
+    registered and the decision with the two bits/byte figures behind it."""
     from playwright.sync_api import expect, sync_playwright
 
     from registry import registered_by
@@ -330,7 +331,11 @@ def test_the_page_upload_runs_on_the_worker_and_shows_the_new_version(stack: Sta
             page.set_input_files("#corpus", files=[{
                 "name": "sonnets.txt", "mimeType": "text/plain",
                 "buffer": shakespeare[40_000:70_000].encode()}])
-            page.click("#upload")
+            page.fill("#vocab-size", "300")
+            page.click("#vocabulary")
+            expect(page.locator("#vocab-status")).to_contain_text("bpe vocabulary of 300",
+                                                                  timeout=60_000)
+            page.click("#train")
             status = page.locator("#corpus-status")
             expect(status).to_contain_text("retraining run", timeout=60_000)
             expect(status).to_contain_text("Completed", timeout=300_000)
@@ -347,6 +352,8 @@ def test_the_page_upload_runs_on_the_worker_and_shows_the_new_version(stack: Sta
     found = flow_run(api, run_id)
     assert found["state"]["name"] == "Completed" and found["work_pool_name"] == POOL
     assert found["parameters"]["source"].startswith(str(stack.root / "uploads"))
+    assert found["parameters"]["overrides"] == [*small, "tokenizer.kind=bpe",
+                                                "tokenizer.vocab_size=300"]
     outcome = registered_by("tinygpt", run_id, uri=stack.env["MLFLOW_TRACKING_URI"])
     assert f"tinygpt version {outcome['version']}," in shown, shown
     assert ("now champion" in shown) == outcome["promoted"], shown
