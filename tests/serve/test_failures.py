@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -407,3 +408,37 @@ def test_a_version_that_fails_the_model_check_is_never_served(registry, tmp_path
         assert "fails the model check" in refused.json()["detail"]["error"]
     finally:
         proc.stop()
+
+
+def test_stopping_the_service_stops_its_embedded_run_and_promotes_nothing(shakespeare,
+                                                                         tmp_path):
+    """SIGTERM to the service alone (as a process manager stops it): the run it started in
+    its project is asked to stop as Ctrl-C asks, and ends without a model version."""
+    from mlflow import MlflowClient
+
+    from tests.pipeline.conftest import make_project
+
+    (tmp_path / "project").mkdir()
+    root = make_project(tmp_path / "project", shakespeare[:40_000])
+    store = f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
+    proc, url = start_service(store, root, env={"PREFECT_API_URL": None})
+    try:
+        wait_for(f"{url}/health", status=503)  # nothing registered yet
+        built = httpx.post(f"{url}/build_tokenizer", content=shakespeare[40_000:80_000],
+                           params={"vocab_size": 300, "keep": "true"}, timeout=120).json()
+        started = httpx.post(f"{url}/train", timeout=60, json={
+            "upload_id": built["upload_id"], "max_steps": 100_000}).json()
+        assert started["where"] == "embedded"
+        state = until(lambda: "/100000" in ((s := httpx.get(
+            f"{url}/runs/{started['run_id']}", timeout=30).json())["progress"] or "") and s,
+            timeout=180)
+        assert state["state"] == "Running"
+        run_processes = descendants(proc.proc.pid)
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.proc.wait(timeout=60) == -signal.SIGTERM  # uvicorn's, after shutdown
+    finally:
+        proc.stop()
+    assert not [pid for pid in run_processes if Path(f"/proc/{pid}").exists()]
+    log = next((root / "uploads" / "runs").glob("*.log")).read_text()
+    assert "run stopped by SIGINT" in log, log[-3000:]
+    assert MlflowClient(store, store).search_model_versions("name = 'tinygpt'") == []
