@@ -85,12 +85,16 @@ stack-status: setup
 lint: setup
 	$(BIN)/ruff check .
 
+# Two pytest-xdist workers: most tests wait on servers and child processes, so two share two
+# cores well. Each test module is one unit of work, tests/stack one (tests/conftest.py).
+XDIST := -n 2 --dist loadgroup --no-loadscope-reorder
+
 test: lint $(CHROMIUM) $(INITDB)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(XDIST)
 
 # The inner loop: no servers, no whole flows, no scale measurements (about 2 minutes).
 test-fast: lint
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest $(XDIST) -m "not slow"
 
 clean:
 	rm -rf runs .pytest_cache

@@ -68,9 +68,19 @@ def artifacts_dir() -> Path:
 
 # Whole folders whose every test starts servers or runs whole flows: `make test-fast` skips them.
 SLOW_FOLDERS = ("pipeline", "stack", "serve")
+# `make test` runs two pytest-xdist workers (--dist loadgroup). Each module is one unit of work,
+# so its fixtures are built once; tests/stack is one unit, since one host holds one team stack
+# (its fixed ports). Units are queued longest folder first, so no long one starts last.
+LONGEST_FIRST = ("stack", "pipeline", "serve", "data", "model", "code")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def folder(item: pytest.Item) -> str:
+        return Path(item.path).relative_to(ROOT / "tests").parts[0]
+
     for item in items:
-        if Path(item.path).relative_to(ROOT / "tests").parts[0] in SLOW_FOLDERS:
+        if folder(item) in SLOW_FOLDERS:
             item.add_marker(pytest.mark.slow)
+        unit = "stack" if folder(item) == "stack" else Path(item.path).relative_to(ROOT).as_posix()
+        item.add_marker(pytest.mark.xdist_group(unit))
+    items.sort(key=lambda item: LONGEST_FIRST.index(folder(item)))
