@@ -86,8 +86,9 @@ lint: setup
 	$(BIN)/ruff check .
 
 # Two pytest-xdist workers: most tests wait on servers and child processes, so two share two
-# cores well. Each test module is one unit of work, tests/stack one (tests/conftest.py).
-XDIST := -n 2 --dist loadgroup --no-loadscope-reorder
+# cores well. Each test module is one unit of work, tests/stack one, queued longest folder
+# first (tests/conftest.py).
+XDIST := -n 2 --no-loadscope-reorder
 
 test: lint $(CHROMIUM) $(INITDB)
 	$(BIN)/python -m pytest $(XDIST)

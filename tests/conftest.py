@@ -68,9 +68,9 @@ def artifacts_dir() -> Path:
 
 # Whole folders whose every test starts servers or runs whole flows: `make test-fast` skips them.
 SLOW_FOLDERS = ("pipeline", "stack", "serve")
-# `make test` runs two pytest-xdist workers (--dist loadgroup). Each module is one unit of work,
-# so its fixtures are built once; tests/stack is one unit, since one host holds one team stack
-# (its fixed ports). Units are queued longest folder first, so no long one starts last.
+# `make test` runs two pytest-xdist workers. Each module is one unit of work, so its fixtures
+# are built once; tests/stack is one unit, since one host holds one team stack (its fixed
+# ports). Units are queued longest folder first, so no long one starts last.
 LONGEST_FIRST = ("stack", "pipeline", "serve", "data", "model", "code")
 
 
@@ -81,6 +81,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if folder(item) in SLOW_FOLDERS:
             item.add_marker(pytest.mark.slow)
-        unit = "stack" if folder(item) == "stack" else Path(item.path).relative_to(ROOT).as_posix()
-        item.add_marker(pytest.mark.xdist_group(unit))
     items.sort(key=lambda item: LONGEST_FIRST.index(folder(item)))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """xdist's module-by-module scheduling, with tests/stack's modules as one unit."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleUnits(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "tests/stack" if module.startswith("tests/stack/") else module
+
+    return ModuleUnits(config, log)
