@@ -111,18 +111,54 @@ class RankShare:
         self.source.set_state(state)
 
 
-def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has native bf16 matmul instructions (AVX-512 BF16 or AMX)."""
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+def cpu_bf16_hardware() -> str:
+    """The CPU's bf16 matmul hardware: "amx" (Intel's AMX tiles), "avx512_bf16" (AVX-512 BF16
+    instructions, AMD Zen 4 and later Intel) or "none", from its flags in /proc/cpuinfo (where
+    there is none, from whether oneDNN runs bf16 natively)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        native = (torch.backends.mkldnn.is_available()
+                  and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return "avx512_bf16" if native else "none"
+    return bf16_hardware_of(set(next((line.split(":", 1)[1].split()
+                                      for line in info.splitlines()
+                                      if line.startswith("flags")), [])))
+
+
+def bf16_hardware_of(flags: set[str]) -> str:
+    if {"amx_bf16", "amx_tile"} <= flags:
+        return "amx"
+    return "avx512_bf16" if "avx512_bf16" in flags else "none"
+
+
+# What `auto` trains in on a CPU, by its bf16 hardware: the faster of fp32 and bf16 autocast in
+# bench/train_speed.py on each kind of machine (README, Training speed). Without bf16 hardware,
+# bf16 is emulated and slower than fp32.
+AUTO_CPU_DTYPE = {"amx": torch.bfloat16, "avx512_bf16": torch.bfloat16, "none": torch.float32}
+CPU_BF16_LABELS = {"amx": "AMX", "avx512_bf16": "AVX-512 BF16", "none": "no bf16 hardware"}
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """Autocast dtype: bf16 where the hardware runs it natively, else fp32 (MPS included)."""
-    if name == "auto":
-        fast = {"cuda": torch.cuda.is_bf16_supported,
-                "cpu": cpu_has_fast_bf16}.get(device.type, lambda: False)()
-        return torch.bfloat16 if fast else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+    """Autocast dtype: on a CPU, AUTO_CPU_DTYPE's choice for its hardware; on CUDA, bf16 where
+    it runs natively; fp32 elsewhere (MPS included)."""
+    if name != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+    if device.type == "cpu":
+        return AUTO_CPU_DTYPE[cpu_bf16_hardware()]
+    native = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.bfloat16 if native else torch.float32
+
+
+def describe_precision(name: str, device: torch.device, dtype: torch.dtype) -> str:
+    """How training computes, and why, for its first line: "bfloat16 autocast (auto: the faster
+    on a CPU with AMX)"."""
+    what = "float32" if dtype == torch.float32 else f"{str(dtype).split('.')[-1]} autocast"
+    if name != "auto":
+        return f"{what} (as set)"
+    if device.type != "cpu":
+        return f"{what} (auto on {device.type})"
+    return f"{what} (auto: the faster on a CPU with {CPU_BF16_LABELS[cpu_bf16_hardware()]})"
 
 
 def autocast(device: torch.device, dtype: torch.dtype):
@@ -402,9 +438,9 @@ class Trainer:
         first_step = self.step
         started = window_start = time.perf_counter()
         window_tokens, total_tokens, loss, stopped_early = 0, 0, math.nan, False
-        log.info("training %.2fM parameters on %s (%s) for %d steps",
-                 self.model.num_params() / 1e6, self.device, str(self.dtype).split(".")[-1],
-                 cfg.max_steps)
+        log.info("training %.2fM parameters on %s in %s for %d steps",
+                 self.model.num_params() / 1e6, self.device,
+                 describe_precision(cfg.dtype, self.device, self.dtype), cfg.max_steps)
         with Bar(log, "training", last_step, "steps", start=first_step,
                  draw=self.lead) as bar:
             while self.step < last_step:

@@ -138,7 +138,7 @@ def kept_upload(upload_dir: Path, upload_id: str) -> tuple[Path, list[str]]:
     if not UPLOAD_ID.match(upload_id) or not record.is_file():
         raise KeyError(upload_id)
     kept = json.loads(record.read_text(encoding="utf-8"))
-    path = upload_dir / kept["file"]
+    path = upload_dir.resolve() / kept["file"]  # a worker on another host reads it too
     if not path.is_file():
         raise KeyError(upload_id)
     return path, kept["overrides"]

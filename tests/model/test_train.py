@@ -238,6 +238,28 @@ def test_validation_split_shorter_than_a_window_is_refused(tmp_path):
         windows_trainer(new_model(), tokens(3000), tokens(10), small_config(), tmp_path)
 
 
+def test_auto_trains_in_the_faster_dtype_for_the_cpus_bf16_hardware_and_says_so():
+    from gpt.train import (
+        AUTO_CPU_DTYPE,
+        bf16_hardware_of,
+        cpu_bf16_hardware,
+        describe_precision,
+        pick_dtype,
+    )
+
+    assert bf16_hardware_of({"avx512f", "amx_bf16", "amx_tile", "avx512_bf16"}) == "amx"
+    assert bf16_hardware_of({"avx512f", "avx512_bf16"}) == "avx512_bf16"  # AMD Zen 4
+    assert bf16_hardware_of({"avx2", "fma"}) == "none"
+    assert AUTO_CPU_DTYPE["none"] == torch.float32  # emulated bf16 is the slower
+    cpu = torch.device("cpu")
+    chosen = pick_dtype("auto", cpu)
+    assert chosen == AUTO_CPU_DTYPE[cpu_bf16_hardware()]
+    label = {"amx": "AMX", "avx512_bf16": "AVX-512 BF16", "none": "no bf16 hardware"}
+    assert describe_precision("auto", cpu, chosen).endswith(
+        f"(auto: the faster on a CPU with {label[cpu_bf16_hardware()]})")
+    assert describe_precision("float32", cpu, torch.float32) == "float32 (as set)"
+
+
 def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
     from gpt.train import pick_device, pick_dtype
 

@@ -155,6 +155,7 @@ def test_the_chain_sends_its_run_to_the_deployment_with_the_vocabulary_built(
     assert sent["overrides"][-3:] == ["tokenizer.kind=char", "tokenizer.vocab_size=64",
                                       "train.max_steps=12"]
     assert Path(sent["source"]).name.endswith("-my_corpus.txt")
+    assert Path(sent["source"]).is_absolute()  # the worker runs in a folder of its own
 
 
 def test_the_chain_runs_embedded_with_nothing_started_but_the_service(browser_page, shakespeare,
