@@ -16,19 +16,12 @@ from typing import Any
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 UPLOAD_ID = re.compile(r"^[0-9a-f]{12}$")  # the prefix upload_path gives each kept upload
 VOCABULARY = ".vocabulary.json"  # beside a kept upload: the settings its vocabulary was built with
-NO_PREFECT = "no Prefect API is configured (PREFECT_API_URL): this service's runs are embedded"
 
 
 class UploadTooLarge(Exception):
     """The body passed the upload limit; nothing of it was kept."""
 
 
-class PrefectNotConfigured(Exception):
-    """No Prefect API is configured: Prefect's client would start a temporary server of its
-    own, which outlives the service and which no worker serves."""
-
-    def __init__(self) -> None:
-        super().__init__(NO_PREFECT)
 
 
 def upload_path(upload_dir: Path, filename: str) -> Path:
@@ -149,12 +142,6 @@ def prefect_api_set() -> bool:
     from prefect.settings import PREFECT_API_URL
 
     return bool(PREFECT_API_URL.value())
-
-
-def require_prefect_api() -> None:
-    """Raise PrefectNotConfigured unless a Prefect API is set."""
-    if not prefect_api_set():
-        raise PrefectNotConfigured
 
 
 async def start_deployment_run(deployment: str, source: Path,

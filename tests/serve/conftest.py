@@ -190,6 +190,23 @@ def start_service(tracking_uri: str, cwd: Path, *extra: str,
     return proc, f"http://127.0.0.1:{port}"
 
 
+def embedded_service(tmp_path: Path, corpus: str) -> tuple[Path, str, Process, str]:
+    """A fresh project (git, DVC, nothing registered) served by `tinygpt serve` alone, no
+    Prefect API: (its root, its MLflow store, the service, its URL), once it answers 503."""
+    from tests.pipeline.conftest import make_project
+
+    (tmp_path / "project").mkdir()
+    root = make_project(tmp_path / "project", corpus)
+    store = f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
+    proc, url = start_service(store, root, env={"PREFECT_API_URL": None})
+    try:
+        wait_for(f"{url}/health", status=503)  # nothing registered yet
+    except BaseException:
+        proc.stop()
+        raise
+    return root, store, proc, url
+
+
 @pytest.fixture(scope="module")
 def service(registry, tmp_path_factory) -> Iterator[str]:
     cwd = tmp_path_factory.mktemp("service")

@@ -28,6 +28,7 @@ from serve.settings import Settings
 from tests.serve.conftest import (
     Process,
     altered_checkpoint,
+    embedded_service,
     free_port,
     sse_events,
     start_service,
@@ -416,14 +417,8 @@ def test_stopping_the_service_stops_its_embedded_run_and_promotes_nothing(shakes
     its project is asked to stop as Ctrl-C asks, and ends without a model version."""
     from mlflow import MlflowClient
 
-    from tests.pipeline.conftest import make_project
-
-    (tmp_path / "project").mkdir()
-    root = make_project(tmp_path / "project", shakespeare[:40_000])
-    store = f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
-    proc, url = start_service(store, root, env={"PREFECT_API_URL": None})
+    root, store, proc, url = embedded_service(tmp_path, shakespeare[:40_000])
     try:
-        wait_for(f"{url}/health", status=503)  # nothing registered yet
         built = httpx.post(f"{url}/build_tokenizer", content=shakespeare[40_000:80_000],
                            params={"vocab_size": 300, "keep": "true"}, timeout=120).json()
         started = httpx.post(f"{url}/train", timeout=60, json={

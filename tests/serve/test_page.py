@@ -14,7 +14,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from gpt.config import SamplingParams
 from tests.scratch import ROOT
-from tests.serve.conftest import BIN, start_service, wait_for
+from tests.serve.conftest import BIN, embedded_service, start_service, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -114,6 +114,25 @@ def test_the_page_chooses_among_served_models_and_trims_the_context(browser_page
         proc.stop()
 
 
+def build_vocabulary(page, url: str, corpus: str, vocab_size: int) -> str:
+    """Open the page, record every text #corpus-status shows (window.statuses), upload corpus
+    and build its BPE vocabulary; the vocabulary step's text."""
+    page.goto(f"{url}/")
+    page.evaluate("""() => {
+        window.statuses = [];
+        const status = document.getElementById('corpus-status');
+        new MutationObserver(() => window.statuses.push(status.textContent)).observe(
+            status, {childList: true, characterData: true, subtree: true});
+    }""")
+    page.set_input_files("#corpus", files=[{"name": "sonnets.txt", "mimeType": "text/plain",
+                                            "buffer": corpus.encode()}])
+    page.fill("#vocab-size", str(vocab_size))
+    page.click("#vocabulary")
+    vocabulary = page.locator("#vocab-status")
+    expect(vocabulary).to_contain_text(f"bpe vocabulary of {vocab_size} tokens", timeout=60_000)
+    return vocabulary.inner_text()
+
+
 def test_bad_upload_shows_the_validation_errors(browser_page):
     page = browser_page
     page.set_input_files("#corpus", files=[{"name": "../../etc/evil.jsonl",
@@ -166,31 +185,12 @@ def test_the_chain_runs_embedded_with_nothing_started_but_the_service(browser_pa
     version's tokenizer is the vocabulary the page showed."""
     from mlflow import MlflowClient
 
-    from tests.pipeline.conftest import make_project
-
-    (tmp_path / "project").mkdir()
-    root = make_project(tmp_path / "project", shakespeare[:40_000])
-    store = f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
-    proc, url = start_service(store, root, env={"PREFECT_API_URL": None})
+    _, store, proc, url = embedded_service(tmp_path, shakespeare[:40_000])
     try:
-        wait_for(f"{url}/health", status=503)  # nothing registered yet
         page = browser_page.context.browser.new_page(viewport={"width": 1100, "height": 900})
         try:
-            page.goto(f"{url}/")
-            page.evaluate("""() => {
-                window.statuses = [];
-                const status = document.getElementById('corpus-status');
-                new MutationObserver(() => window.statuses.push(status.textContent)).observe(
-                    status, {childList: true, characterData: true, subtree: true});
-            }""")
-            page.set_input_files("#corpus", files=[{
-                "name": "sonnets.txt", "mimeType": "text/plain",
-                "buffer": shakespeare[40_000:80_000].encode()}])
-            page.fill("#vocab-size", "300")
-            page.click("#vocabulary")
-            vocabulary = page.locator("#vocab-status")
-            expect(vocabulary).to_contain_text("bpe vocabulary of 300 tokens", timeout=60_000)
-            shown_digest = re.search(r"digest (\w{12})", vocabulary.inner_text()).group(1)
+            shown = build_vocabulary(page, url, shakespeare[40_000:80_000], 300)
+            shown_digest = re.search(r"digest (\w{12})", shown).group(1)
             page.fill("#train-steps", "20")
             page.click("#train")
             status = page.locator("#corpus-status")

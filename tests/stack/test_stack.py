@@ -306,7 +306,7 @@ def test_the_page_chain_runs_on_the_worker_and_shows_the_new_version(stack: Stac
 
     from registry import registered_by
     from tests.serve.conftest import start_service, wait_for
-    from tests.serve.test_page import CHROMIUM, FLAGS
+    from tests.serve.test_page import CHROMIUM, FLAGS, build_vocabulary
 
     api = stack.api
     champion_before = stack.champion()
@@ -321,20 +321,7 @@ def test_the_page_chain_runs_on_the_worker_and_shows_the_new_version(stack: Stac
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
             page = browser.new_page(viewport={"width": 1100, "height": 900})
-            page.goto(f"{url}/")
-            page.evaluate("""() => {
-                window.statuses = [];
-                const status = document.getElementById('corpus-status');
-                new MutationObserver(() => window.statuses.push(status.textContent)).observe(
-                    status, {childList: true, characterData: true, subtree: true});
-            }""")
-            page.set_input_files("#corpus", files=[{
-                "name": "sonnets.txt", "mimeType": "text/plain",
-                "buffer": shakespeare[40_000:70_000].encode()}])
-            page.fill("#vocab-size", "300")
-            page.click("#vocabulary")
-            expect(page.locator("#vocab-status")).to_contain_text("bpe vocabulary of 300",
-                                                                  timeout=60_000)
+            build_vocabulary(page, url, shakespeare[40_000:70_000], 300)
             page.click("#train")
             status = page.locator("#corpus-status")
             expect(status).to_contain_text("retraining run", timeout=60_000)
