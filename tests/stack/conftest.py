@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from stack.envfile import OPT_OUT, VARIABLES, read_env
-from stack.processes import alive, stop
+from stack.processes import alive, stop, tree
 from tests.scratch import ROOT, copy_code
 
 BIN = Path(sys.executable).parent
@@ -152,6 +152,21 @@ def wait_for_run(api: str, run_id: str, timeout: float, until: set[str] = TERMIN
             return found
         time.sleep(1)
     pytest.fail(f"flow run {run_id} did not reach {until} in {timeout:.0f} s")
+
+
+def running_on_worker(stack: StackUp, run_id: str, timeout: float = 120) -> list:
+    """Once the flow run is RUNNING in a process under the stack's worker: the worker's
+    process tree, that process included."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = flow_run(stack.api, run_id)
+        pid = found["infrastructure_pid"]
+        if found["state"]["type"] == "RUNNING" and pid:
+            processes = tree(stack.services()["worker"])
+            if any(process.pid == int(pid) for process in processes):
+                return processes
+        time.sleep(0.5)
+    pytest.fail(f"flow run {run_id} was not running under the worker in {timeout:.0f} s")
 
 
 @pytest.fixture(scope="package")

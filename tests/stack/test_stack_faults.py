@@ -17,19 +17,18 @@ from pathlib import Path
 import psutil
 
 from stack.envfile import read_env
-from stack.processes import alive, port_open, stop, tree
+from stack.processes import alive, port_open, stop
 from stack.services import CRASH_AFTER_SECONDS, HEARTBEAT_SECONDS, SERVICES
 from tests.scratch import ROOT
 from tests.stack.conftest import (
     BIN,
     LONG,
     OVERRIDES,
-    TERMINAL,
     StackUp,
     clean_env,
-    flow_run,
     ok,
     run,
+    running_on_worker,
     sets,
     start_run,
     tinygpt,
@@ -157,10 +156,7 @@ def test_a_run_whose_worker_died_is_crashed_by_its_silence_and_gc_takes_its_work
     api = stack.api
     champion, versions = stack.champion(), stack.versions()
     lost = start_run(api, LONG)
-    wait_for_run(api, lost, timeout=120, until={"RUNNING"})
-    time.sleep(3)
-    processes = tree(stack.services()["worker"])  # the worker and the flow run it started
-    assert any(p.pid == int(flow_run(api, lost)["infrastructure_pid"]) for p in processes)
+    processes = running_on_worker(stack, lost)  # the worker and the flow run it started
     for process in processes:  # the machine is lost: nothing gets to report
         process.kill()
     psutil.wait_procs(processes, timeout=10)
@@ -191,9 +187,7 @@ def test_down_leaves_no_process_behind(stack: StackUp):
     # A long run in progress on the worker: `down` stops it too (it gets SIGTERM first).
     api = stack.api
     services = stack.services()
-    long_run = start_run(api, LONG)
-    wait_for_run(api, long_run, timeout=120, until={"RUNNING", *TERMINAL})
-    time.sleep(3)
+    running_on_worker(stack, start_run(api, LONG))
     ok(tinygpt("stack", "down", cwd=stack.root))
     for name, record in services.items():
         assert not alive(record), f"{name} (pid {record['pid']}) still runs"
