@@ -4,7 +4,9 @@ rounds. No contender uses dropout (nanoGPT's default for pretraining; the peers 
 On CUDA every model and batch is on the GPU, and the clock is read after a synchronize.
 
 Also model FLOP/s (6 x params + attention per token, nanoGPT's estimate) as a share of a large
-matmul of the same dtype measured in the same run.
+matmul of the same dtype measured in the same run, and of the model's own GEMMs timed alone
+(each linear layer's forward product and its two backward ones, at one step's tokens); then
+where a step of ours spends its time, by kind of op (torch.profiler's self time).
 
     python bench/train_speed.py [--steps 8] [--rounds 2] [--device cpu|cuda] [--batch 16]
 """
@@ -45,6 +47,64 @@ def matmul_flops(dtype: torch.dtype, device: torch.device, reps: int = 10) -> fl
         a @ b
     synchronize(device)
     return 2 * n**3 * reps / (time.perf_counter() - started)
+
+
+def own_gemm_flops(dtype: torch.dtype, device: torch.device, batch: int,
+                   reps: int = 3) -> float:
+    """The matmul rate at the model's own shapes: for each linear layer (qkv, attention out,
+    MLP in and out, the head) x @ w, and the backward's grad @ w.T and x.T @ grad."""
+    tokens = batch * BLOCK
+    shapes = [(EMBD, 3 * EMBD), (EMBD, EMBD), (EMBD, 4 * EMBD), (4 * EMBD, EMBD)] * LAYERS
+    products = []
+    for k, n in [*shapes, (EMBD, VOCAB)]:
+        x, w, grad = (torch.randn(*shape, dtype=dtype, device=device)
+                      for shape in ((tokens, k), (k, n), (tokens, n)))
+        products += [(x, w), (grad, w.T), (x.T, grad)]
+    flops = sum(2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b in products)
+    for a, b in products:  # warm-up
+        a @ b
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(reps):
+        for a, b in products:
+            a @ b
+    synchronize(device)
+    return flops * reps / (time.perf_counter() - started)
+
+
+# torch.profiler's op names, by kind (the first kind whose word is in the name; else "other").
+OP_KINDS = {"loss": ("cross_entropy", "log_softmax", "nll_loss"),
+            "matmul": ("mm", "matmul", "linear"),
+            "attention": ("attention", "softmax"),
+            "norms": ("layer_norm", "rms_norm"),
+            "casts": ("aten::to", "_to_copy", "copy_"),
+            "optimizer and clipping": ("adam", "foreach", "norm", "zero_", "clamp"),
+            "activations": ("gelu", "silu")}
+
+
+def op_profile(step: Step, batch: int, device: torch.device, steps: int = 2) -> dict[str, float]:
+    """Share of a step's self time (CPU, or CUDA kernels on a GPU) by kind of op."""
+    from torch.profiler import ProfilerActivity, profile
+
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randint(VOCAB, (batch, BLOCK + 1), generator=gen).to(device)
+               for _ in range(steps + 1)]
+    step(batches[0][:, :-1], batches[0][:, 1:])  # warm-up
+    activities = [ProfilerActivity.CUDA if device.type == "cuda" else ProfilerActivity.CPU]
+    with profile(activities=activities) as measured:
+        for b in batches[1:]:
+            step(b[:, :-1], b[:, 1:])
+        synchronize(device)
+    spent: dict[str, float] = {}
+    for event in measured.key_averages():
+        seconds = (event.self_device_time_total if device.type == "cuda"
+                   else event.self_cpu_time_total)
+        kind = next((k for k, words in OP_KINDS.items()
+                     if any(word in event.key for word in words)), "other")
+        spent[kind] = spent.get(kind, 0.0) + seconds
+    total = sum(spent.values()) or 1.0
+    return {kind: 100 * seconds / total
+            for kind, seconds in sorted(spent.items(), key=lambda item: -item[1])}
 
 
 def flops_per_token(params: int) -> float:
@@ -121,6 +181,10 @@ def tokens_per_s(step: Step, steps: int, batch: int, device: torch.device) -> fl
     return steps * batch * BLOCK / (time.perf_counter() - started)
 
 
+def gigas(rates: dict[str, float]) -> dict[str, float]:
+    return {name: rate / 1e9 for name, rate in rates.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=8)
@@ -129,8 +193,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     args = parser.parse_args()
     device = torch.device(args.device)
-    peak = {"float32": matmul_flops(torch.float32, device),
-            "bfloat16": matmul_flops(torch.bfloat16, device)}
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+    peak = {name: matmul_flops(dtype, device) for name, dtype in dtypes.items()}
+    own = {name: own_gemm_flops(dtype, device, args.batch) for name, dtype in dtypes.items()}
     contenders: dict[str, tuple[Callable[[], tuple[Step, int]], str]] = {
         "transformers GPT2LMHeadModel fp32": (lambda: transformers_gpt2(device), "float32"),
         "nanoGPT-shaped fp32": (lambda: nanogpt(device), "float32"),
@@ -154,16 +219,24 @@ def main() -> None:
         rows.append({"model": name, "tokens_per_s": best[name],
                      "vs_transformers_fp32": best[name] / reference,
                      "model_gflops": achieved / 1e9,
-                     "pct_of_matmul": 100 * achieved / peak[dtype]})
+                     "pct_of_matmul": 100 * achieved / peak[dtype],
+                     "pct_of_own_gemms": 100 * achieved / own[dtype]})
     print(f"\n{LAYERS} layers x {EMBD}, block {BLOCK}, batch {args.batch}, vocab {VOCAB}, "
           f"{args.device}; matmul {peak['float32'] / 1e9:.0f} GFLOP/s fp32, "
-          f"{peak['bfloat16'] / 1e9:.0f} bf16")
+          f"{peak['bfloat16'] / 1e9:.0f} bf16; the model's own GEMMs alone "
+          f"{own['float32'] / 1e9:.0f} fp32, {own['bfloat16'] / 1e9:.0f} bf16")
     print(table(rows, ["model", "tokens_per_s", "vs_transformers_fp32", "model_gflops",
-                       "pct_of_matmul"]))
-    gflops = {k: v / 1e9 for k, v in peak.items()}
+                       "pct_of_matmul", "pct_of_own_gemms"]))
+    profiles = {}
+    for name, dtype in dtypes.items():
+        profiles[name] = op_profile(ours(device, dtype)[0], args.batch, device)
+        print(f"\nwhere a tinygpt {name} step's time goes: " + ", ".join(
+            f"{kind} {share:.0f}%" for kind, share in profiles[name].items()))
     result = "_".join(["train_speed", *([device.type] if device.type != "cpu" else []),
                        *([f"b{args.batch}"] if args.batch != 16 else [])])
-    print(f"results: {save(result, rows, matmul_gflops=gflops, batch=args.batch)}")
+    path = save(result, rows, batch=args.batch, matmul_gflops=gigas(peak),
+                own_gemm_gflops=gigas(own), op_profile_pct=profiles)
+    print(f"results: {path}")
 
 
 if __name__ == "__main__":
