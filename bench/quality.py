@@ -3,7 +3,8 @@
 The peer is nanoGPT's CPU recipe (char-level, 4 layers x 128, block 64, batch 12, 2000
 iterations, evals every 250), run here with the nanoGPT-shaped model. Ours then trains with the
 one-minute recipe (recipes/one-minute.yaml) for 60 s, with the defaults of params.yaml for the
-peer's wall-clock time, and (unless --skip-long) for 15 minutes.
+peer's wall-clock time, and (unless --skip-long) for 15 minutes. Each run's curve follows the
+table: val bits per byte at each of its evals, against minutes.
 Bits per byte does not depend on the tokenizer, so a char model and a BPE model compare.
 `--ablation SECONDS` instead trains each form of our block (gpt2, modern, + QK-norm, + untied
 head) and each optimizer (AdamW, Muon) for the same time.
@@ -34,7 +35,8 @@ from tests.scratch import corpus_path
 
 
 def nanogpt_recipe(text: str, iters: int = 2000) -> dict:
-    """nanoGPT's shakespeare_char CPU run: returns wall seconds and val bits per byte."""
+    """nanoGPT's shakespeare_char CPU run: wall seconds, val bits per byte, and the curve of
+    its periodic estimates ([minutes, val bits per byte] every 250 iterations)."""
     started = time.perf_counter()
     chars = sorted(set(text))
     stoi = {c: i for i, c in enumerate(chars)}
@@ -53,13 +55,16 @@ def nanogpt_recipe(text: str, iters: int = 2000) -> dict:
         y = torch.stack([split[i + 1:i + 1 + block] for i in ix])
         return x, y
 
+    curve = []
     for it in range(iters + 1):
         if it % 250 == 0:  # the recipe's periodic estimate (20 batches per split)
             model.eval()
             with torch.no_grad():
-                for split in (train, val):
-                    for _ in range(20):
-                        model(*get_batch(split))
+                for _ in range(20):
+                    model(*get_batch(train))
+                val_losses = [model(*get_batch(val)).item() for _ in range(20)]
+            curve.append([(time.perf_counter() - started) / 60,
+                          float(np.mean(val_losses)) / math.log(2)])
             model.train()
         if it == iters:
             break
@@ -80,7 +85,7 @@ def nanogpt_recipe(text: str, iters: int = 2000) -> dict:
             nats += model(x, y).item() * y.numel()
             count += y.numel()
     # The corpus is ASCII: one character is one byte.
-    return {"seconds": seconds, "bits_per_byte": nats / count / math.log(2)}
+    return {"seconds": seconds, "bits_per_byte": nats / count / math.log(2), "curve": curve}
 
 
 # The block's forms, each measured at the same wall-clock (--ablation SECONDS).
@@ -97,12 +102,27 @@ ABLATION = {
 
 
 def ours(budget: float, out: Path, overrides: list[str] | None = None) -> dict:
+    """Train for budget seconds: wall seconds, steps, val bits per byte, and the curve of the
+    evals ([minutes, val bits per byte], each eval's loss on its fixed batches in nats per
+    token scaled by the whole val split's bits per byte over its loss)."""
     params = load_params(ROOT / "params.yaml", [
         f"train.max_seconds={budget}", "train.max_steps=100000", "sample.max_new_tokens=1",
         *(overrides or [])])
-    metrics = train_from_text(corpus_path(), out, params)
+    started, evals = time.perf_counter(), []
+
+    def record(event: dict) -> None:
+        if event["kind"] == "eval":
+            evals.append(((time.perf_counter() - started) / 60, event["val_loss"]))
+
+    metrics = train_from_text(corpus_path(), out, params, callback=record)
+    per_nat = metrics["val_bits_per_byte"] / metrics["val_loss"]
     return {"seconds": metrics["wall_seconds"], "bits_per_byte": metrics["val_bits_per_byte"],
-            "steps": metrics["steps"]}
+            "steps": metrics["steps"],
+            "curve": [[minutes, loss * per_nat] for minutes, loss in evals]}
+
+
+def print_curve(name: str, curve: list[list[float]]) -> None:
+    print(f"{name}: " + ", ".join(f"{minutes:.1f} min {bpb:.3f}" for minutes, bpb in curve))
 
 
 def main() -> None:
@@ -138,6 +158,9 @@ def main() -> None:
     for row in rows:
         row["vs_peer_bpb"] = row["bits_per_byte"] / peer["bits_per_byte"]
     print(table(rows, ["run", "seconds", "bits_per_byte", "vs_peer_bpb"]))
+    print("\nval bits per byte against minutes (each run's own evals):")
+    for row in rows:
+        print_curve(row["run"], row["curve"])
     print(f"results: {save('quality', rows)}")
 
 

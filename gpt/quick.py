@@ -24,14 +24,15 @@ from gpt.evaluate import evaluate_tokens
 from gpt.generate import generate_text
 from gpt.model import GPT
 from gpt.tokenizer import train_tokenizer
-from gpt.train import windows_trainer
+from gpt.train import Callback, windows_trainer
 
 log = logging.getLogger("tinygpt.quick")
 
 
-def train_from_text(input_path: str | Path, out_dir: str | Path,
-                    params: Params) -> dict[str, Any]:
+def train_from_text(input_path: str | Path, out_dir: str | Path, params: Params,
+                    callback: Callback | None = None) -> dict[str, Any]:
     """Train tokenizer and model on a text file; return the metrics written to metrics.json.
+    The trainer's events (each eval, each logged step) also go to callback.
 
     params was checked when it was built, so nonsense parameters fail before any work."""
     started = time.perf_counter()
@@ -54,7 +55,7 @@ def train_from_text(input_path: str | Path, out_dir: str | Path,
     torch.manual_seed(cfg.seed)  # the initial weights too come from the seed
     model = GPT(params.model_config(tokenizer.vocab_size))
     trainer = windows_trainer(model, train_ids, val_ids, cfg, out, stride=params.window_stride,
-                              assets_dir=out / "tokenizer")
+                              assets_dir=out / "tokenizer", callback=callback)
     result = trainer.fit()
 
     best = load_model(result.best_dir, trainer.device)
