@@ -37,16 +37,25 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_flops(dtype: torch.dtype, device: torch.device, reps: int = 10) -> float:
-    n = 8192 if device.type == "cuda" else 2048  # large enough to keep the device busy
-    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
-    a @ b
+def products_rate(products: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
+                  reps: int) -> float:
+    """FLOP/s of the matrix products a @ b, each run reps times after one warm-up."""
+    flops = sum(2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b in products)
+    for a, b in products:
+        a @ b
     synchronize(device)
     started = time.perf_counter()
     for _ in range(reps):
-        a @ b
+        for a, b in products:
+            a @ b
     synchronize(device)
-    return 2 * n**3 * reps / (time.perf_counter() - started)
+    return flops * reps / (time.perf_counter() - started)
+
+
+def matmul_flops(dtype: torch.dtype, device: torch.device, reps: int = 10) -> float:
+    n = 8192 if device.type == "cuda" else 2048  # large enough to keep the device busy
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
+    return products_rate([(a, b)], device, reps)
 
 
 def own_gemm_flops(dtype: torch.dtype, device: torch.device, batch: int,
@@ -60,16 +69,7 @@ def own_gemm_flops(dtype: torch.dtype, device: torch.device, batch: int,
         x, w, grad = (torch.randn(*shape, dtype=dtype, device=device)
                       for shape in ((tokens, k), (k, n), (tokens, n)))
         products += [(x, w), (grad, w.T), (x.T, grad)]
-    flops = sum(2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b in products)
-    for a, b in products:  # warm-up
-        a @ b
-    synchronize(device)
-    started = time.perf_counter()
-    for _ in range(reps):
-        for a, b in products:
-            a @ b
-    synchronize(device)
-    return flops * reps / (time.perf_counter() - started)
+    return products_rate(products, device, reps)
 
 
 # torch.profiler's op names, by kind (the first kind whose word is in the name; else "other").
@@ -86,9 +86,7 @@ def op_profile(step: Step, batch: int, device: torch.device, steps: int = 2) -> 
     """Share of a step's self time (CPU, or CUDA kernels on a GPU) by kind of op."""
     from torch.profiler import ProfilerActivity, profile
 
-    gen = torch.Generator().manual_seed(1)
-    batches = [torch.randint(VOCAB, (batch, BLOCK + 1), generator=gen).to(device)
-               for _ in range(steps + 1)]
+    batches = random_batches(steps + 1, batch, device, seed=1)
     step(batches[0][:, :-1], batches[0][:, 1:])  # warm-up
     activities = [ProfilerActivity.CUDA if device.type == "cuda" else ProfilerActivity.CPU]
     with profile(activities=activities) as measured:
@@ -167,10 +165,15 @@ def nanogpt(device: torch.device) -> tuple[Step, int]:
     return step, sum(p.numel() for p in model.parameters()) - BLOCK * EMBD
 
 
+def random_batches(count: int, batch: int, device: torch.device, seed: int) -> list[torch.Tensor]:
+    """Rows of BLOCK + 1 random token ids: inputs and, shifted by one, targets."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(VOCAB, (batch, BLOCK + 1), generator=gen).to(device)
+            for _ in range(count)]
+
+
 def tokens_per_s(step: Step, steps: int, batch: int, device: torch.device) -> float:
-    gen = torch.Generator().manual_seed(0)
-    batches = [torch.randint(VOCAB, (batch, BLOCK + 1), generator=gen).to(device)
-               for _ in range(steps + 2)]
+    batches = random_batches(steps + 2, batch, device, seed=0)
     for b in batches[:2]:  # warm-up (and compilation)
         step(b[:, :-1], b[:, 1:])
     synchronize(device)
