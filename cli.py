@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import logging
 import os
 import re
@@ -193,7 +194,9 @@ def export_hf_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_export_hf(args: argparse.Namespace) -> None:
     from gpt.export import export_hf
 
-    print(f"wrote a Hugging Face GPT-2 folder: {export_hf(args.checkpoint, args.out)}")
+    out = export_hf(args.checkpoint, args.out)
+    architecture = json.loads((out / "config.json").read_text())["architectures"][0]
+    print(f"wrote a Hugging Face {architecture} folder: {out}")
 
 
 def finetune_arguments(parser: argparse.ArgumentParser) -> None:
@@ -716,7 +719,7 @@ COMMANDS = (
     Command("generate", "sample text from a checkpoint", cmd_generate,
             'tinygpt generate "ROMEO:" --checkpoint data/model/best --seed 1 --stats',
             generate_arguments, params=False),
-    Command("export-hf", "write a Hugging Face GPT-2 folder", cmd_export_hf,
+    Command("export-hf", "write a Hugging Face folder (GPT-2, Llama or Qwen3)", cmd_export_hf,
             "tinygpt export-hf --checkpoint data/model/best --out hf/", export_hf_arguments,
             params=False),
     Command("retrain", "run the whole pipeline as a Prefect flow", cmd_retrain,

@@ -63,7 +63,7 @@ def speed(rounds: int, new_tokens: int, bandwidth: float) -> list[dict]:
 
     torch.manual_seed(0)
     ours = GPT(GPTConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=LAYERS, n_head=HEADS,
-                         n_embd=EMBD)).eval()
+                         n_embd=EMBD, arch="gpt2", qk_norm=False)).eval()  # GPT2LMHeadModel's
     hf = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=BLOCK, n_embd=EMBD,
                                     n_layer=LAYERS, n_head=HEADS, bos_token_id=None,
                                     eos_token_id=None)).eval()

@@ -34,7 +34,7 @@ WRITE_UPS = {
     "word-streaming": "003: a 4.6M-parameter model; no loss stated",
     "regex-gpt": "004: stops before training; no figure stated",
     "one-minute": "issue 15's goal: <= 2.45 bits/byte after 60 s of training",
-    "modern-muon": "issue 15's goal: <= 2.05 bits/byte within 15 minutes",
+    "gpt2": "none: the GPT-2 block with AdamW, the defaults until issue 29",
 }
 
 

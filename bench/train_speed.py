@@ -113,8 +113,8 @@ def ours(device: torch.device, dtype: torch.dtype,
          compiled: bool = False) -> tuple[Step, int]:
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=LAYERS, n_head=HEADS,
-                          n_embd=EMBD, dropout=0.0)).to(device)
-    optimizer = build_optimizer(model, TrainConfig())
+                          n_embd=EMBD, dropout=0.0, arch="gpt2", qk_norm=False)).to(device)
+    optimizer = build_optimizer(model, TrainConfig(optimizer="adamw"))  # the peers' block and rule
     forward = torch.compile(model) if compiled else model  # as train.compile does
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:

@@ -180,14 +180,14 @@ class GPTConfig:
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 256
-    dropout: float = 0.1
-    bias: bool = True        # biases in Linear and LayerNorm, as GPT-2 has
+    dropout: float = 0.2
+    bias: bool = False       # biases in Linear and LayerNorm, as GPT-2 has
     qkv_bias: bool = True    # with bias: the attention's query, key and value projections too
     attn_impl: str = "sdpa"  # "sdpa" (fused kernel) or "explicit" (masked softmax, for reading)
     # gpt2: learned positions, LayerNorm, GELU MLP. modern: rotary positions, RMSNorm and a
     # SwiGLU MLP, as Llama and Qwen have (exported as those).
-    arch: str = "gpt2"
-    qk_norm: bool = False    # modern: RMSNorm on each head's queries and keys (Qwen3)
+    arch: str = "modern"
+    qk_norm: bool = True     # modern: RMSNorm on each head's queries and keys (Qwen3)
     tie_embeddings: bool = True  # the output head reuses the token embedding matrix
 
     def __post_init__(self) -> None:
@@ -212,7 +212,7 @@ class GPTConfig:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 1000
+    max_steps: int = 1500
     batch_size: int = 32
     grad_accum: int = 1            # micro-batches per optimizer step
     learning_rate: float = 2e-3
@@ -237,7 +237,7 @@ class TrainConfig:
     node_rank: int = 0
     rdzv_endpoint: str | None = None  # HOST:PORT, a free port on node 0
     # adamw | muon: Muon on the blocks' weight matrices, AdamW on the rest (gpt/muon.py)
-    optimizer: str = "adamw"
+    optimizer: str = "muon"
     muon_lr: float = 0.02          # muon: its own peak rate, on the same schedule
     muon_momentum: float = 0.95
     # Compile the training step (forward and backward) with torch.compile; where that fails
@@ -376,10 +376,11 @@ class SFTConfig:
     tokenizer: dict[str, Any] = field(default_factory=lambda: {"kind": "char",
                                                                "vocab_size": 256})
     model: dict[str, Any] = field(default_factory=lambda: {
-        "block_size": 64, "n_layer": 4, "n_head": 4, "n_embd": 128, "dropout": 0.0})
+        "block_size": 64, "n_layer": 4, "n_head": 4, "n_embd": 128, "dropout": 0.0,
+        "arch": "gpt2", "qk_norm": False, "bias": True})
     train: dict[str, Any] = field(default_factory=lambda: {
-        "max_steps": 3000, "batch_size": 64, "learning_rate": 2e-3, "min_lr": 1e-4,
-        "warmup_steps": 50, "eval_interval": 250, "log_interval": 50})
+        "optimizer": "adamw", "max_steps": 3000, "batch_size": 64, "learning_rate": 2e-3,
+        "min_lr": 1e-4, "warmup_steps": 50, "eval_interval": 250, "log_interval": 50})
     paths: dict[str, Any] = field(default_factory=lambda: {
         **{name: f"sft/data/{name}" for name in ("raw", "validated", "tokenizer", "tokens",
                                                  "model")},

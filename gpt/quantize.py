@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from gpt.config import WEIGHT_FORMATS
-from gpt.model import GPT
+from gpt.model import GPT, Rotary
 
 __all__ = ["WEIGHT_FORMATS", "Int8Linear", "for_decoding", "pick_weights",
            "weight_bytes_per_token"]
@@ -86,11 +86,12 @@ def for_decoding(model: GPT, weights: str) -> GPT:
 
 
 def weight_bytes_per_token(model: nn.Module) -> int:
-    """Bytes of weights one decoded token reads: every tensor except the embedding tables, of
-    which a token reads one row each (the tied head is counted as the head)."""
+    """Bytes of weights one decoded token reads: every tensor except the embedding tables and
+    the rotary angle tables, of which a token reads one row each (the tied head is counted as
+    the head)."""
     counted, seen = 0, set()
     for module in model.modules():
-        if isinstance(module, nn.Embedding):
+        if isinstance(module, nn.Embedding | Rotary):
             continue
         for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
             if tensor is not None and id(tensor) not in seen:

@@ -200,9 +200,11 @@ def lr_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
     return cfg.min_lr + cosine * (cfg.learning_rate - cfg.min_lr)
 
 
-def build_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: GPT, cfg: TrainConfig,
+                    dtype: torch.dtype = torch.float32) -> torch.optim.Optimizer:
     """AdamW with weight decay on weight matrices and embeddings only; with `optimizer:
-    muon`, the blocks' weight matrices move by Muon instead (gpt/muon.py)."""
+    muon`, the blocks' weight matrices move by Muon instead (gpt/muon.py), its iteration in
+    the training's dtype."""
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "muon":
         hidden = {id(p) for block in model.transformer.h for p in block.parameters()
@@ -215,7 +217,8 @@ def build_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.Optimizer:
              "weight_decay": cfg.weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        return MuonAdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))
+        return MuonAdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
+                         ns_dtype=dtype)
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
@@ -288,7 +291,7 @@ class Trainer:
         self.assets_dir = Path(assets_dir) if assets_dir is not None else None
         self.train_batches = train_batches
         self.val_batches = val_batches
-        self.optimizer = build_optimizer(self.model, cfg)
+        self.optimizer = build_optimizer(self.model, cfg, self.dtype)
         self.step = 0
         self.best_val_loss = math.inf
         self.last_val_loss = math.inf

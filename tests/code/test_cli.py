@@ -59,11 +59,12 @@ def test_generate_reports_the_decode_rate_and_the_weights(trained_run, capsys, w
     assert re.fullmatch(rf"decode: \d+\.\d tok/s \(weights {weights}, \d+\.\d MB\)", last), last
 
 
-def test_export_hf_writes_a_gpt2_folder(trained_run, capsys):
+def test_export_hf_writes_the_defaults_as_a_qwen3_folder(trained_run, capsys):
     out = trained_run / "hf"
     assert main(["export-hf", "--checkpoint", str(trained_run / "run" / "best"),
                  "--out", str(out)]) == 0
-    assert json.loads((out / "config.json").read_text())["model_type"] == "gpt2"
+    assert json.loads((out / "config.json").read_text())["model_type"] == "qwen3"
+    assert capsys.readouterr().out.startswith("wrote a Hugging Face Qwen3ForCausalLM folder")
     assert (out / "vocab.json").is_file() and (out / "model.safetensors").is_file()
 
 

@@ -12,7 +12,7 @@ from gpt.generate import SamplingParams, generate_ids, iter_tokens
 from gpt.model import GPT, GPTConfig
 
 # Each form of the block: GPT-2's; Llama's (rotary, RMSNorm, SwiGLU); Qwen3's (QK-norm), untied.
-ARCHS = {"gpt2": {}, "modern": {"arch": "modern"},
+ARCHS = {"gpt2": {"arch": "gpt2", "qk_norm": False}, "modern": {"qk_norm": False},
          "modern-qk-untied": {"arch": "modern", "qk_norm": True, "tie_embeddings": False}}
 
 
@@ -118,7 +118,7 @@ def test_loss_ignores_masked_targets(tiny_model):
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("n_head", 5, "divisible"), ("n_layer", 0, "positive"), ("dropout", 1.5, "dropout"),
     ("attn_impl", "flash", "attn_impl"), ("arch", "mamba", "arch"),
-    ("qk_norm", True, "qk_norm needs model.arch: modern"),
+    ("arch", "gpt2", "qk_norm needs model.arch: modern"),  # qk_norm is on by default
 ])
 def test_nonsense_configs_are_refused(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -150,7 +150,8 @@ def test_exported_hf_gpt2_gives_our_logits(bpe_1k, tmp_path, bias, qkv_bias, tie
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=bpe_1k.vocab_size, block_size=64, n_layer=2, n_head=4,
-                          n_embd=64, bias=bias, qkv_bias=qkv_bias, tie_embeddings=tie))
+                          n_embd=64, bias=bias, qkv_bias=qkv_bias, tie_embeddings=tie,
+                          arch="gpt2", qk_norm=False))
     attention = model.transformer.h[0].attn
     assert (attention.c_attn.bias is not None) == (bias and qkv_bias)  # the 004 book's switch
     assert (attention.c_proj.bias is not None) == bias

@@ -128,12 +128,15 @@ def test_training_goes_on_uncompiled_when_compilation_fails(tmp_path, monkeypatc
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_orthogonalize_pushes_every_singular_value_towards_one():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_orthogonalize_pushes_every_singular_value_towards_one(dtype):
     torch.manual_seed(0)
     for shape in [(64, 32), (32, 64)]:  # tall and wide
         spread = torch.linalg.svd(torch.randn(*shape), full_matrices=False)
         matrix = spread.U @ torch.diag(torch.logspace(-1, 1, 32)) @ spread.Vh  # 100x apart
-        singular = torch.linalg.svdvals(orthogonalize(matrix))
+        result = orthogonalize(matrix, dtype=dtype)
+        assert result.dtype == matrix.dtype
+        singular = torch.linalg.svdvals(result)
         assert singular.min() > 0.6 and singular.max() < 1.2, singular  # now within 2x
 
 
@@ -144,6 +147,7 @@ def test_both_optimizers_learn_a_toy_sequence(tmp_path, optimizer):
     muon_groups = [g for g in trainer.optimizer.param_groups if g.get("muon")]
     if optimizer == "muon":  # the blocks' matrices only: 4 per block, 2 blocks
         assert len(muon_groups[0]["params"]) == 8
+        assert trainer.optimizer.ns_dtype == trainer.dtype  # Newton-Schulz in the run's dtype
     else:
         assert not muon_groups
     result = trainer.fit()
@@ -169,9 +173,10 @@ def test_training_lowers_the_loss_and_keeps_best_and_latest(tmp_path):
 
 
 def test_early_stopping_after_patience_evals_without_improvement(tmp_path):
-    # A learning rate this small cannot move fp32 weights, so val loss never improves.
+    # A learning rate this small cannot move fp32 weights, so val loss never improves (AdamW:
+    # Muon's rate is its own, train.muon_lr).
     cfg = small_config(max_steps=100, eval_interval=5, patience=2, learning_rate=1e-12,
-                       min_lr=0.0)
+                       min_lr=0.0, optimizer="adamw")
     result = windows_trainer(new_model(0.0), tokens(3000), tokens(500, 1), cfg, tmp_path).fit()
     assert result.stopped_early and result.steps == 15
 
@@ -189,7 +194,7 @@ def test_lr_warms_up_linearly_then_decays_to_min_lr():
 
 
 def test_weight_decay_applies_to_matrices_only():
-    optimizer = build_optimizer(new_model(), TrainConfig(weight_decay=0.1))
+    optimizer = build_optimizer(new_model(), TrainConfig(weight_decay=0.1, optimizer="adamw"))
     decay, no_decay = optimizer.param_groups
     assert decay["weight_decay"] == 0.1 and all(p.dim() >= 2 for p in decay["params"])
     assert no_decay["weight_decay"] == 0.0 and all(p.dim() == 1 for p in no_decay["params"])

@@ -64,7 +64,7 @@ class Registry:
             tokenizer = tokenizer.with_special_tokens(CONTROL_TOKENS)
         torch.manual_seed(seed)
         model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=2,
-                              n_head=2, n_embd=32))
+                              n_head=2, n_embd=32, arch="gpt2", qk_norm=False, bias=True))
         if fine_tuned:
             with torch.no_grad():  # constant final features, aligned with <|endoftext|> only
                 model.transformer.ln_f.weight.zero_()
