@@ -181,7 +181,7 @@ class GPTConfig:
     n_head: int = 4
     n_embd: int = 256
     dropout: float = 0.2
-    bias: bool = False       # biases in Linear and LayerNorm, as GPT-2 has
+    bias: bool = False       # biases in Linear and LayerNorm (GPT-2 has them; Llama, Qwen3 not)
     qkv_bias: bool = True    # with bias: the attention's query, key and value projections too
     attn_impl: str = "sdpa"  # "sdpa" (fused kernel) or "explicit" (masked softmax, for reading)
     # gpt2: learned positions, LayerNorm, GELU MLP. modern: rotary positions, RMSNorm and a

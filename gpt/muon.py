@@ -25,10 +25,9 @@ def orthogonalize(update: torch.Tensor, steps: int = 5,
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Approximately U V^T of update = U S V^T: every singular value pushed towards 1.
 
-    The iteration runs in `dtype`. In bfloat16, as Muon's reference runs it, the result lands
-    as near 1 as in fp32 (the iteration only has to reach a band around 1, not a point), and on
-    a CPU with bf16 hardware its matmuls run about 3x faster: the trainer asks for bf16 when it
-    trains in bf16."""
+    The iteration runs in `dtype`. It only has to bring the singular values into a band around
+    1, not to a point, so bfloat16 serves, as in Muon's reference; the trainer asks for bf16
+    when it trains in bf16, where bf16 matmuls are the fast ones."""
     a, b, c = NS_COEFFS
     x = update.to(dtype)
     tall = x.size(0) > x.size(1)
