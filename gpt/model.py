@@ -128,8 +128,11 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        if self.q_norm is not None:  # in fp32, as under autocast q and k arrive in bf16
-            q, k = self.q_norm(q.float()).type_as(q), self.k_norm(k.float()).type_as(k)
+        if self.q_norm is not None:  # in the norms' dtype: fp32 under autocast (q and k arrive
+            # in bf16), bf16 in a bf16 or int8 decoder (one dtype: the fused kernel)
+            norm_dtype = self.q_norm.weight.dtype
+            q = self.q_norm(q.to(norm_dtype)).type_as(q)
+            k = self.k_norm(k.to(norm_dtype)).type_as(k)
         if self.rotary is not None:  # positions continue after the cached ones
             start = cache.pos if cache is not None else 0
             q, k = self.rotary(q, start), self.rotary(k, start)

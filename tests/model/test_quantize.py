@@ -84,3 +84,15 @@ def test_auto_is_int8_on_the_cpu(model):
     assert pick_weights("auto", torch.device("cuda")) == "fp32"
     assert pick_weights("bf16", torch.device("cpu")) == "bf16"
     assert isinstance(for_decoding(model, "auto").lm_head, Int8Linear)
+
+
+def test_a_bf16_decoder_normalizes_queries_in_bf16(model):
+    """QK-norm runs in its weights' dtype: with fp32 queries and bf16 weights, RMSNorm leaves
+    its fused kernel for a slower path and warns on every generation."""
+    decoder = for_decoding(model, "bf16")
+    seen = []
+    decoder.transformer.h[0].attn.q_norm.register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].dtype))
+    with torch.no_grad():
+        decoder(torch.zeros(1, 4, dtype=torch.long))
+    assert seen == [torch.bfloat16]
