@@ -156,6 +156,10 @@ def test_a_run_whose_worker_died_is_crashed_by_its_silence_and_gc_takes_its_work
     api = stack.api
     champion, versions = stack.champion(), stack.versions()
     lost = start_run(api, LONG)
+    running_on_worker(stack, lost)
+    # The automation counts silence from a heartbeat: let the run's first one go out (it
+    # follows RUNNING by a moment, later on a loaded host), or nothing ever marks it Crashed.
+    time.sleep(5)
     processes = running_on_worker(stack, lost)  # the worker and the flow run it started
     for process in processes:  # the machine is lost: nothing gets to report
         process.kill()
