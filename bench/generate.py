@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import read_bandwidth, save, table
 from gpt.checkpoint import load_model, resolve_checkpoint
-from gpt.config import WEIGHT_FORMATS, load_params
+from gpt.config import GPT2_BLOCK, WEIGHT_FORMATS, load_params
 from gpt.data import read_text, split_text
 from gpt.evaluate import evaluate_tokens
 from gpt.generate import DecodeClock, SamplingParams, iter_tokens
@@ -63,7 +63,7 @@ def speed(rounds: int, new_tokens: int, bandwidth: float) -> list[dict]:
 
     torch.manual_seed(0)
     ours = GPT(GPTConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=LAYERS, n_head=HEADS,
-                         n_embd=EMBD, arch="gpt2", qk_norm=False)).eval()  # GPT2LMHeadModel's
+                         n_embd=EMBD, **GPT2_BLOCK)).eval()  # GPT2LMHeadModel's
     hf = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=BLOCK, n_embd=EMBD,
                                     n_layer=LAYERS, n_head=HEADS, bos_token_id=None,
                                     eos_token_id=None)).eval()

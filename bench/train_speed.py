@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.baselines import NanoGPT
 from bench.common import save, table
+from gpt.config import GPT2_BLOCK
 from gpt.model import GPT, GPTConfig
 from gpt.train import TrainConfig, autocast, build_optimizer, deterministic_kernels
 
@@ -113,7 +114,7 @@ def ours(device: torch.device, dtype: torch.dtype,
          compiled: bool = False) -> tuple[Step, int]:
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=LAYERS, n_head=HEADS,
-                          n_embd=EMBD, dropout=0.0, arch="gpt2", qk_norm=False)).to(device)
+                          n_embd=EMBD, dropout=0.0, **GPT2_BLOCK)).to(device)
     optimizer = build_optimizer(model, TrainConfig(optimizer="adamw"))  # the peers' block and rule
     forward = torch.compile(model) if compiled else model  # as train.compile does
 

@@ -210,6 +210,11 @@ class GPTConfig:
         return asdict(self)
 
 
+# GPT-2's block (the defaults are Qwen3's): what the gpt2 recipe, fine-tuning's overlay and the
+# benches against GPT-2-shaped peers set on GPTConfig.
+GPT2_BLOCK: dict[str, Any] = {"arch": "gpt2", "qk_norm": False, "bias": True}
+
+
 @dataclass
 class TrainConfig:
     max_steps: int = 1500
@@ -377,7 +382,7 @@ class SFTConfig:
                                                                "vocab_size": 256})
     model: dict[str, Any] = field(default_factory=lambda: {
         "block_size": 64, "n_layer": 4, "n_head": 4, "n_embd": 128, "dropout": 0.0,
-        "arch": "gpt2", "qk_norm": False, "bias": True})
+        **GPT2_BLOCK})
     train: dict[str, Any] = field(default_factory=lambda: {
         "optimizer": "adamw", "max_steps": 3000, "batch_size": 64, "learning_rate": 2e-3,
         "min_lr": 1e-4, "warmup_steps": 50, "eval_interval": 250, "log_interval": 50})

@@ -12,6 +12,7 @@ import pytest
 from cli import main
 from gpt.config import (
     DERIVED,
+    GPT2_BLOCK,
     SECTIONS,
     Params,
     apply_overrides,
@@ -161,17 +162,17 @@ def test_the_dvc_stage_entry_point_names_the_same_steps_and_kinds():
 # What each write-up states, which its recipe must say too (../shared/seeds/); and what makes
 # each preset what it is. The write-ups' models are GPT-2's block trained by AdamW, which the
 # defaults are not.
-GPT2_BLOCK = {"model.arch": "gpt2", "model.qk_norm": False, "model.bias": True,
+GPT2_ADAMW = {**{f"model.{key}": value for key, value in GPT2_BLOCK.items()},
               "train.optimizer": "adamw"}
 WRITE_UPS = {
     "one-minute": {"train.max_seconds": 60, "model.arch": "modern", "train.optimizer": "muon",
                    "model.n_embd": 128},
-    "gpt2": {**GPT2_BLOCK, "model.dropout": 0.1, "train.max_steps": 1000},
-    "bpe-mlops": {"tokenizer.kind": "bpe", "train.checkpoint_interval": 250, **GPT2_BLOCK},
+    "gpt2": {**GPT2_ADAMW, "model.dropout": 0.1, "train.max_steps": 1000},
+    "bpe-mlops": {"tokenizer.kind": "bpe", "train.checkpoint_interval": 250, **GPT2_ADAMW},
     "char-shakespeare": {"tokenizer.kind": "char", "model.n_layer": 6, "model.n_head": 6,
                          "model.n_embd": 384, "model.block_size": 256, "train.batch_size": 64,
                          "train.learning_rate": 3e-4, "train.min_lr": 3e-4,
-                         "train.max_steps": 3000, **GPT2_BLOCK},
+                         "train.max_steps": 3000, **GPT2_ADAMW},
     "prompt-to-code": {"data.kind": "sft", "tokenizer.kind": "char", "model.n_layer": 2,
                        "model.n_embd": 128, "tokenizer.unknown": True,
                        "tokenizer.seed_ascii": True, "tokenizer.specials_first": True,
@@ -180,11 +181,11 @@ WRITE_UPS = {
                        "tokenizer.min_frequency": 1, "model.n_layer": 4, "model.n_head": 4,
                        "model.n_embd": 128, "model.block_size": 128,
                        "train.checkpoint_interval": 100, "sample.repetition_penalty": 1.2,
-                       "sample.top_p": 0.95, "sample.max_new_tokens": 20, **GPT2_BLOCK},
+                       "sample.top_p": 0.95, "sample.max_new_tokens": 20, **GPT2_ADAMW},
     "regex-gpt": {"tokenizer.kind": "regex", "tokenizer.drop_whitespace": True,
                   "tokenizer.min_frequency": 1, "data.windows": "strided", "data.stride": 128,
                   "model.block_size": 256, "model.qkv_bias": False, "model.bias": True,
-                  "train.learning_rate": 4e-4, **GPT2_BLOCK},
+                  "train.learning_rate": 4e-4, **GPT2_ADAMW},
 }
 
 

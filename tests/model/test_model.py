@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from gpt.checkpoint import load_model, save_model
+from gpt.config import GPT2_BLOCK
 from gpt.export import export_hf
 from gpt.generate import SamplingParams, generate_ids, iter_tokens
 from gpt.model import GPT, GPTConfig
 
 # Each form of the block: GPT-2's; Llama's (rotary, RMSNorm, SwiGLU); Qwen3's (QK-norm), untied.
-ARCHS = {"gpt2": {"arch": "gpt2", "qk_norm": False}, "modern": {"qk_norm": False},
+ARCHS = {"gpt2": GPT2_BLOCK, "modern": {"qk_norm": False},
          "modern-qk-untied": {"arch": "modern", "qk_norm": True, "tie_embeddings": False}}
 
 
@@ -150,8 +151,8 @@ def test_exported_hf_gpt2_gives_our_logits(bpe_1k, tmp_path, bias, qkv_bias, tie
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=bpe_1k.vocab_size, block_size=64, n_layer=2, n_head=4,
-                          n_embd=64, bias=bias, qkv_bias=qkv_bias, tie_embeddings=tie,
-                          arch="gpt2", qk_norm=False))
+                          n_embd=64, qkv_bias=qkv_bias, tie_embeddings=tie,
+                          **{**GPT2_BLOCK, "bias": bias}))
     attention = model.transformer.h[0].attn
     assert (attention.c_attn.bias is not None) == (bias and qkv_bias)  # the 004 book's switch
     assert (attention.c_proj.bias is not None) == bias

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gpt.config import GPT2_BLOCK
 from gpt.model import GPT, GPTConfig
 from gpt.sft import (
     COMPLETION,
@@ -110,7 +111,7 @@ def test_adding_control_tokens_to_a_base_model_keeps_its_old_predictions():
 def test_complete_stops_at_endoftext(tokenizer):
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=1, n_head=2,
-                          n_embd=32, arch="gpt2", qk_norm=False, bias=True)).eval()
+                          n_embd=32, **GPT2_BLOCK)).eval()
     eot = tokenizer.special_tokens["<|endoftext|>"]
     with torch.no_grad():  # final features all ones, and only <|endoftext|> aligned with them
         model.transformer.ln_f.weight.zero_()

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from gpt.checkpoint import WEIGHTS_FILE, save_model
+from gpt.config import GPT2_BLOCK
 from gpt.model import GPT, GPTConfig
 from gpt.sft import CONTROL_TOKENS, Fallback
 from gpt.tokenizer import BPETokenizer, Tokenizer
@@ -64,7 +65,7 @@ class Registry:
             tokenizer = tokenizer.with_special_tokens(CONTROL_TOKENS)
         torch.manual_seed(seed)
         model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=2,
-                              n_head=2, n_embd=32, arch="gpt2", qk_norm=False, bias=True))
+                              n_head=2, n_embd=32, **GPT2_BLOCK))
         if fine_tuned:
             with torch.no_grad():  # constant final features, aligned with <|endoftext|> only
                 model.transformer.ln_f.weight.zero_()
