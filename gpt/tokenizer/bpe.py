@@ -11,6 +11,7 @@ import gc
 import heapq
 import json
 import logging
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -40,6 +41,11 @@ GPT2_SPLIT_PATTERN = (
     r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 )
 _SPLIT_RE = regex.compile(GPT2_SPLIT_PATTERN)
+# The same split for ASCII text, where a letter is [A-Za-z], a digit [0-9], and the `regex`
+# module's \s matches what the standard `re` matches under re.ASCII: `re` splits it faster.
+_ASCII_SPLIT_RE = re.compile(
+    r"""'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+""", re.ASCII
+)
 
 Pair = tuple[int, int]
 
@@ -74,7 +80,7 @@ def _unprintable(text: str) -> bytes:
 
 def split_pretokens(text: str) -> list[str]:
     """Split text into the chunks that BPE merges within."""
-    return _SPLIT_RE.findall(text)
+    return (_ASCII_SPLIT_RE if text.isascii() else _SPLIT_RE).findall(text)
 
 
 def safe_slices(text: str, slice_chars: int = 1 << 20) -> Iterator[str]:
@@ -98,7 +104,7 @@ def count_pretokens(text: str, slice_chars: int = 1 << 20) -> Counter[str]:
     of the whole text."""
     counts: Counter[str] = Counter()
     for piece in safe_slices(text, slice_chars):
-        counts.update(_SPLIT_RE.findall(piece))
+        counts.update(split_pretokens(piece))
     return counts
 
 

@@ -18,6 +18,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
+import regex
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
@@ -25,6 +26,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from gpt.tokenizer import (
     ENDOFTEXT,
+    GPT2_SPLIT_PATTERN,
     TOKENIZER_KINDS,
     UNKNOWN,
     BPETokenizer,
@@ -320,6 +322,14 @@ def naive_merges(text: str, n_merges: int) -> list[tuple[int, int]]:
                     i += 1
             seqs[w] = out
     return merges
+
+
+@given(st.text(st.characters(max_codepoint=127))
+       | st.text("'sStrevmld 09\t\n\r\x0b\x0c\x1c\x1f-!.é"))
+def test_ascii_text_splits_as_the_gpt2_pattern_splits_it(text):
+    """ASCII text takes a faster pattern of the standard `re` (split_pretokens): it must split
+    every ASCII text as GPT-2's pattern does, and the rest goes to GPT-2's pattern itself."""
+    assert split_pretokens(text) == regex.findall(GPT2_SPLIT_PATTERN, text)
 
 
 @pytest.mark.parametrize("slice_chars", [1, 97, 4096])
