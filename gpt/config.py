@@ -181,8 +181,9 @@ class GPTConfig:
     n_head: int = 4
     n_embd: int = 256
     dropout: float = 0.2
-    bias: bool = False       # biases in Linear and LayerNorm (GPT-2 has them; Llama, Qwen3 not)
+    bias: bool = True        # biases in Linear and LayerNorm, as GPT-2 has (the next two narrow it)
     qkv_bias: bool = True    # with bias: the attention's query, key and value projections too
+    mlp_bias: bool = False   # with bias: the MLP's projections too (Qwen3's MLP has none)
     attn_impl: str = "sdpa"  # "sdpa" (fused kernel) or "explicit" (masked softmax, for reading)
     # gpt2: learned positions, LayerNorm, GELU MLP. modern: rotary positions, RMSNorm and a
     # SwiGLU MLP, as Llama and Qwen have (exported as those).
@@ -212,7 +213,7 @@ class GPTConfig:
 
 # GPT-2's block (the defaults are Qwen3's): what the gpt2 recipe, fine-tuning's overlay and the
 # benches against GPT-2-shaped peers set on GPTConfig.
-GPT2_BLOCK: dict[str, Any] = {"arch": "gpt2", "qk_norm": False, "bias": True}
+GPT2_BLOCK: dict[str, Any] = {"arch": "gpt2", "qk_norm": False, "bias": True, "mlp_bias": True}
 
 
 @dataclass

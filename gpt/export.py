@@ -28,7 +28,8 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
         if name == "lm_head.weight" and model.config.tie_embeddings:
             continue  # tied to transformer.wte.weight; transformers re-ties it on load
         state[name] = tensor.t().contiguous() if name.endswith(CONV1D_SUFFIXES) else tensor
-    if not (model.config.bias and model.config.qkv_bias):  # GPT-2 always has biases; zeros
+    cfg = model.config
+    if not (cfg.bias and cfg.qkv_bias and cfg.mlp_bias):  # GPT-2 always has biases: zeros
         # make the missing ones no-ops
         for name, module in model.named_modules():
             if isinstance(module, (torch.nn.Linear, torch.nn.LayerNorm)) and name != "lm_head":
@@ -72,8 +73,9 @@ def modern_state_dict(model: GPT) -> dict[str, torch.Tensor]:
         gate, up = mlp.c_fc.weight.chunk(2, dim=0)
         state[f"{at}.mlp.gate_proj.weight"], state[f"{at}.mlp.up_proj.weight"] = gate, up
         state[f"{at}.mlp.down_proj.weight"] = mlp.c_proj.weight
-        if model.config.bias:
+        if attn.c_proj.bias is not None:
             state[f"{at}.self_attn.o_proj.bias"] = attn.c_proj.bias
+        if mlp.c_fc.bias is not None:
             gate_b, up_b = mlp.c_fc.bias.chunk(2)
             state[f"{at}.mlp.gate_proj.bias"], state[f"{at}.mlp.up_proj.bias"] = gate_b, up_b
             state[f"{at}.mlp.down_proj.bias"] = mlp.c_proj.bias
@@ -85,9 +87,11 @@ def modern_state_dict(model: GPT) -> dict[str, torch.Tensor]:
 def modern_config(cfg: GPTConfig, eos_id: int | None) -> dict:
     """LlamaConfig's (or Qwen3Config's, with qk_norm) fields for a modern model."""
     qwen = cfg.qk_norm
-    if qwen and cfg.bias:
-        raise ValueError("a modern model with qk_norm and biases has no transformers class: "
-                         "Qwen3 has QK-norm but no MLP biases (Llama has biases, no QK-norm)")
+    mlp_bias = cfg.bias and cfg.mlp_bias
+    if qwen and mlp_bias:
+        raise ValueError("a modern model with qk_norm and MLP biases has no transformers class: "
+                         "Qwen3 has QK-norm but no MLP biases (Llama has biases, no QK-norm); "
+                         "model.mlp_bias: false keeps the attention's")
     return {
         "architectures": ["Qwen3ForCausalLM" if qwen else "LlamaForCausalLM"],
         "model_type": "qwen3" if qwen else "llama",
@@ -96,7 +100,7 @@ def modern_config(cfg: GPTConfig, eos_id: int | None) -> dict:
         "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_head,
         "head_dim": cfg.n_embd // cfg.n_head, "hidden_act": "silu",
         "max_position_embeddings": cfg.block_size, "rms_norm_eps": RMS_EPS,
-        "rope_theta": ROPE_THETA, "attention_bias": cfg.bias, "mlp_bias": cfg.bias,
+        "rope_theta": ROPE_THETA, "attention_bias": cfg.bias, "mlp_bias": mlp_bias,
         "attention_dropout": cfg.dropout, "tie_word_embeddings": cfg.tie_embeddings,
         "initializer_range": 0.02, "bos_token_id": eos_id, "eos_token_id": eos_id,
     }

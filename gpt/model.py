@@ -125,9 +125,9 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0
                 ) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        # (B, T, C) -> (B, n_head, T, head_dim)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        # (B, T, 3C) -> three (B, n_head, T, head_dim) views, in one reshape
+        q, k, v = (self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)
+                   .permute(2, 0, 3, 1, 4).unbind(0))
         if self.q_norm is not None:  # in the norms' dtype: fp32 under autocast (q and k arrive
             # in bf16), bf16 in a bf16 or int8 decoder (one dtype: the fused kernel)
             norm_dtype = self.q_norm.weight.dtype
@@ -136,9 +136,10 @@ class CausalSelfAttention(nn.Module):
         if self.rotary is not None:  # positions continue after the cached ones
             start = cache.pos if cache is not None else 0
             q, k = self.rotary(q, start), self.rotary(k, start)
-        if cache is not None:
+        if cache is not None:  # the cache's dtype may be wider than the weights' (new_cache)
             k, v = cache.update(layer, k, v)
-        y = self._attend(q, k, v)
+            q = q.to(k.dtype)
+        y = self._attend(q, k, v).to(x.dtype)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -158,9 +159,10 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        bias = config.bias and config.mlp_bias
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=bias)
         self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=bias)
         self.dropout = dropout_layer(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -179,8 +181,9 @@ class SwiGLU(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         hidden = swiglu_hidden(config.n_embd)
-        self.c_fc = nn.Linear(config.n_embd, 2 * hidden, bias=config.bias)
-        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        bias = config.bias and config.mlp_bias
+        self.c_fc = nn.Linear(config.n_embd, 2 * hidden, bias=bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=bias)
         self.dropout = dropout_layer(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -298,5 +301,8 @@ class GPT(nn.Module):
         return logits, loss
 
     def new_cache(self, batch_size: int) -> KVCache:
+        """A KV cache in the weights' dtype; on a CPU always fp32, where the fused attention
+        kernel runs several times faster in fp32 than in bf16 (a bf16 or int8 decoder's)."""
         weight = self.transformer.wte.weight
-        return KVCache(self.config, batch_size, weight.device, weight.dtype)
+        dtype = torch.float32 if weight.device.type == "cpu" else weight.dtype
+        return KVCache(self.config, batch_size, weight.device, dtype)

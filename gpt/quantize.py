@@ -5,7 +5,8 @@ bounded by how fast the weights can be read from memory: halve their bytes and t
 doubles. `for_decoding` returns a copy of a trained model for inference only:
 
 - fp32: the weights as trained.
-- bf16: every parameter, activation and the KV cache in bfloat16.
+- bf16: every parameter and activation in bfloat16; on a CPU the KV cache and attention
+  stay fp32 (`GPT.new_cache`), where the fused attention kernel is the faster.
 - int8: each Linear's weight rounded to int8 with one scale per output channel (the largest
   magnitude of the row maps to 127), multiplied by `torch._weight_int8pack_mm`, the CPU
   kernel that reads int8 weights; everything else as in bf16 (that kernel is several times
@@ -48,12 +49,13 @@ class Int8Linear(nn.Module):
         return y.view(*x.shape[:-1], y.size(-1))
 
 
-def _to_int8(module: nn.Module) -> None:
+def _replace(module: nn.Module, kind: type[nn.Module], make) -> None:
+    """Replace every submodule of `kind` with make(submodule), in place."""
     for name, child in module.named_children():
-        if isinstance(child, nn.Linear):
-            setattr(module, name, Int8Linear(child))
+        if isinstance(child, kind):
+            setattr(module, name, make(child))
         else:
-            _to_int8(child)
+            _replace(child, kind, make)
 
 
 def pick_weights(weights: str, device: torch.device) -> str:
@@ -71,13 +73,14 @@ def for_decoding(model: GPT, weights: str) -> GPT:
     see `pick_weights` for auto)."""
     weights = pick_weights(weights, next(model.parameters()).device)
     decoder = copy.deepcopy(model).eval()
+    _replace(decoder, nn.Dropout, lambda _: nn.Identity())  # a call per layer less, each token
     if weights == "int8":
         if next(decoder.parameters()).device.type != "cpu":
             raise ValueError("int8 weights run on a CPU kernel; load the model on the CPU")
         # Untie first: the head becomes int8, the embedding keeps its own rows.
         decoder.lm_head = nn.Linear(model.config.n_embd, model.config.vocab_size, bias=False)
         decoder.lm_head.weight = nn.Parameter(model.lm_head.weight.detach().clone())
-        _to_int8(decoder)  # from the fp32 weights, before the rest turns bf16
+        _replace(decoder, nn.Linear, Int8Linear)  # from fp32 weights, before the rest is bf16
     if weights in ("bf16", "int8"):
         decoder = decoder.to(torch.bfloat16)
     for tensor in decoder.parameters():

@@ -166,6 +166,7 @@ GPT2_ADAMW = {**{f"model.{key}": value for key, value in GPT2_BLOCK.items()},
               "train.optimizer": "adamw"}
 WRITE_UPS = {
     "one-minute": {"train.max_seconds": 60, "model.arch": "modern", "train.optimizer": "muon",
+                   "model.bias": True, "model.mlp_bias": True,
                    "model.n_embd": 128},
     "gpt2": {**GPT2_ADAMW, "model.dropout": 0.1, "train.max_steps": 1000},
     "bpe-mlops": {"tokenizer.kind": "bpe", "train.checkpoint_interval": 250, **GPT2_ADAMW},

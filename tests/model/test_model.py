@@ -177,15 +177,19 @@ def test_exported_hf_gpt2_gives_our_logits(bpe_1k, tmp_path, bias, qkv_bias, tie
     assert hf_tok(text)["input_ids"] == bpe_1k.encode(text)
 
 
-@pytest.mark.parametrize(("qk_norm", "bias", "tie"), [(False, True, True), (True, False, False)],
-                         ids=["llama-bias", "qwen3-untied"])
-def test_exported_modern_model_gives_our_logits(bpe_1k, tmp_path, qk_norm, bias, tie):
+@pytest.mark.parametrize(("qk_norm", "bias", "mlp_bias", "tie"),
+                         [(False, True, True, True), (False, True, False, True),
+                          (True, False, True, False), (True, True, False, True)],
+                         ids=["llama-bias", "llama-attention-bias", "qwen3-untied",
+                              "qwen3-attention-bias"])
+def test_exported_modern_model_gives_our_logits(bpe_1k, tmp_path, qk_norm, bias, mlp_bias, tie):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=bpe_1k.vocab_size, block_size=64, n_layer=2, n_head=4,
-                          n_embd=64, bias=bias, arch="modern", qk_norm=qk_norm,
-                          tie_embeddings=tie))
+                          n_embd=64, bias=bias, mlp_bias=mlp_bias, arch="modern",
+                          qk_norm=qk_norm, tie_embeddings=tie))
+    assert (model.transformer.h[0].mlp.c_fc.bias is not None) == (bias and mlp_bias)
     with torch.no_grad():  # non-trivial norms and biases, so a mis-mapped one would show
         for name, p in model.named_parameters():
             if name.endswith("bias") or "norm" in name or "ln_" in name:
@@ -202,9 +206,9 @@ def test_exported_modern_model_gives_our_logits(bpe_1k, tmp_path, qk_norm, bias,
     assert (ours - theirs).abs().max().item() < 1e-4
 
 
-def test_a_modern_model_with_qk_norm_and_biases_is_not_exported(tmp_path):
+def test_a_modern_model_with_qk_norm_and_mlp_biases_is_not_exported(tmp_path):
     model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=16,
-                          arch="modern", qk_norm=True, bias=True))
+                          arch="modern", qk_norm=True, bias=True, mlp_bias=True))
     save_model(model, tmp_path / "ckpt")
     with pytest.raises(ValueError, match="Qwen3 has QK-norm but no MLP biases"):
         export_hf(tmp_path / "ckpt", tmp_path / "hf")
