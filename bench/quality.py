@@ -91,7 +91,7 @@ def nanogpt_recipe(text: str, iters: int = 2000) -> dict:
 
 
 # The block's forms, each measured at the same wall-clock (--ablation SECONDS), as overrides
-# of the defaults (the modern block with QK-norm and no biases, Muon).
+# of the defaults (the modern block with QK-norm and attention biases, Muon).
 GPT2 = [f"model.{key}={json.dumps(value)}" for key, value in GPT2_BLOCK.items()]
 ADAMW = ["train.optimizer=adamw"]
 ABLATION = {

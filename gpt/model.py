@@ -136,10 +136,9 @@ class CausalSelfAttention(nn.Module):
         if self.rotary is not None:  # positions continue after the cached ones
             start = cache.pos if cache is not None else 0
             q, k = self.rotary(q, start), self.rotary(k, start)
-        if cache is not None:  # the cache's dtype may be wider than the weights' (new_cache)
+        if cache is not None:  # on a CPU the cache is fp32 whatever the weights (new_cache)
             k, v = cache.update(layer, k, v)
-            q = q.to(k.dtype)
-        y = self._attend(q, k, v).to(x.dtype)
+        y = self._attend(q.to(k.dtype), k, v).to(q.dtype)  # no-ops without a cache
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 

@@ -17,6 +17,7 @@ doubles. `for_decoding` returns a copy of a trained model for inference only:
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -49,7 +50,8 @@ class Int8Linear(nn.Module):
         return y.view(*x.shape[:-1], y.size(-1))
 
 
-def _replace(module: nn.Module, kind: type[nn.Module], make) -> None:
+def _replace(module: nn.Module, kind: type[nn.Module],
+             make: Callable[[nn.Module], nn.Module]) -> None:
     """Replace every submodule of `kind` with make(submodule), in place."""
     for name, child in module.named_children():
         if isinstance(child, kind):
