@@ -17,7 +17,6 @@ head) and each optimizer (AdamW, Muon) for the same time.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import tempfile
@@ -31,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.baselines import NanoGPT, nanogpt_lr
 from bench.common import ROOT, save, table
 from gpt.batches import sequential_windows
-from gpt.config import GPT2_BLOCK, load_params, recipe_overrides
+from gpt.config import GPT2_BLOCK, as_overrides, load_params, recipe_overrides
 from gpt.quick import train_from_text
 from tests.scratch import corpus_path
 
@@ -92,7 +91,7 @@ def nanogpt_recipe(text: str, iters: int = 2000) -> dict:
 
 # The block's forms, each measured at the same wall-clock (--ablation SECONDS), as overrides
 # of the defaults (the modern block with QK-norm and attention biases, Muon).
-GPT2 = [f"model.{key}={json.dumps(value)}" for key, value in GPT2_BLOCK.items()]
+GPT2 = as_overrides({"model": GPT2_BLOCK})
 ADAMW = ["train.optimizer=adamw"]
 ABLATION = {
     "gpt2 (the gpt2 recipe's block)": [*GPT2, *ADAMW],

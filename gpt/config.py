@@ -585,11 +585,13 @@ def list_recipes(folder: Path = RECIPES_DIR) -> dict[str, str]:
     return recipes
 
 
-def _leaves(values: Mapping[str, Any], prefix: str) -> list[str]:
+def as_overrides(values: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Nested sections of values as `section.key=value` overrides: {"model": {"bias": True}}
+    -> ["model.bias=true"]."""
     out = []
     for key, value in values.items():
         if isinstance(value, Mapping):
-            out += _leaves(value, f"{prefix}{key}.")
+            out += as_overrides(value, f"{prefix}{key}.")
         else:  # JSON is YAML: the override parser reads the value back exactly
             out.append(f"{prefix}{key}={json.dumps(value)}")
     return out
@@ -607,7 +609,7 @@ def recipe_overrides(name: str, folder: Path = RECIPES_DIR) -> list[str]:
     raw = parse_yaml(path.read_text(encoding="utf-8"), str(path))
     if not isinstance(raw, Mapping):
         raise ValueError(f"{path} must hold a mapping of sections")
-    return _leaves(raw, "")
+    return as_overrides(raw)
 
 
 def load_params(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Params:
