@@ -10,7 +10,11 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
+import torch
 
+from gpt.checkpoint import save_model
+from gpt.config import GPT2_BLOCK
+from gpt.model import GPT, GPTConfig
 from gpt.sft import Fallback
 from tests.serve.conftest import sse_events, start_service, until, wait_for
 
@@ -138,16 +142,27 @@ def generated_tokens(service: str) -> float:
     raise AssertionError("no token counter")
 
 
-def test_a_client_that_disconnects_stops_the_generation(service):
-    before = generated_tokens(service)
-    with httpx.stream("POST", f"{service}/generate/stream", timeout=60,
-                      json={**BASE, "max_new_tokens": 1000}) as response:
-        next(sse_events(response))
-    # A stream's tokens are counted when it ends, once the service notices the client left: on
-    # a loaded machine that can take longer than any fixed wait, so wait for the count itself.
-    generated = until(lambda: generated_tokens(service) - before)
-    assert 0 < generated < 1000
-    assert httpx.post(f"{service}/generate", json=BASE, timeout=60).status_code == 200
+def test_a_client_that_disconnects_stops_the_generation(registry, tmp_path):
+    # A model big enough that 1000 tokens take seconds here (the registry's tiny one decodes
+    # them in under half a second, less than a loaded machine may take to hang up).
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=registry.tokenizer.vocab_size, block_size=64, n_layer=6,
+                          n_head=6, n_embd=384, **GPT2_BLOCK))
+    folder = save_model(model, tmp_path / "ckpt-slow", assets_dir=registry.root / "tok-tinygpt-0")
+    proc, url = start_service("sqlite:///nowhere.db", tmp_path, "--model", str(folder))
+    try:
+        wait_for(f"{url}/health")
+        with httpx.stream("POST", f"{url}/generate/stream", timeout=60,
+                          json={**BASE, "max_new_tokens": 1000}) as response:
+            next(sse_events(response))
+        # A stream's tokens are counted when it ends, once the service notices the client
+        # left: on a loaded machine that can take longer than any fixed wait, so wait for the
+        # count itself.
+        generated = until(lambda: generated_tokens(url))
+        assert 0 < generated < 1000
+        assert httpx.post(f"{url}/generate", json=BASE, timeout=60).status_code == 200
+    finally:
+        proc.stop()
 
 
 def test_metrics_in_prometheus_format(service):
