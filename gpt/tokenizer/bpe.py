@@ -291,11 +291,8 @@ def _learn_merges(words: list[list[int]], counts: list[int], n_merges: int) -> l
             progress.update(len(merges))
             born: set[Pair] = set()
             for index in where.pop(pair, ()):
-                words[index], new_pairs = _merge_in_word(words[index], pair, new_id,
-                                                         counts[index], pair_counts)
-                for new in new_pairs:
-                    where[new].add(index)
-                    born.add(new)
+                _merge_in_word(words, index, pair, new_id, counts[index], pair_counts, where,
+                               born)
             del pair_counts[pair]
             # Only the pairs with the new token gained counts; the others only lost some, and
             # their heap entries, now too high, are corrected when they come out on top.
@@ -304,30 +301,41 @@ def _learn_merges(words: list[list[int]], counts: list[int], n_merges: int) -> l
     return merges
 
 
-def _merge_in_word(word: list[int], pair: Pair, new_id: int, count: int,
-                   pair_counts: dict[Pair, int]) -> tuple[list[int], list[Pair]]:
-    """Merge every non-overlapping occurrence of pair, left to right, and move `count` from
-    the pairs around each merge to the pairs with new_id that replace them (the merged pair's
-    own count is the caller's to drop). Returns the merged word and those new pairs."""
+def _merge_in_word(words: list[list[int]], index: int, pair: Pair, new_id: int, count: int,
+                   pair_counts: dict[Pair, int], where: dict[Pair, set[int]],
+                   born: set[Pair]) -> None:
+    """Merge every non-overlapping occurrence of pair in words[index], left to right, and move
+    `count` from the pairs around each merge to the pairs with new_id that replace them (the
+    merged pair's own count is the caller's to drop); those new pairs are noted in `where`
+    and `born`. A word may no longer hold the pair (`where` keeps stale entries)."""
+    word = words[index]
     first, second = pair
+    n = len(word)
+    if n == 2:  # a word that is the pair itself: no neighbours to update
+        if word[0] == first and word[1] == second:
+            words[index] = [new_id]
+        return
     out: list[int] = []
-    new_pairs: list[Pair] = []
-    i, n = 0, len(word)
+    i = 0
     while i < n:
-        if i + 1 < n and word[i] == first and word[i + 1] == second:
+        if word[i] == first and i + 1 < n and word[i + 1] == second:
             if i > 0:  # (left, first) becomes (left, new): left may be the merge just made
                 pair_counts[word[i - 1], first] -= count
-                new_pairs.append((out[-1], new_id))
-                pair_counts[new_pairs[-1]] += count
+                new = (out[-1], new_id)
+                pair_counts[new] += count
+                where[new].add(index)
+                born.add(new)
             after = i + 2
             next_merges = after + 1 < n and word[after] == first and word[after + 1] == second
             if after < n and not next_merges:  # (second, right) becomes (new, right)
                 pair_counts[second, word[after]] -= count
-                new_pairs.append((new_id, word[after]))
-                pair_counts[new_pairs[-1]] += count
+                new = (new_id, word[after])
+                pair_counts[new] += count
+                where[new].add(index)
+                born.add(new)
             out.append(new_id)
             i += 2
         else:
             out.append(word[i])
             i += 1
-    return out, new_pairs
+    words[index] = out
