@@ -148,7 +148,8 @@ def test_a_client_that_disconnects_stops_the_generation(registry, tmp_path):
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=registry.tokenizer.vocab_size, block_size=64, n_layer=6,
                           n_head=6, n_embd=384, **GPT2_BLOCK))
-    folder = save_model(model, tmp_path / "ckpt-slow", assets_dir=registry.root / "tok-tinygpt-0")
+    registry.tokenizer.save(tmp_path / "tokenizer")
+    folder = save_model(model, tmp_path / "ckpt-slow", assets_dir=tmp_path / "tokenizer")
     proc, url = start_service("sqlite:///nowhere.db", tmp_path, "--model", str(folder))
     try:
         wait_for(f"{url}/health")
