@@ -3,7 +3,8 @@
 Windows are drawn with a seeded torch.Generator whose state is saved in checkpoints, so a
 resumed run draws exactly the batches it would have drawn: random windows (nanoGPT's
 sampling), or strided windows visited once per epoch (a sliding-window dataset). Evaluation
-scores every token once through sequential windows.
+scores every token once through sequential windows. Input noise, a regulariser, wraps either
+sampler.
 """
 
 from __future__ import annotations
@@ -99,6 +100,41 @@ class StridedWindows(_Windows):
         self.epoch = epoch - 1
         self._new_epoch()
         self.position = position
+
+
+class InputNoise:
+    """Unigram noising of a sampler's inputs (Xie et al., 2017, "Data noising as smoothing in
+    neural network language models"): each input token is replaced, with probability p, by a
+    token drawn at random from the training tokens; the targets stay as they are.
+
+    The model cannot lean on any one token of its context, so it memorises a small corpus read
+    many times more slowly. The noise has its own seeded generator, saved with the sampler's
+    state, so a resumed run draws the same noise.
+    """
+
+    def __init__(self, windows: RandomWindows | StridedWindows, p: float, seed: int) -> None:
+        if not 0 < p < 1:
+            raise ValueError(f"input noise must be in (0, 1), got {p!r}")
+        self.windows, self.p = windows, p
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.windows.next()
+        hit = torch.rand(x.shape, generator=self.generator) < self.p
+        picks = torch.randint(len(self.windows.tokens), (int(hit.sum()),),
+                              generator=self.generator)
+        noise = torch.from_numpy(self.windows.tokens[picks.numpy()].astype(np.int64))
+        # Out of place: x and y are overlapping views of the same windows.
+        return x.masked_scatter(hit.to(x.device), noise.to(x.device)), y
+
+    def get_state(self) -> torch.Tensor:
+        """The sampler's state, then the noise generator's."""
+        return torch.cat([self.windows.get_state(), self.generator.get_state()])
+
+    def set_state(self, state: torch.Tensor) -> None:
+        split = len(state) - len(self.generator.get_state())
+        self.windows.set_state(state[:split])
+        self.generator.set_state(state[split:].clone())
 
 
 def sequential_windows(tokens: np.ndarray, block_size: int, batch_size: int

@@ -67,6 +67,9 @@ class DataConfig:
     # (nanoGPT), or strided: starts every `stride` tokens, each once per epoch, shuffled.
     windows: str = "random"
     stride: int | None = None      # strided: None = model.block_size (windows do not overlap)
+    # The share of the training windows' input tokens replaced by a random training token
+    # (unigram noising, gpt/batches.py InputNoise); the targets and validation stay clean.
+    input_noise: float = 0.1
     # Stop a run whose data's byte distribution moved further than this from the champion's
     # (Jensen-Shannon divergence in bits, 0 to 1); None: measure and report only.
     max_drift: float | None = None
@@ -98,6 +101,8 @@ class DataConfig:
             _positive_ints("data", self, ["stride"])
             if self.windows != "strided":
                 raise ValueError("data.stride applies to data.windows: strided")
+        if not 0 <= self.input_noise < 1:
+            raise ValueError(f"data.input_noise must be in [0, 1), got {self.input_noise!r}")
         if self.max_drift is not None and not 0 <= self.max_drift <= 1:
             raise ValueError(f"data.max_drift must be in [0, 1] (bits) or null, got "
                              f"{self.max_drift!r}")
@@ -180,7 +185,7 @@ class GPTConfig:
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 256
-    dropout: float = 0.2
+    dropout: float = 0.15
     bias: bool = True        # biases in Linear and LayerNorm, as GPT-2 has (the next two narrow it)
     qkv_bias: bool = True    # with bias: the attention's query, key and value projections too
     mlp_bias: bool = False   # with bias: the MLP's projections too (Qwen3's MLP has none)

@@ -55,6 +55,7 @@ def train_from_text(input_path: str | Path, out_dir: str | Path, params: Params,
     torch.manual_seed(cfg.seed)  # the initial weights too come from the seed
     model = GPT(params.model_config(tokenizer.vocab_size))
     trainer = windows_trainer(model, train_ids, val_ids, cfg, out, stride=params.window_stride,
+                              input_noise=params.data.input_noise,
                               assets_dir=out / "tokenizer", callback=callback)
     result = trainer.fit()
 

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from gpt.batches import RandomWindows, StridedWindows
+from gpt.batches import InputNoise, RandomWindows, StridedWindows
 from gpt.checkpoint import (
     OPTIMIZER_FILE,
     STATE_FILE,
@@ -496,14 +496,17 @@ def time_left(elapsed: float, steps_done: int, steps_left: int, max_seconds: flo
 
 def windows_trainer(model: GPT, train_tokens: np.ndarray, val_tokens: np.ndarray,
                     cfg: TrainConfig, out_dir: str | Path, stride: int | None = None,
-                    **options) -> Trainer:
+                    input_noise: float = 0.0, **options) -> Trainer:
     """A Trainer on windows of token arrays (pretraining): random ones, or with a stride
-    every window at that stride once per epoch."""
+    every window at that stride once per epoch; with input_noise, that share of their input
+    tokens replaced by random training tokens."""
     device = pick_device(cfg.device)
     block = model.config.block_size
-    train = (RandomWindows(train_tokens, block, cfg.batch_size, cfg.seed, device)
-             if stride is None else
-             StridedWindows(train_tokens, block, cfg.batch_size, cfg.seed, stride, device))
+    windows = (RandomWindows(train_tokens, block, cfg.batch_size, cfg.seed, device)
+               if stride is None else
+               StridedWindows(train_tokens, block, cfg.batch_size, cfg.seed, stride, device))
+    train: BatchSource = (InputNoise(windows, input_noise, cfg.seed + 1) if input_noise > 0
+                          else windows)
     RandomWindows(val_tokens, block, cfg.batch_size, 0)  # fail now if val is too short
 
     def val_batches() -> Iterable[Batch]:

@@ -71,7 +71,8 @@ def text_trainer(params: Params, tokenizer: Tokenizer, out: Path, callback: Call
     train, val = (mapped_tokens(tokens_dir, split, scratch / f"{split}.npy")
                   for split in ("train", "val"))
     trainer = windows_trainer(GPT(model_cfg), train, val, params.train, out,
-                              stride=params.window_stride, callback=callback,
+                              stride=params.window_stride,
+                              input_noise=params.data.input_noise, callback=callback,
                               assets_dir=params.path("tokenizer"))
     return trainer, None
 

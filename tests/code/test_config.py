@@ -94,6 +94,8 @@ def test_a_misspelt_section_and_a_derived_key_are_refused():
     ("data.val_fraction=1.5", "data.val_fraction must be in"),
     ("data.windows=sliding", "data.windows must be one of random, strided"),
     ("data.stride=64", "data.stride applies to data.windows: strided"),
+    ("data.input_noise=1", "data.input_noise must be in"),
+    ("data.input_noise=-0.1", "data.input_noise must be in"),
     ("data.chunk_mb=0", "data.chunk_mb must be positive"),
     ("data.workers=-1", "data.workers must be >= 0"),
     ("data.dask_address=localhost", "data.dask_address must be a scheduler address"),

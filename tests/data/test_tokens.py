@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from gpt.batches import RandomWindows, StridedWindows, sequential_windows
+from gpt.batches import InputNoise, RandomWindows, StridedWindows, sequential_windows
 from gpt.data import CorpusError, load_tokens, read_text, split_text, write_token_shards
 
 
@@ -66,6 +66,27 @@ def test_strided_windows_are_seeded_and_resume_exactly_across_epochs():
     resumed.set_state(state)
     assert all(torch.equal(resumed.next()[0], e) for e in expected)
     assert resumed.epoch == a.epoch
+
+
+@pytest.mark.parametrize("make", [
+    lambda data: RandomWindows(data, 16, 8, seed=3),
+    lambda data: StridedWindows(data, 16, 8, seed=3, stride=4)])
+def test_input_noise_replaces_inputs_only_with_training_tokens_and_resumes(make):
+    data = np.arange(1000, 1500, dtype=np.uint16)
+    clean, noisy = make(data), InputNoise(make(data), 0.25, seed=4)
+    replaced = 0
+    for _ in range(20):
+        (x, y), (nx, ny) = clean.next(), noisy.next()
+        assert torch.equal(ny, y)  # targets untouched
+        hit = nx != x
+        assert torch.isin(nx[hit], torch.from_numpy(data.astype(np.int64))).all()
+        replaced += int(hit.sum())
+    assert 0.15 < replaced / (20 * 8 * 16) < 0.3  # about p of them (a few draw the same token)
+    state = noisy.get_state()
+    expected = [noisy.next()[0] for _ in range(5)]
+    resumed = InputNoise(make(data), 0.25, seed=99)
+    resumed.set_state(state)
+    assert all(torch.equal(resumed.next()[0], e) for e in expected)
 
 
 def test_sequential_windows_score_every_token_once():

@@ -41,10 +41,10 @@ DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize(("stride", "optimizer"), [(None, "adamw"), (5, "adamw"),
-                                                   (None, "muon")],
-                         ids=["random", "strided", "muon"])
-def test_resume_is_exact(tmp_path, stride, optimizer, device):
+@pytest.mark.parametrize(("stride", "optimizer", "noise"), [
+    (None, "adamw", 0.0), (5, "adamw", 0.0), (None, "muon", 0.0), (5, "adamw", 0.3)],
+                         ids=["random", "strided", "muon", "input-noise"])
+def test_resume_is_exact(tmp_path, stride, optimizer, noise, device):
     """Bit for bit on the CPU. On CUDA the random streams (dropout's included) are restored
     too, and the runs differ only by what CUDA's unordered sums (atomic adds in the embedding's
     backward) leave in the last bits."""
@@ -52,7 +52,7 @@ def test_resume_is_exact(tmp_path, stride, optimizer, device):
 
     def trainer(out: str):
         return windows_trainer(new_model(), tokens(3000), tokens(500, 1), cfg, tmp_path / out,
-                               stride=stride)
+                               stride=stride, input_noise=noise)
 
     straight, second = straight_and_resumed(trainer)
     a, b = straight.model.state_dict(), second.model.state_dict()
