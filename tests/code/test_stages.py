@@ -78,8 +78,8 @@ def test_every_module_a_step_runs_is_a_dependency_of_its_stage(step):
     assert not missing, f"{step}: its stages do not depend on {sorted(missing)}"
 
 
-def test_a_run_interrupted_with_random_windows_does_not_resume_with_strided_ones(tmp_path,
-                                                                              monkeypatch):
+def test_a_run_interrupted_does_not_resume_with_other_windows_or_input_noise(tmp_path,
+                                                                           monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_json(tmp_path / "data" / "tokens" / MANIFEST,
                {"data_digest": "d", "tokenizer_digest": "t"})
@@ -88,4 +88,5 @@ def test_a_run_interrupted_with_random_windows_does_not_resume_with_strided_ones
     wider = fingerprint(load_params(ROOT / "params.yaml",
                                     ["data.windows=strided", "data.stride=64"]))
     assert random != strided != wider
+    assert random != fingerprint(load_params(ROOT / "params.yaml", ["data.input_noise=0.2"]))
     assert random == fingerprint(load_params(ROOT / "params.yaml"))
