@@ -4,7 +4,9 @@ Speed: a ~14M-parameter model (random weights), 16-token prompt, 256 new tokens,
 in fp32, bf16 and int8 weights (gpt/quantize.py), timed over the decode loop alone; against
 transformers' `generate` with and without its KV cache (fp32, prefill included: its own
 count). Each row's share of the memory-bandwidth limit is weights bytes x tokens/s / the read
-rate measured in the same run.
+rate measured in the same run. The int8 ceiling row times the int8 decoder's 25 matrix-vector
+products alone, back to back as one token runs them: what decoding would reach if nothing
+else in a step took time.
 
 Quality: a trained checkpoint (`--checkpoint`, else one trained here for `--train-seconds` on
 Tiny Shakespeare with params.yaml's defaults) decoded in each format: val bits per byte and
@@ -32,12 +34,13 @@ from gpt.data import read_text, split_text
 from gpt.evaluate import evaluate_tokens
 from gpt.generate import DecodeClock, SamplingParams, iter_tokens
 from gpt.model import GPT, GPTConfig
-from gpt.quantize import for_decoding, weight_bytes_per_token
+from gpt.quantize import Int8Linear, for_decoding, weight_bytes_per_token
 from gpt.tokenizer import load_tokenizer
 from tests.scratch import corpus_path
 
 VOCAB, BLOCK, LAYERS, HEADS, EMBD, PROMPT = 8192, 512, 6, 6, 384, 16
 FORMATS = tuple(w for w in WEIGHT_FORMATS if w != "auto")  # fp32 first: the reference
+INT8_CEILING = "int8 matmuls alone (ceiling)"
 
 
 @torch.no_grad()
@@ -47,6 +50,18 @@ def time_ours(model: GPT, prompt: torch.Tensor, new: int) -> float:
                            clock=clock))
     assert len(out) == new
     return clock.tokens_per_s
+
+
+@torch.no_grad()
+def time_int8_matmuls(decoder: GPT, tokens: int) -> float:
+    """Tokens/s of the decoder's int8 matrix-vector products alone, one bf16 row each."""
+    layers = [m for m in decoder.modules() if isinstance(m, Int8Linear)]
+    rows = [torch.randn(1, m.weight.size(1), dtype=m.scale.dtype) for m in layers]
+    started = time.perf_counter()
+    for _ in range(tokens):
+        for m, row in zip(layers, rows, strict=True):
+            torch._weight_int8pack_mm(row, m.weight, m.scale)
+    return tokens / (time.perf_counter() - started)
 
 
 @torch.no_grad()
@@ -71,9 +86,11 @@ def speed(rounds: int, new_tokens: int, bandwidth: float) -> list[dict]:
     decoders = {w: for_decoding(ours, w) for w in FORMATS}
     runs = {f"tinygpt {w}": (lambda d=d: time_ours(d, prompt, new_tokens))
             for w, d in decoders.items()}
+    runs[INT8_CEILING] = lambda: time_int8_matmuls(decoders["int8"], new_tokens)
     runs["transformers generate, cache"] = lambda: time_hf(hf, prompt, new_tokens, True)
     runs["transformers generate, no cache"] = lambda: time_hf(hf, prompt, new_tokens, False)
     sizes = {f"tinygpt {w}": weight_bytes_per_token(d) for w, d in decoders.items()}
+    sizes[INT8_CEILING] = sizes["tinygpt int8"]
     sizes["transformers generate, cache"] = weight_bytes_per_token(hf)
     best = {name: 0.0 for name in runs}
     for _ in range(rounds):  # interleaved, so the machine's load falls on all alike
