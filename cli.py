@@ -504,6 +504,9 @@ def serve_arguments(parser: argparse.ArgumentParser) -> None:
                              "serve several, the first being the default")
     parser.add_argument("--weights", choices=WEIGHT_FORMATS, default=SERVE.weights,
                         help="decode with the weights in this format (auto: int8 on a CPU)")
+    parser.add_argument("--compile", action="store_true", default=SERVE.compile,
+                        help="decode through a torch.compile'd step, compiled as each model "
+                             "loads (seconds); faster per token (bench/generate.py)")
     parser.add_argument("--poll-seconds", type=float, default=SERVE.poll_seconds,
                         help="how often to check whether the alias moved")
     parser.add_argument("--max-concurrency", type=int, default=SERVE.max_concurrency,
@@ -535,7 +538,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     use_store(params)  # only set, not contacted: the service waits for the registry
     uris = tuple(args.models) or (
         f"models:/{params.model_name}@{params.registry.champion_alias}",)
-    app = create_app(Settings(model_uris=uris, weights=args.weights,
+    app = create_app(Settings(model_uris=uris, weights=args.weights, compile=args.compile,
                               poll_seconds=args.poll_seconds,
                               max_concurrency=args.max_concurrency, max_queue=args.max_queue,
                               max_upload_dir_bytes=args.upload_folder_mb * 2**20,

@@ -1,7 +1,8 @@
 """Generation speed at batch 1 and what each weight format costs in quality.
 
 Speed: a ~14M-parameter model (random weights), 16-token prompt, 256 new tokens, greedy. Ours
-in fp32, bf16 and int8 weights (gpt/quantize.py), timed over the decode loop alone; against
+in fp32, bf16 and int8 weights (gpt/quantize.py), eager and with the compiled decode step
+(its compile time printed apart), timed over the decode loop alone; against
 transformers' `generate` with and without its KV cache (fp32, prefill included: its own
 count). Each row's share of the memory-bandwidth limit is weights bytes x tokens/s / the read
 rate measured in the same run. The int8 ceiling row times the int8 decoder's 25 matrix-vector
@@ -18,6 +19,7 @@ greedy agreement with fp32 over fixed prompts.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 import time
@@ -32,7 +34,7 @@ from gpt.checkpoint import load_model, resolve_checkpoint
 from gpt.config import GPT2_BLOCK, WEIGHT_FORMATS, load_params
 from gpt.data import read_text, split_text
 from gpt.evaluate import evaluate_tokens
-from gpt.generate import DecodeClock, SamplingParams, iter_tokens
+from gpt.generate import DecodeClock, SamplingParams, feed, iter_tokens, warm_up
 from gpt.model import GPT, GPTConfig
 from gpt.quantize import Int8Linear, for_decoding, weight_bytes_per_token
 from gpt.tokenizer import load_tokenizer
@@ -73,7 +75,9 @@ def time_hf(model, prompt: torch.Tensor, new: int, cache: bool) -> float:
     return new / (time.perf_counter() - started)
 
 
-def speed(rounds: int, new_tokens: int, bandwidth: float) -> list[dict]:
+def speed(rounds: int, new_tokens: int, bandwidth: float, compile_seconds: dict[str, float]
+          ) -> list[dict]:
+    """The speed rows; compile_seconds gets each format's compile time (its warm-up)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
@@ -83,13 +87,17 @@ def speed(rounds: int, new_tokens: int, bandwidth: float) -> list[dict]:
                                     n_layer=LAYERS, n_head=HEADS, bos_token_id=None,
                                     eos_token_id=None)).eval()
     prompt = torch.randint(VOCAB, (1, PROMPT))
-    decoders = {w: for_decoding(ours, w) for w in FORMATS}
-    runs = {f"tinygpt {w}": (lambda d=d: time_ours(d, prompt, new_tokens))
-            for w, d in decoders.items()}
-    runs[INT8_CEILING] = lambda: time_int8_matmuls(decoders["int8"], new_tokens)
+    decoders = {f"tinygpt {w}": for_decoding(ours, w) for w in FORMATS}
+    for w in FORMATS:
+        decoders[f"tinygpt {w}, compiled"] = compiled = for_decoding(ours, w, compile=True)
+        started = time.perf_counter()
+        warm_up(compiled)
+        compile_seconds[w] = time.perf_counter() - started
+    runs = {name: (lambda d=d: time_ours(d, prompt, new_tokens)) for name, d in decoders.items()}
+    runs[INT8_CEILING] = lambda: time_int8_matmuls(decoders["tinygpt int8"], new_tokens)
     runs["transformers generate, cache"] = lambda: time_hf(hf, prompt, new_tokens, True)
     runs["transformers generate, no cache"] = lambda: time_hf(hf, prompt, new_tokens, False)
-    sizes = {f"tinygpt {w}": weight_bytes_per_token(d) for w, d in decoders.items()}
+    sizes = {name: weight_bytes_per_token(d) for name, d in decoders.items()}
     sizes[INT8_CEILING] = sizes["tinygpt int8"]
     sizes["transformers generate, cache"] = weight_bytes_per_token(hf)
     best = {name: 0.0 for name in runs}
@@ -118,28 +126,53 @@ def trained_checkpoint(args: argparse.Namespace, scratch: str) -> Path:
     return Path(scratch) / "best"
 
 
+@torch.inference_mode()
+def stepped_bits_per_byte(decoder: GPT, tokenizer, windows: list[torch.Tensor]) -> float:
+    """Bits per byte of each window's tokens after its first, fed one token a step through
+    the KV cache as sampling feeds them (a compiled decoder's step included)."""
+    nats, count = 0.0, 0
+    for window in windows:
+        cache = decoder.new_cache(1)
+        logits = feed(decoder, window[:, :1], cache)
+        for t in range(1, window.size(1)):
+            target = int(window[0, t])
+            nats -= logits.float().log_softmax(dim=-1)[0, target].item()
+            count += len(tokenizer.token_bytes(target))
+            logits = feed(decoder, window[:, t:t + 1], cache)
+    return nats / count / math.log(2)
+
+
 def quality(folder: Path, prompts: int = 8, new: int = 64) -> list[dict]:
-    """Val bits per byte and greedy agreement with fp32, per weight format."""
+    """Per weight format, eager and compiled: val bits per byte of the whole split (forward,
+    the same for both), of a sample fed a token a step (what decoding computes), and greedy
+    agreement with fp32."""
     model, tokenizer = load_model(folder), load_tokenizer(folder)
     _, val_text = split_text(read_text(corpus_path()), load_params().data.val_fraction)
     val = np.array(tokenizer.encode(val_text), dtype=np.int64)
-    starts = np.linspace(0, len(val) - 33, prompts).astype(int)
+    block = model.config.block_size
+    starts = np.linspace(0, len(val) - block - 1, prompts).astype(int)
     contexts = [torch.tensor(val[s:s + 32])[None] for s in starts]
+    windows = [torch.tensor(val[s:s + block])[None] for s in starts]
     greedy = SamplingParams(max_new_tokens=new, temperature=0)
     reference = None
     rows = []
     for weights in FORMATS:
-        decoder = for_decoding(model, weights)
-        scored = evaluate_tokens(decoder, val, len(val_text.encode()), 16)
-        outputs = [[t.item() for t in iter_tokens(decoder, c, greedy)] for c in contexts]
-        reference = reference or outputs
-        same = sum(a == b for out, ref in zip(outputs, reference, strict=True)
-                   for a, b in zip(out, ref, strict=True))
-        rows.append({"weights": weights, "val_bits_per_byte": scored["val_bits_per_byte"],
-                     "greedy_agreement": same / (prompts * new)})
-    base = rows[0]["val_bits_per_byte"]
+        scored = evaluate_tokens(for_decoding(model, weights), val, len(val_text.encode()), 16)
+        for compile in (False, True):
+            decoder = for_decoding(model, weights, compile=compile)
+            outputs = [[t.item() for t in iter_tokens(decoder, c, greedy)] for c in contexts]
+            reference = reference or outputs
+            same = sum(a == b for out, ref in zip(outputs, reference, strict=True)
+                       for a, b in zip(out, ref, strict=True))
+            rows.append({"weights": f"{weights}, compiled" if compile else weights,
+                         "val_bits_per_byte": scored["val_bits_per_byte"],
+                         "stepped_bits_per_byte": stepped_bits_per_byte(decoder, tokenizer,
+                                                                        windows),
+                         "greedy_agreement": same / (prompts * new)})
     for row in rows:
-        row["bits_per_byte_change"] = row["val_bits_per_byte"] - base
+        row["bits_per_byte_change"] = row["val_bits_per_byte"] - rows[0]["val_bits_per_byte"]
+        row["stepped_change"] = (row["stepped_bits_per_byte"]
+                                 - rows[0]["stepped_bits_per_byte"])
     return rows
 
 
@@ -152,16 +185,20 @@ def main() -> None:
                         help="without --checkpoint: how long to train one")
     args = parser.parse_args()
     bandwidth = read_bandwidth()
-    rows = speed(args.rounds, args.new_tokens, bandwidth)
+    compile_seconds: dict[str, float] = {}
+    rows = speed(args.rounds, args.new_tokens, bandwidth, compile_seconds)
     print(f"batch 1, {PROMPT}-token prompt, {args.new_tokens} new tokens, greedy; memory "
-          f"read rate {bandwidth / 1e9:.1f} GB/s")
+          f"read rate {bandwidth / 1e9:.1f} GB/s; compiling the decode step took "
+          + ", ".join(f"{s:.1f} s ({w})" for w, s in compile_seconds.items()))
     print(table(rows, ["generator", "tokens_per_s", "vs_transformers_cache", "weights_MB",
                        "bandwidth_share"]))
     with tempfile.TemporaryDirectory() as scratch:
         scores = quality(trained_checkpoint(args, scratch))
     print(table(scores, ["weights", "val_bits_per_byte", "bits_per_byte_change",
-                         "greedy_agreement"]))
-    print(f"results: {save('generate', rows, quality=scores, read_bandwidth=bandwidth)}")
+                         "stepped_bits_per_byte", "stepped_change", "greedy_agreement"]))
+    saved = save("generate", rows, quality=scores, read_bandwidth=bandwidth,
+                 compile_seconds=compile_seconds)
+    print(f"results: {saved}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import torch
 from gpt.config import SamplingParams
 
 if TYPE_CHECKING:
-    from gpt.model import GPT
+    from gpt.model import GPT, KVCache
     from gpt.tokenizer import Tokenizer
 
 
@@ -96,6 +96,15 @@ class DecodeClock:
         return (len(self.times) - 1) / (self.times[-1] - self.times[0])
 
 
+def feed(model: GPT, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """The next-token logits (B, vocab) once tokens (B, T) have entered the cache: a single
+    token goes through a compiled decoder's step (gpt.quantize.CompiledStep), the rest through
+    forward."""
+    if tokens.size(1) == 1 and model.compiled_step is not None:
+        return model.compiled_step(tokens, cache)
+    return model(tokens, cache=cache, last_only=True)[0][:, -1, :]
+
+
 @torch.inference_mode()
 def iter_tokens(model: GPT, idx: torch.Tensor, params: SamplingParams,
                 stop_ids: Sequence[int] = (), clock: DecodeClock | None = None
@@ -112,9 +121,9 @@ def iter_tokens(model: GPT, idx: torch.Tensor, params: SamplingParams,
     generator = _generator(idx.device, params.seed)
     context = idx[:, -window:]
     cache = model.new_cache(idx.size(0))
-    logits, _ = model(context, cache=cache, last_only=True)
+    logits = feed(model, context, cache)
     for _ in range(params.max_new_tokens):
-        scores = apply_repetition_penalty(logits[:, -1, :], context, params.repetition_penalty)
+        scores = apply_repetition_penalty(logits, context, params.repetition_penalty)
         token = sample_next(scores, params, generator)
         context = torch.cat([context, token], dim=1)[:, -window:]
         if clock is not None:
@@ -124,9 +133,17 @@ def iter_tokens(model: GPT, idx: torch.Tensor, params: SamplingParams,
             return
         if cache.pos == window:
             cache = model.new_cache(idx.size(0))
-            logits, _ = model(context, cache=cache, last_only=True)
+            logits = feed(model, context, cache)
         else:
-            logits, _ = model(token, cache=cache, last_only=True)
+            logits = feed(model, token, cache)
+
+
+def warm_up(model: GPT) -> None:
+    """Decode two greedy tokens at batch 1: a compiled decoder compiles its step now."""
+    device = next(model.parameters()).device
+    idx = torch.zeros((1, 1), dtype=torch.long, device=device)
+    for _ in iter_tokens(model, idx, SamplingParams(max_new_tokens=2, temperature=0)):
+        pass
 
 
 class ModelCheckFailed(ValueError):

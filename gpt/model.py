@@ -15,6 +15,7 @@ Hugging Face `GPT2LMHeadModel` is a renaming plus a transpose (see gpt/export.py
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -49,6 +50,12 @@ class KVCache:
         keys.narrow(2, self.pos, k.size(2)).copy_(k)
         values.narrow(2, self.pos, v.size(2)).copy_(v)
         return keys.narrow(2, 0, end), values.narrow(2, 0, end)
+
+    def append(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Store one decode step's keys and values (n_layer, B, H, 1, D) and move on."""
+        self.keys.narrow(3, self.pos, 1).copy_(keys)
+        self.values.narrow(3, self.pos, 1).copy_(values)
+        self.pos += 1
 
 
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -96,10 +103,15 @@ class Rotary(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        """x (B, H, T, D) at positions start .. start + T - 1, rotated."""
-        end = start + x.size(-2)
-        cos, sin = self.cos[start:end].to(x.dtype), self.sin[start:end].to(x.dtype)
+    def forward(self, x: torch.Tensor, start: int | torch.Tensor) -> torch.Tensor:
+        """x (B, H, T, D) at positions start .. start + T - 1, rotated. A tensor start is one
+        decode step's position (T = 1), read from the tables without leaving the graph."""
+        if isinstance(start, torch.Tensor):
+            rows = start.view(1)
+            cos, sin = self.cos.index_select(0, rows), self.sin.index_select(0, rows)
+        else:
+            cos, sin = self.cos[start:start + x.size(-2)], self.sin[start:start + x.size(-2)]
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         half = x.size(-1) // 2
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated * sin
@@ -125,6 +137,35 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0
                 ) -> torch.Tensor:
         B, T, C = x.shape
+        q, k, v = self._project(x, cache.pos if cache is not None else 0)
+        if cache is not None:  # on a CPU the cache is fp32 whatever the weights (new_cache)
+            k, v = cache.update(layer, k, v)
+        y = self._attend(q.to(k.dtype), k, v).to(q.dtype)  # no-ops without a cache
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+    def decode_step(self, x: torch.Tensor, pos: torch.Tensor, keys: torch.Tensor,
+                    values: torch.Tensor, cached: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One new token x (B, 1, C) at position pos attends to the layer's whole cache (B, H,
+        block_size, D), where `cached` marks the filled positions, and to itself: the
+        attention's output and the token's key and value, which the caller stores. Nothing is
+        written and no shape depends on pos, so a compiled step is one graph for every
+        position, with no copy of the cache."""
+        B, _, C = x.shape
+        q, k, v = (t.to(keys.dtype) for t in self._project(x, pos))
+        scale = 1.0 / math.sqrt(q.size(-1))
+        past = ((q @ keys.transpose(-2, -1)).float() * scale).masked_fill(~cached, float("-inf"))
+        own = (q.float() * k.float()).sum(dim=-1, keepdim=True) * scale
+        weights = torch.cat([past, own], dim=-1).softmax(dim=-1)  # fp32: one softmax for both
+        y = (weights[..., :-1].to(values.dtype) @ values).float() + weights[..., -1:] * v.float()
+        y = y.to(x.dtype).transpose(1, 2).reshape(B, 1, C)
+        return self.c_proj(y), k, v
+
+    def _project(self, x: torch.Tensor, start: int | torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values (B, n_head, T, head_dim) of x at positions from start."""
+        B, T, C = x.shape
         # (B, T, 3C) -> three (B, n_head, T, head_dim) views, in one reshape
         q, k, v = (self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)
                    .permute(2, 0, 3, 1, 4).unbind(0))
@@ -134,13 +175,8 @@ class CausalSelfAttention(nn.Module):
             q = self.q_norm(q.to(norm_dtype)).type_as(q)
             k = self.k_norm(k.to(norm_dtype)).type_as(k)
         if self.rotary is not None:  # positions continue after the cached ones
-            start = cache.pos if cache is not None else 0
             q, k = self.rotary(q, start), self.rotary(k, start)
-        if cache is not None:  # on a CPU the cache is fp32 whatever the weights (new_cache)
-            k, v = cache.update(layer, k, v)
-        y = self._attend(q.to(k.dtype), k, v).to(q.dtype)  # no-ops without a cache
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        return q, k, v
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         q_len, k_len = q.size(2), k.size(2)
@@ -220,6 +256,10 @@ class GPT(nn.Module):
             ln_f=norm_layer(config),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # How generation feeds one token: None is forward with the cache; a decoder made by
+        # gpt.quantize.for_decoding(compile=True) holds its compiled decode_step here (a
+        # gpt.quantize.CompiledStep: logits from a token and the cache, which it extends).
+        self.compiled_step: Callable[[torch.Tensor, KVCache], torch.Tensor] | None = None
         if config.tie_embeddings:
             # The output projection reuses the token embedding matrix, which saves
             # vocab_size * n_embd parameters and helps small models.
@@ -299,9 +339,34 @@ class GPT(nn.Module):
                                    ignore_index=-100)
         return logits, loss
 
+    def decode_step(self, idx: torch.Tensor, pos: torch.Tensor, keys: torch.Tensor,
+                    values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Generation's step as a pure function: the next-token logits (B, vocab) of one new
+        token per row (idx (B, 1)) at position pos (a 0-d tensor) after a KV cache's keys and
+        values (n_layer, B, H, block_size, D), and the new token's keys and values (n_layer,
+        B, H, 1, D) for `KVCache.append`. Equal to forward with the cache; written so that
+        torch.compile makes it one graph (gpt.quantize.for_decoding(compile=True))."""
+        x = self.transformer.wte(idx)
+        if self.config.arch == "gpt2":
+            x = x + self.transformer.wpe(pos.view(1))
+        cached = torch.arange(keys.size(3), device=idx.device) < pos
+        new_keys, new_values = [], []
+        for layer, block in enumerate(self.transformer.h):
+            y, k, v = block.attn.decode_step(block.ln_1(x), pos, keys[layer], values[layer],
+                                             cached)
+            x = x + y
+            x = x + block.mlp(block.ln_2(x))
+            new_keys.append(k)
+            new_values.append(v)
+        logits = self.lm_head(self.transformer.ln_f(x))[:, -1, :]
+        return logits, torch.stack(new_keys), torch.stack(new_values)
+
     def new_cache(self, batch_size: int) -> KVCache:
-        """A KV cache in the weights' dtype; on a CPU always fp32, where the fused attention
-        kernel runs several times faster in fp32 than in bf16 (a bf16 or int8 decoder's)."""
+        """A KV cache in the weights' dtype. On a CPU it is fp32 for forward, where the fused
+        attention kernel runs several times faster in fp32 than in bf16 (a bf16 or int8
+        decoder's), unless a compiled step reads it (its own attention is fastest in the
+        weights' dtype)."""
         weight = self.transformer.wte.weight
-        dtype = torch.float32 if weight.device.type == "cpu" else weight.dtype
+        fused_attention = weight.device.type == "cpu" and self.compiled_step is None
+        dtype = torch.float32 if fused_attention else weight.dtype
         return KVCache(self.config, batch_size, weight.device, dtype)

@@ -12,21 +12,30 @@ doubles. `for_decoding` returns a copy of a trained model for inference only:
   kernel that reads int8 weights; everything else as in bf16 (that kernel is several times
   faster with bf16 activations than with fp32 ones here). The tied output head gets its own
   int8 copy; the token embedding keeps its bf16 rows (a token reads one row).
+
+With compile=True the decoder feeds each new token through one torch.compile graph of
+`GPT.decode_step` instead of module by module: at batch 1 the step's 200-odd small ops and
+their Python cost take longer than its matrix-vector products (`bench/generate.py` times those
+alone). The first token compiles (seconds; its cache lasts the process); where compiling
+fails, decoding goes on uncompiled.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 
 from gpt.config import WEIGHT_FORMATS
-from gpt.model import GPT, Rotary
+from gpt.model import GPT, KVCache, Rotary
 
-__all__ = ["WEIGHT_FORMATS", "Int8Linear", "for_decoding", "pick_weights",
+__all__ = ["WEIGHT_FORMATS", "CompiledStep", "Int8Linear", "for_decoding", "pick_weights",
            "weight_bytes_per_token"]
+
+log = logging.getLogger("tinygpt.generate")
 
 
 class Int8Linear(nn.Module):
@@ -70,9 +79,45 @@ def pick_weights(weights: str, device: torch.device) -> str:
     return "int8" if device.type == "cpu" else "fp32"
 
 
-def for_decoding(model: GPT, weights: str) -> GPT:
+class CompiledStep:
+    """A decoder's `decode_step` compiled: the next-token logits (B, vocab) of one new token
+    per row after the cache (`GPT.new_cache`: in the weights' dtype), which it then extends.
+    Shapes are static: a new batch size compiles once more, a new position does not."""
+
+    def __init__(self, decoder: GPT) -> None:
+        self.eager = decoder.decode_step
+        self.step = torch.compile(decoder.decode_step, dynamic=False)
+        self.compile_pending = True  # compiled on the first call (see _run)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether tokens go through the compiled graph (False once compiling failed)."""
+        return self.step is not self.eager
+
+    def __call__(self, token: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        pos = torch.tensor(cache.pos, device=token.device)
+        logits, keys, values = self._run(token, pos, cache.keys, cache.values)
+        cache.append(keys, values)
+        return logits
+
+    def _run(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The step; the first call compiles it, and if that fails, decoding goes on eager
+        (the step writes nothing, so nothing is half done)."""
+        if not self.compile_pending:
+            return self.step(*inputs)
+        self.compile_pending = False
+        try:
+            return self.step(*inputs)
+        except Exception as error:  # whatever the compiler raised
+            log.warning("torch.compile failed (%s); decoding without it",
+                        str(error).strip().splitlines()[0][:200] or type(error).__name__)
+            self.step = self.eager
+            return self.step(*inputs)
+
+
+def for_decoding(model: GPT, weights: str, compile: bool = False) -> GPT:
     """An inference-only copy of model with its weights stored as `weights` (WEIGHT_FORMATS;
-    see `pick_weights` for auto)."""
+    see `pick_weights` for auto); with compile, one that decodes through a `CompiledStep`."""
     weights = pick_weights(weights, next(model.parameters()).device)
     decoder = copy.deepcopy(model).eval()
     _replace(decoder, nn.Dropout, lambda _: nn.Identity())  # a call per layer less, each token
@@ -87,6 +132,8 @@ def for_decoding(model: GPT, weights: str) -> GPT:
         decoder = decoder.to(torch.bfloat16)
     for tensor in decoder.parameters():
         tensor.requires_grad_(False)
+    if compile:
+        decoder.compiled_step = CompiledStep(decoder)
     return decoder
 
 

@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # assets fastapi-offline ships), not from a CDN as FastAPI's defaults do.
     app = FastAPIOffline(title="tinygpt", lifespan=_follow_model, static_url="/docs-assets")
     app.state.settings = settings
-    holders = [ModelHolder(uri, settings.poll_seconds, settings.weights)
+    holders = [ModelHolder(uri, settings.poll_seconds, settings.weights, settings.compile)
                for uri in settings.model_uris]
     app.state.holders = {holder.name: holder for holder in holders}
     if len(app.state.holders) < len(holders):

@@ -16,7 +16,7 @@ from typing import Any
 
 from gpt.checkpoint import load_model, resolve_checkpoint
 from gpt.config import SamplingParams
-from gpt.generate import ModelCheckFailed, check_model
+from gpt.generate import ModelCheckFailed, check_model, warm_up
 from gpt.quantize import for_decoding, pick_weights
 from gpt.sft import Fallback
 from gpt.tokenizer import load_tokenizer
@@ -45,8 +45,10 @@ class LoadedModel:
     loaded_at: float = field(default_factory=time.time)
 
     def describe(self) -> dict[str, Any]:
+        step = self.model.compiled_step
         return {"model": self.name, "version": self.version, "alias": self.alias,
                 "parameters": self.parameters, "device": self.device, "weights": self.weights,
+                "compiled": step is not None and step.compiled,
                 "block_size": self.model.config.block_size,
                 "sampling": self.sampling, "fallback": self.fallback is not None}
 
@@ -58,8 +60,8 @@ class ModelHolder:
     """Loads the model a registry URI names and, for an alias, follows it; or serves a
     checkpoint folder as it is (`tinygpt train`'s output, no registry needed)."""
 
-    def __init__(self, model_uri: str, poll_seconds: float = 10.0, weights: str = "auto"
-                 ) -> None:
+    def __init__(self, model_uri: str, poll_seconds: float = 10.0, weights: str = "auto",
+                 compile: bool = False) -> None:
         self.folder = None if model_uri.startswith("models:/") else resolve_checkpoint(model_uri)
         if self.folder is not None:
             self.name, self.alias, self.pinned_version = str(self.folder), None, LOCAL
@@ -67,6 +69,7 @@ class ModelHolder:
             self.name, self.alias, self.pinned_version = parse_model_uri(model_uri)
         self.poll_seconds = poll_seconds
         self.weights = weights
+        self.compile = compile
         self.current: LoadedModel | None = None
         self.error: str | None = None  # why the last refresh failed; None after a good one
         # Versions that failed check_model, with why: the check's verdict on a version does not
@@ -93,9 +96,11 @@ class ModelHolder:
             fallback = getattr(wrapper, "fallback", None)
         device = next(model.parameters()).device
         weights = pick_weights(self.weights, device)
-        return LoadedModel(self.name, version, self.alias, for_decoding(model, weights),
-                           tokenizer, model.num_params(), str(device), weights, sampling,
-                           fallback)
+        decoder = for_decoding(model, weights, compile=self.compile)
+        if self.compile:  # here, in the loading thread, not in the first request
+            warm_up(decoder)
+        return LoadedModel(self.name, version, self.alias, decoder, tokenizer,
+                           model.num_params(), str(device), weights, sampling, fallback)
 
     def refresh(self) -> bool:
         """Load the version the URI resolves to, if it is not the one served, and swap it in if

@@ -13,6 +13,7 @@ class Settings:
     # The models served: registry URIs or checkpoint folders; the first is the default one.
     model_uris: tuple[str, ...] = ("models:/tinygpt@champion",)
     weights: str = "auto"               # decode weights: auto | fp32 | bf16 | int8
+    compile: bool = False               # decode through a compiled step (compiled at load)
     poll_seconds: float = 10.0          # how often the alias is checked
     max_concurrency: int = 2            # generations running at once
     max_queue: int = 8                  # requests allowed to wait for a slot; more get 429

@@ -72,6 +72,24 @@ def test_kv_cache_gives_the_logits_of_a_full_forward(any_arch):
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
 
 
+def test_decode_step_gives_the_logits_of_a_full_forward_and_writes_nothing(any_arch):
+    tiny_model = any_arch.eval()
+    idx = torch.randint(0, 97, (2, 28))
+    full, _ = tiny_model(idx)
+    cache = tiny_model.new_cache(2)
+    tiny_model(idx[:, :10], cache=cache)
+    for t in range(10, 24):
+        keys_before, values_before = cache.keys.clone(), cache.values.clone()
+        logits, keys, values = tiny_model.decode_step(idx[:, t:t + 1], torch.tensor(cache.pos),
+                                                      cache.keys, cache.values)
+        assert torch.equal(cache.keys, keys_before) and torch.equal(cache.values, values_before)
+        torch.testing.assert_close(logits, full[:, t], atol=1e-5, rtol=0)
+        cache.append(keys, values)
+    assert cache.pos == 24
+    after, _ = tiny_model(idx[:, 24:], cache=cache)  # forward reads what append stored
+    torch.testing.assert_close(after, full[:, 24:], atol=1e-5, rtol=0)
+
+
 def test_kv_cache_greedy_decoding_matches_recomputing_everything(any_arch):
     tiny_model = any_arch.eval()
     prompt = torch.randint(0, 97, (1, 5))

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gpt.generate import SamplingParams, iter_tokens
+from gpt.config import GPT2_BLOCK
+from gpt.generate import SamplingParams, feed, iter_tokens
 from gpt.model import GPT, GPTConfig
 from gpt.quantize import Int8Linear, for_decoding, pick_weights, weight_bytes_per_token
 
@@ -110,3 +111,55 @@ def test_a_bf16_decoder_normalizes_queries_in_bf16(model):
     with torch.no_grad():
         decoder(torch.zeros(1, 4, dtype=torch.long))
     assert seen == [torch.bfloat16]
+
+
+def test_compiled_decoding_equals_eager_with_one_graph_for_every_position():
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(3)  # the defaults' block: rotary positions and QK-norm
+    trained = GPT(GPTConfig(vocab_size=97, block_size=16, n_layer=2, n_head=2, n_embd=32,
+                            arch="modern", qk_norm=True)).eval()
+    eager, compiled = for_decoding(trained, "fp32"), for_decoding(trained, "fp32", compile=True)
+    prompt = torch.randint(97, (1, 5))
+    greedy = SamplingParams(max_new_tokens=30, temperature=0)  # past block_size: a refill
+    torch._dynamo.reset()
+    counters.clear()
+    tokens = [t.item() for t in iter_tokens(compiled, prompt, greedy)]
+    assert compiled.compiled_step.compiled  # it compiled, and did not fall back
+    assert counters["stats"]["unique_graphs"] == 1      # not one graph per position
+    assert tokens == [t.item() for t in iter_tokens(eager, prompt, greedy)]
+
+
+def test_a_compiled_int8_decoder_keeps_a_bf16_cache_and_int8_logits():
+    torch.manual_seed(4)
+    trained = GPT(GPTConfig(vocab_size=97, block_size=32, n_layer=2, n_head=2, n_embd=32,
+                            **GPT2_BLOCK)).eval()
+    eager, compiled = for_decoding(trained, "int8"), for_decoding(trained, "int8", compile=True)
+    assert compiled.new_cache(1).keys.dtype == torch.bfloat16  # its own attention's dtype
+    idx = torch.randint(97, (1, 20))
+    with torch.inference_mode():
+        caches = eager.new_cache(1), compiled.new_cache(1)
+        for t in range(idx.size(1)):  # fed one token a step, as sampling feeds them
+            reference, logits = (feed(d, idx[:, t:t + 1], c)
+                                 for d, c in zip((eager, compiled), caches, strict=True))
+            error = (logits.float() - reference.float()).abs().max() / reference.abs().max()
+            assert error <= 0.03, f"step {t}: relative error {error:.4f}"
+    assert compiled.compiled_step.compiled
+
+
+def test_decoding_goes_on_uncompiled_when_compilation_fails(tmp_path, monkeypatch, caplog):
+    import torch._inductor.config as inductor
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(inductor, "fx_graph_cache", False)
+    monkeypatch.setattr(inductor.cpp, "cxx", (None, str(tmp_path / "no-such-compiler")))
+    torch.manual_seed(5)
+    trained = GPT(GPTConfig(vocab_size=97, block_size=16, n_layer=1, n_head=2, n_embd=16)).eval()
+    compiled = for_decoding(trained, "fp32", compile=True)
+    greedy = SamplingParams(max_new_tokens=10, temperature=0)
+    prompt = torch.randint(97, (1, 3))
+    tokens = [t.item() for t in iter_tokens(compiled, prompt, greedy)]
+    torch._dynamo.reset()
+    assert not compiled.compiled_step.compiled
+    assert "torch.compile failed" in caplog.text
+    assert tokens == [t.item() for t in iter_tokens(for_decoding(trained, "fp32"), prompt, greedy)]

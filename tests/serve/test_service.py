@@ -27,6 +27,7 @@ def test_health_describes_the_served_model(service):
     assert health["alias"] == "champion" and health["version"]
     assert health["parameters"] > 0 and health["device"] == "cpu"
     assert health["weights"] == "int8"  # --weights auto on a CPU
+    assert health["compiled"] is False   # decoding compiles only with --compile
 
 
 def test_same_seed_and_parameters_give_the_same_text(service):
@@ -398,6 +399,29 @@ def test_a_checkpoint_folder_is_served_without_a_registry(registry, tmp_path):
         assert httpx.get(f"{url}/metrics").status_code == 200
     finally:
         proc.stop()
+
+
+def test_a_compiled_service_compiles_as_it_loads_and_answers_as_eager_decoding(registry,
+                                                                              tmp_path):
+    from gpt.checkpoint import load_model
+    from gpt.generate import SamplingParams, generate_text
+    from gpt.quantize import for_decoding
+    from gpt.tokenizer import load_tokenizer
+
+    folder = registry.root / "ckpt-tinygpt-0"
+    proc, url = start_service("sqlite:///nowhere.db", tmp_path, "--model", str(folder),
+                              "--weights", "fp32", "--compile")
+    greedy = {"prompt": "ROMEO:", "max_new_tokens": 24, "temperature": 0}
+    try:
+        health = wait_for(f"{url}/health").json()
+        assert health["compiled"] is True  # compiled while loading, and did not fall back
+        answer = httpx.post(f"{url}/generate", json=greedy, timeout=60).json()
+    finally:
+        proc.stop()
+    eager = for_decoding(load_model(folder), "fp32")
+    expected = generate_text(eager, load_tokenizer(folder), "ROMEO:",
+                             SamplingParams(max_new_tokens=24, temperature=0))
+    assert answer["text"] == expected and answer["completion_tokens"] == 24
 
 
 def test_sigterm_stops_the_service_cleanly(registry, tmp_path):
