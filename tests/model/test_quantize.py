@@ -125,12 +125,12 @@ def test_compiled_decoding_equals_eager_with_one_graph_for_every_position():
     torch._dynamo.reset()
     counters.clear()
     tokens = [t.item() for t in iter_tokens(compiled, prompt, greedy)]
-    assert compiled.compiled_step.compiled  # it compiled, and did not fall back
-    assert counters["stats"]["unique_graphs"] == 1      # not one graph per position
+    assert compiled.compiled_step.compiled           # it compiled, and did not fall back
+    assert counters["stats"]["unique_graphs"] == 1  # not one graph per position
     assert tokens == [t.item() for t in iter_tokens(eager, prompt, greedy)]
 
 
-def test_a_compiled_int8_decoder_keeps_a_bf16_cache_and_int8_logits():
+def test_a_compiled_int8_decoder_reads_a_bf16_cache_and_stays_close_to_eager_int8():
     torch.manual_seed(4)
     trained = GPT(GPTConfig(vocab_size=97, block_size=32, n_layer=2, n_head=2, n_embd=32,
                             **GPT2_BLOCK)).eval()
