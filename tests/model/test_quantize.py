@@ -147,18 +147,18 @@ def test_a_compiled_int8_decoder_reads_a_bf16_cache_and_stays_close_to_eager_int
     assert compiled.compiled_step.compiled
 
 
-def test_decoding_goes_on_uncompiled_when_compilation_fails(tmp_path, monkeypatch, caplog):
+def test_decoding_goes_on_uncompiled_when_compilation_fails(tmp_path, caplog):
     import torch._inductor.config as inductor
 
-    torch._dynamo.reset()
-    monkeypatch.setattr(inductor, "fx_graph_cache", False)
-    monkeypatch.setattr(inductor.cpp, "cxx", (None, str(tmp_path / "no-such-compiler")))
     torch.manual_seed(5)
     trained = GPT(GPTConfig(vocab_size=97, block_size=16, n_layer=1, n_head=2, n_embd=16)).eval()
     compiled = for_decoding(trained, "fp32", compile=True)
     greedy = SamplingParams(max_new_tokens=10, temperature=0)
     prompt = torch.randint(97, (1, 3))
-    tokens = [t.item() for t in iter_tokens(compiled, prompt, greedy)]
+    torch._dynamo.reset()
+    with inductor.patch({"fx_graph_cache": False,  # torch's own patch restores its config
+                         "cpp.cxx": (None, str(tmp_path / "no-such-compiler"))}):
+        tokens = [t.item() for t in iter_tokens(compiled, prompt, greedy)]
     torch._dynamo.reset()
     assert not compiled.compiled_step.compiled
     assert "torch.compile failed" in caplog.text

@@ -109,15 +109,15 @@ def test_compiled_training_resumes_exactly_and_stays_close_to_eager(tmp_path):
     assert max((a[k] - c[k]).abs().max().item() for k in a) < 0.02  # bf16 rounding apart
 
 
-def test_training_goes_on_uncompiled_when_compilation_fails(tmp_path, monkeypatch, caplog):
+def test_training_goes_on_uncompiled_when_compilation_fails(tmp_path, caplog):
     import torch._inductor.config as inductor
 
     torch._dynamo.reset()
-    monkeypatch.setattr(inductor, "fx_graph_cache", False)
-    monkeypatch.setattr(inductor.cpp, "cxx", (None, str(tmp_path / "no-such-compiler")))
     compiled = windows_trainer(new_model(), tokens(3000), tokens(500, 1),
                                small_config(compile=True), tmp_path / "a")
-    compiled.fit()
+    with inductor.patch({"fx_graph_cache": False,  # torch's own patch restores its config
+                         "cpp.cxx": (None, str(tmp_path / "no-such-compiler"))}):
+        compiled.fit()
     torch._dynamo.reset()
     eager = windows_trainer(new_model(), tokens(3000), tokens(500, 1), small_config(),
                             tmp_path / "b")

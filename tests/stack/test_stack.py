@@ -440,6 +440,7 @@ def test_two_workers_run_two_retrains_at_once_and_the_better_becomes_champion(
     host.mkdir()
     env = {**stack.env, "HOME": str(host), "PREFECT_HOME": str(host / "prefect")}
     log = host / "worker.log"
+    launched = datetime.datetime.now(datetime.UTC)
     with open(log, "w") as out:
         worker = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "worker"], cwd=host,
                                   env={**clean_env(), **env}, stdout=out,
@@ -447,8 +448,17 @@ def test_two_workers_run_two_retrains_at_once_and_the_better_becomes_champion(
     api, uri = stack.api, stack.env["MLFLOW_TRACKING_URI"]
     pool = httpx.get(f"{api}/work_pools/{POOL}", timeout=10).json()
     assert pool["concurrency_limit"] == 2
+
+    def new_worker_online() -> bool:
+        assert worker.poll() is None, log.read_text()[-2000:]
+        found = httpx.post(f"{api}/work_pools/{POOL}/workers/filter", json={}, timeout=10)
+        return any(w["status"] == "ONLINE" and datetime.datetime.fromisoformat(
+            w["created"].replace("Z", "+00:00")) >= launched for w in found.json())
+
     short, long = [*OVERRIDES, "train.max_steps=40"], [*OVERRIDES, "train.max_steps=120"]
     try:
+        # Runs start once the new worker polls: a short run must not end before it is up.
+        until(new_worker_online, timeout=120, every=1)
         for order in ((short, long), (long, short)):
             began = time.time()
             ids = [start_run(api, overrides) for overrides in order]
