@@ -139,10 +139,12 @@ def iter_tokens(model: GPT, idx: torch.Tensor, params: SamplingParams,
 
 
 def warm_up(model: GPT) -> None:
-    """Decode two greedy tokens at batch 1: a compiled decoder compiles its step now."""
+    """Decode a block of greedy tokens at batch 1 from a one-token prompt: a compiled decoder
+    compiles its step now, for every length of cache it attends over."""
     device = next(model.parameters()).device
     idx = torch.zeros((1, 1), dtype=torch.long, device=device)
-    for _ in iter_tokens(model, idx, SamplingParams(max_new_tokens=2, temperature=0)):
+    greedy = SamplingParams(max_new_tokens=model.config.block_size, temperature=0)
+    for _ in iter_tokens(model, idx, greedy):
         pass
 
 

@@ -147,8 +147,8 @@ class CausalSelfAttention(nn.Module):
     def decode_step(self, x: torch.Tensor, pos: torch.Tensor, keys: torch.Tensor,
                     values: torch.Tensor, cached: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One new token x (B, 1, C) at position pos attends to the layer's whole cache (B, H,
-        block_size, D), where `cached` marks the filled positions, and to itself: the
+        """One new token x (B, 1, C) at position pos attends to the layer's cached keys and
+        values (B, H, S, D), where `cached` marks the filled positions, and to itself: the
         attention's output and the token's key and value, which the caller stores. Nothing is
         written and no shape depends on pos, so a compiled step is one graph for every
         position, with no copy of the cache."""
@@ -342,10 +342,11 @@ class GPT(nn.Module):
     def decode_step(self, idx: torch.Tensor, pos: torch.Tensor, keys: torch.Tensor,
                     values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Generation's step as a pure function: the next-token logits (B, vocab) of one new
-        token per row (idx (B, 1)) at position pos (a 0-d tensor) after a KV cache's keys and
-        values (n_layer, B, H, block_size, D), and the new token's keys and values (n_layer,
-        B, H, 1, D) for `KVCache.append`. Equal to forward with the cache; written so that
-        torch.compile makes it one graph (gpt.quantize.for_decoding(compile=True))."""
+        token per row (idx (B, 1)) at position pos (a 0-d tensor) after a KV cache's first S
+        positions (keys and values (n_layer, B, H, S, D), S at least pos), and the new token's
+        keys and values (n_layer, B, H, 1, D) for `KVCache.append`. Equal to forward with the
+        cache; written so that torch.compile makes it one graph for every position
+        (gpt.quantize.for_decoding(compile=True))."""
         x = self.transformer.wte(idx)
         if self.config.arch == "gpt2":
             x = x + self.transformer.wpe(pos.view(1))

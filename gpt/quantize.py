@@ -32,8 +32,8 @@ import torch.nn as nn
 from gpt.config import WEIGHT_FORMATS
 from gpt.model import GPT, KVCache, Rotary
 
-__all__ = ["WEIGHT_FORMATS", "CompiledStep", "Int8Linear", "for_decoding", "pick_weights",
-           "weight_bytes_per_token"]
+__all__ = ["WEIGHT_FORMATS", "CompiledStep", "Int8Linear", "attended_length", "for_decoding",
+           "pick_weights", "weight_bytes_per_token"]
 
 log = logging.getLogger("tinygpt.generate")
 
@@ -79,12 +79,29 @@ def pick_weights(weights: str, device: torch.device) -> str:
     return "int8" if device.type == "cpu" else "fp32"
 
 
+def attended_length(filled: int, block_size: int) -> int:
+    """How many cache positions a compiled step attends over: the shortest of block_size/8,
+    /4, /2 and block_size that holds the filled ones. One graph per length, not per position,
+    and early tokens do not read the whole cache."""
+    return next((n for n in (block_size // 8, block_size // 4, block_size // 2)
+                 if n >= max(filled, 1)), block_size)
+
+
 class CompiledStep:
     """A decoder's `decode_step` compiled: the next-token logits (B, vocab) of one new token
     per row after the cache (`GPT.new_cache`: in the weights' dtype), which it then extends.
-    Shapes are static: a new batch size compiles once more, a new position does not."""
+    Shapes are static: each attended length (`attended_length`) and batch size compiles once;
+    a new position does not compile."""
+
+    # Dynamo keeps at most recompile_limit graphs per function (8 by default) and past it runs
+    # eager without a word; every decoder's graphs are graphs of decode_step, so the service's
+    # models, or the bench's three formats, would soon pass it.
+    RECOMPILE_LIMIT = 64
 
     def __init__(self, decoder: GPT) -> None:
+        import torch._dynamo.config as dynamo
+
+        dynamo.recompile_limit = max(dynamo.recompile_limit, self.RECOMPILE_LIMIT)
         self.eager = decoder.decode_step
         self.step = torch.compile(decoder.decode_step, dynamic=False)
         self.compile_pending = True  # compiled on the first call (see _run)
@@ -96,7 +113,9 @@ class CompiledStep:
 
     def __call__(self, token: torch.Tensor, cache: KVCache) -> torch.Tensor:
         pos = torch.tensor(cache.pos, device=token.device)
-        logits, keys, values = self._run(token, pos, cache.keys, cache.values)
+        length = attended_length(cache.pos, cache.keys.size(3))
+        keys, values = (t.narrow(3, 0, length) for t in (cache.keys, cache.values))
+        logits, keys, values = self._run(token, pos, keys, values)
         cache.append(keys, values)
         return logits
 

@@ -9,7 +9,13 @@ import torch
 from gpt.config import GPT2_BLOCK
 from gpt.generate import SamplingParams, feed, iter_tokens
 from gpt.model import GPT, GPTConfig
-from gpt.quantize import Int8Linear, for_decoding, pick_weights, weight_bytes_per_token
+from gpt.quantize import (
+    Int8Linear,
+    attended_length,
+    for_decoding,
+    pick_weights,
+    weight_bytes_per_token,
+)
 
 CONFIG = GPTConfig(vocab_size=300, block_size=64, n_layer=2, n_head=4, n_embd=64, dropout=0.0)
 
@@ -113,7 +119,15 @@ def test_a_bf16_decoder_normalizes_queries_in_bf16(model):
     assert seen == [torch.bfloat16]
 
 
-def test_compiled_decoding_equals_eager_with_one_graph_for_every_position():
+@pytest.mark.parametrize("block_size", [4, 16, 128])
+def test_a_compiled_step_attends_over_one_of_four_lengths_that_holds_the_cache(block_size):
+    lengths = {filled: attended_length(filled, block_size) for filled in range(block_size)}
+    assert all(max(filled, 1) <= n <= block_size for filled, n in lengths.items())
+    assert set(lengths.values()) == {block_size // d for d in (8, 4, 2, 1)} - {0}
+    assert lengths[block_size // 8 + 1] == block_size // 4  # the shortest that holds them
+
+
+def test_compiled_decoding_equals_eager_with_one_graph_per_length_not_per_position():
     from torch._dynamo.utils import counters
 
     torch.manual_seed(3)  # the defaults' block: rotary positions and QK-norm
@@ -126,7 +140,9 @@ def test_compiled_decoding_equals_eager_with_one_graph_for_every_position():
     counters.clear()
     tokens = [t.item() for t in iter_tokens(compiled, prompt, greedy)]
     assert compiled.compiled_step.compiled           # it compiled, and did not fall back
-    assert counters["stats"]["unique_graphs"] == 1  # not one graph per position
+    # Positions 5 to 15 (then the window refills through forward): 11 positions, 2 lengths.
+    assert counters["stats"]["unique_graphs"] == len({attended_length(p, 16) for p in
+                                                      range(5, 16)}) == 2
     assert tokens == [t.item() for t in iter_tokens(eager, prompt, greedy)]
 
 
