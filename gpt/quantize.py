@@ -13,11 +13,12 @@ doubles. `for_decoding` returns a copy of a trained model for inference only:
   faster with bf16 activations than with fp32 ones here). The tied output head gets its own
   int8 copy; the token embedding keeps its bf16 rows (a token reads one row).
 
-With compile=True the decoder feeds each new token through one torch.compile graph of
+With compile=True the decoder feeds each new token through a torch.compile graph of
 `GPT.decode_step` instead of module by module: at batch 1 the step's 200-odd small ops and
 their Python cost take longer than its matrix-vector products (`bench/generate.py` times those
-alone). The first token compiles (seconds; its cache lasts the process); where compiling
-fails, decoding goes on uncompiled.
+alone). There is one graph per length of cache the step attends over (`attended_length`),
+each compiled on first use (seconds; `gpt.generate.warm_up` compiles them all); where
+compiling fails, decoding goes on uncompiled.
 """
 
 from __future__ import annotations
