@@ -344,6 +344,16 @@ def test_incremental_training_learns_the_same_merges_as_naive_recounting(shakesp
     assert fast.merges == naive_merges(text, 150)
 
 
+@given(st.text("ab é日\n", max_size=60))
+def test_merges_of_repeats_and_neighbours_equal_naive_recounting(text):
+    """Runs of one token (aaaa: overlapping pairs), alternations (abab: a merge beside the last
+    one) and multi-byte characters, where moving counts around each merge is easiest to get
+    wrong."""
+    n_merges = 20
+    fast = BPETokenizer.train(text * 3, 256 + n_merges + 1)
+    assert fast.merges == naive_merges(text * 3, n_merges)
+
+
 def test_bpe_special_tokens_are_matched_only_when_asked(bpe_1k):
     eot = bpe_1k.special_tokens[ENDOFTEXT]
     text = f"hello{ENDOFTEXT}world"
