@@ -1,7 +1,8 @@
-"""Training throughput: ours (fp32, bf16 autocast, bf16 compiled) against transformers'
-GPT2LMHeadModel and a nanoGPT-shaped model, same shape, same batches, same machine, interleaved
-rounds. No contender uses dropout (nanoGPT's default for pretraining; the peers here have none).
-On CUDA every model and batch is on the GPU, and the clock is read after a synchronize.
+"""Training throughput: ours (fp32; bf16 autocast with the fused attention, and with
+`model.attn_impl: auto`, eager and compiled) against transformers' GPT2LMHeadModel and a
+nanoGPT-shaped model, same shape, same batches, same machine, interleaved rounds. No contender
+uses dropout (nanoGPT's default for pretraining; the peers here have none). On CUDA every model
+and batch is on the GPU, and the clock is read after a synchronize.
 
 Also model FLOP/s (6 x params + attention per token, nanoGPT's estimate) as a share of a large
 matmul of the same dtype measured in the same run, and of the model's own GEMMs timed alone
@@ -110,11 +111,11 @@ def flops_per_token(params: int) -> float:
     return 6 * params + 12 * LAYERS * EMBD * BLOCK
 
 
-def ours(device: torch.device, dtype: torch.dtype,
-         compiled: bool = False) -> tuple[Step, int]:
+def ours(device: torch.device, dtype: torch.dtype, compiled: bool = False,
+         attention: str = "sdpa") -> tuple[Step, int]:
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=LAYERS, n_head=HEADS,
-                          n_embd=EMBD, dropout=0.0, **GPT2_BLOCK)).to(device)
+                          n_embd=EMBD, dropout=0.0, attn_impl=attention, **GPT2_BLOCK)).to(device)
     optimizer = build_optimizer(model, TrainConfig(optimizer="adamw"))  # the peers' block and rule
     forward = torch.compile(model) if compiled else model  # as train.compile does
 
@@ -205,8 +206,10 @@ def main() -> None:
         "nanoGPT-shaped fp32": (lambda: nanogpt(device), "float32"),
         "tinygpt fp32": (lambda: ours(device, torch.float32), "float32"),
         "tinygpt bf16 autocast": (lambda: ours(device, torch.bfloat16), "bfloat16"),
-        "tinygpt bf16 autocast, compiled": (lambda: ours(device, torch.bfloat16, compiled=True),
-                                            "bfloat16"),
+        "tinygpt bf16 autocast, attn_impl auto": (
+            lambda: ours(device, torch.bfloat16, attention="auto"), "bfloat16"),
+        "tinygpt bf16 autocast, attn_impl auto, compiled": (
+            lambda: ours(device, torch.bfloat16, compiled=True, attention="auto"), "bfloat16"),
     }
     best: dict[str, float] = {}
     params: dict[str, int] = {}
@@ -232,8 +235,12 @@ def main() -> None:
     print(table(rows, ["model", "tokens_per_s", "vs_transformers_fp32", "model_gflops",
                        "pct_of_matmul", "pct_of_own_gemms"]))
     profiles = {}
-    for name, dtype in dtypes.items():
-        profiles[name] = op_profile(ours(device, dtype)[0], args.batch, device)
+    for name, (dtype, attention) in {"float32": (torch.float32, "sdpa"),
+                                     "bfloat16": (torch.bfloat16, "sdpa"),
+                                     "bfloat16, attn_impl auto": (torch.bfloat16, "auto")
+                                     }.items():
+        profiles[name] = op_profile(ours(device, dtype, attention=attention)[0], args.batch,
+                                    device)
         print(f"\nwhere a tinygpt {name} step's time goes: " + ", ".join(
             f"{kind} {share:.0f}%" for kind, share in profiles[name].items()))
     result = "_".join(["train_speed", *([device.type] if device.type != "cpu" else []),

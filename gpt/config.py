@@ -28,7 +28,7 @@ TINY_SHAKESPEARE = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/
                     "tinyshakespeare/input.txt")
 DATA_KINDS = ("text", "sft")
 WINDOWS = ("random", "strided")
-ATTENTION_IMPLS = ("sdpa", "explicit")
+ATTENTION_IMPLS = ("auto", "sdpa", "explicit")
 ARCHS = ("gpt2", "modern")
 DTYPES = ("auto", "float32", "bfloat16")
 OPTIMIZERS = ("adamw", "muon")
@@ -189,7 +189,9 @@ class GPTConfig:
     bias: bool = True        # biases in Linear and LayerNorm, as GPT-2 has (the next two narrow it)
     qkv_bias: bool = True    # with bias: the attention's query, key and value projections too
     mlp_bias: bool = False   # with bias: the MLP's projections too (Qwen3's MLP has none)
-    attn_impl: str = "sdpa"  # "sdpa" (fused kernel) or "explicit" (masked softmax, for reading)
+    # "sdpa" (the fused kernel), "explicit" (the masked softmax written out, for reading), or
+    # "auto": the faster of the two for the device, dtype and length (gpt.model.attention_form)
+    attn_impl: str = "sdpa"
     # gpt2: learned positions, LayerNorm, GELU MLP. modern: rotary positions, RMSNorm and a
     # SwiGLU MLP, as Llama and Qwen have (exported as those).
     arch: str = "modern"

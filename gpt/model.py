@@ -25,6 +25,10 @@ from gpt.config import GPTConfig
 
 RMS_EPS = 1e-6        # RMSNorm's epsilon, as Llama and Qwen3 use
 ROPE_THETA = 10000.0  # rotary embeddings' base period
+# On a CPU, torch's fused attention kernel runs bf16 no faster than fp32, while the written-out
+# form's matmuls run bf16 several times faster: up to this many keys, `auto` attention trains a
+# bf16 step faster written out (bench/train_speed.py); beyond it, the (T, T) scores cost more.
+CPU_BF16_EXPLICIT_MAX_KEYS = 256
 
 
 class KVCache:
@@ -68,6 +72,16 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if dropout > 0:
         weights = F.dropout(weights, dropout)
     return weights @ v
+
+
+def attention_form(impl: str, q: torch.Tensor, k_len: int) -> str:
+    """What `impl` means for these queries over k_len keys: "auto" is the fused kernel
+    ("sdpa"), except in bf16 on a CPU over at most CPU_BF16_EXPLICIT_MAX_KEYS keys."""
+    if impl != "auto":
+        return impl
+    written_out_is_faster = (q.device.type == "cpu" and q.dtype == torch.bfloat16
+                             and k_len <= CPU_BF16_EXPLICIT_MAX_KEYS)
+    return "explicit" if written_out_is_faster else "sdpa"
 
 
 def causal_mask(q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
@@ -181,7 +195,7 @@ class CausalSelfAttention(nn.Module):
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         q_len, k_len = q.size(2), k.size(2)
         dropout = self.dropout if self.training else 0.0
-        if self.impl == "explicit":
+        if attention_form(self.impl, q, k_len) == "explicit":
             return explicit_attention(q, k, v, causal_mask(q_len, k_len, q.device), dropout)
         if q_len == k_len:  # training, or the first forward of generation
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)

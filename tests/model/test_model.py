@@ -46,6 +46,31 @@ def test_explicit_attention_equals_sdpa():
     torch.testing.assert_close(explicit(idx)[0], sdpa(idx)[0], atol=1e-5, rtol=0)
 
 
+def test_auto_attention_is_written_out_in_bf16_on_a_cpu_and_fused_otherwise():
+    """Under bf16 autocast `auto` computes exactly what the written-out form does, in fp32
+    exactly what the fused kernel does; past CPU_BF16_EXPLICIT_MAX_KEYS it is fused again."""
+    from gpt.model import CPU_BF16_EXPLICIT_MAX_KEYS, attention_form
+
+    torch.manual_seed(1)
+    cfg = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_embd=32)
+    models = {impl: GPT(GPTConfig(**{**cfg.to_dict(), "attn_impl": impl})).eval()
+              for impl in ("auto", "sdpa", "explicit")}
+    for model in models.values():
+        model.load_state_dict(models["auto"].state_dict())
+    idx = torch.randint(0, 50, (3, 16))
+    with torch.no_grad():
+        fp32 = {impl: model(idx)[0] for impl, model in models.items()}
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = {impl: model(idx)[0] for impl, model in models.items()}
+    assert torch.equal(fp32["auto"], fp32["sdpa"])
+    assert torch.equal(bf16["auto"], bf16["explicit"])
+    assert not torch.equal(bf16["auto"], bf16["sdpa"])
+    q = torch.zeros(1, 1, 1, 8, dtype=torch.bfloat16)
+    assert attention_form("auto", q, CPU_BF16_EXPLICIT_MAX_KEYS) == "explicit"
+    assert attention_form("auto", q, CPU_BF16_EXPLICIT_MAX_KEYS + 1) == "sdpa"
+    assert attention_form("sdpa", q, 16) == "sdpa"
+
+
 @pytest.mark.parametrize("impl", ["sdpa", "explicit"])
 def test_attention_dropout_falls_on_the_weights_in_both_paths(impl):
     """With every value row equal to ones, dropping attention weights scales a whole output
