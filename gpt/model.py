@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gpt.config import GPTConfig
+from gpt.loss import head_cross_entropy
 
 RMS_EPS = 1e-6        # RMSNorm's epsilon, as Llama and Qwen3 use
 ROPE_THETA = 10000.0  # rotary embeddings' base period
@@ -323,8 +324,9 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 cache: KVCache | None = None, last_only: bool = False
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, vocab) and, with targets, the mean cross-entropy loss.
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Logits (B, T, vocab) and None; with targets, None and the mean cross-entropy loss
+        (ignoring targets of -100: padding, prompts), computed without the logits (gpt/loss.py).
 
         With a cache, idx holds only the new tokens, placed after the cached positions.
         last_only=True computes logits for the last position only (what sampling needs).
@@ -343,15 +345,13 @@ class GPT(nn.Module):
         if cache is not None:
             cache.pos += T
         x = self.transformer.ln_f(x)
+        if targets is not None:  # the loss alone: the (B, T, vocab) logits are never made
+            loss = head_cross_entropy(self.lm_head, x.reshape(-1, x.size(-1)),
+                                      targets.reshape(-1))
+            return None, loss
         if last_only:
             x = x[:, -1:, :]
-        logits = self.lm_head(x)
-        loss = None
-        if targets is not None:
-            # ignore_index=-100 lets callers mask positions (padding, prompts) out of the loss.
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
-                                   ignore_index=-100)
-        return logits, loss
+        return self.lm_head(x), None
 
     def decode_step(self, idx: torch.Tensor, pos: torch.Tensor, keys: torch.Tensor,
                     values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

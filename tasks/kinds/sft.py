@@ -10,7 +10,8 @@ from typing import Any
 from tasks.common import PAIRS_FILE
 from tasks.kinds.base import TRAIN_CODE, Inputs, Kind, Steps, code
 
-SFT_CODE = ("gpt/generate.py", "gpt/model.py", "gpt/sft.py", "gpt/tokenizer")  # gpt.sft's
+SFT_CODE = ("gpt/generate.py", "gpt/loss.py", "gpt/model.py", "gpt/sft.py",  # gpt.sft's
+            "gpt/tokenizer")
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:
