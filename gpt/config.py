@@ -254,8 +254,9 @@ class TrainConfig:
     muon_lr: float = 0.02          # muon: its own peak rate, on the same schedule
     muon_momentum: float = 0.95
     # Compile the training step (forward and backward) with torch.compile; where that fails
-    # (no C++ compiler, an unsupported op), training goes on uncompiled.
-    compile: bool = False
+    # (no C++ compiler, an unsupported op), training goes on uncompiled. auto: where it was
+    # measured faster, long enough to repay compiling (gpt.train.pick_compile).
+    compile: bool | str = "auto"
     # Besides best/ and latest/, a resumable step-NNNNNN/ folder every this many steps (0: none),
     # of which the newest keep_checkpoints stay.
     checkpoint_interval: int = 0
@@ -282,6 +283,8 @@ class TrainConfig:
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError("train.beta1 and train.beta2 must be in [0, 1)")
         _one_of("train", "dtype", self.dtype, DTYPES)
+        if self.compile not in (True, False, "auto"):
+            raise ValueError(f"train.compile must be true, false or auto; got {self.compile!r}")
         _one_of("train", "optimizer", self.optimizer, OPTIMIZERS)
         if not self.muon_lr > 0 or not 0 <= self.muon_momentum < 1:
             raise ValueError("train.muon_lr must be > 0 and train.muon_momentum in [0, 1)")

@@ -299,3 +299,32 @@ def test_the_loss_curve_has_the_train_loss_at_every_log_interval(tmp_path):
     assert [row["val_loss_estimate"] != "" for row in rows] == [False, False, True] * 2
     assert all(float(row["train_loss"]) > 0 for row in rows)
     assert (tmp_path / "loss.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(("hardware", "device", "overrides", "compiled"), [
+    ("amx", "cpu", {}, True),
+    ("avx512_bf16", "cpu", {}, False),
+    ("none", "cpu", {}, False),
+    ("amx", "cuda", {}, False),
+    ("amx", "cpu", {"max_steps": 100}, False),        # too short to repay ~25 s of compiling
+    ("amx", "cpu", {"max_seconds": 120.0}, False),    # a time budget too short, likewise
+    ("amx", "cpu", {"max_seconds": 600.0}, True),
+    ("none", "cpu", {"compile": True}, True),         # as set, whatever the machine
+    ("amx", "cpu", {"compile": False}, False),
+])
+def test_auto_compiles_long_runs_on_a_cpu_with_amx_and_says_so(monkeypatch, hardware, device,
+                                                                overrides, compiled):
+    import gpt.train
+    from gpt.train import describe_compile, pick_compile
+
+    monkeypatch.setattr(gpt.train, "cpu_bf16_hardware", lambda: hardware)
+    cfg = TrainConfig(**{"max_steps": 1500, **overrides})
+    assert pick_compile(cfg, torch.device(device)) is compiled
+    line = describe_compile(cfg.compile, compiled)
+    assert line.startswith("compiled" if compiled else "eager")
+    assert line.endswith("(as set)" if "compile" in overrides else "for a long run)")
+
+
+def test_nonsense_compile_settings_are_refused():
+    with pytest.raises(ValueError, match="must be true, false or auto"):
+        TrainConfig(compile="sometimes")
