@@ -1,13 +1,13 @@
 """The output head and its cross-entropy, fused and run in chunks of rows.
 
-Training needs the loss, not the (tokens, vocab) logits: at Tiny Shakespeare's 4,096 tokens a
+Training needs the loss, not the (tokens, vocab) logits: at the training bench's 4,096 tokens a
 step and vocab 8192 those are 134 MB in fp32, written by the head, cast, read by log-softmax,
 written again by its backward and cast back. Tensors that size come fresh from the operating
 system every step (above glibc's mmap threshold), so on a CPU each step also pays for faulting
-their pages in. Here each chunk of rows makes its logits, its share of
-the loss and at once its gradients (softmax minus the one-hot target), then drops the logits:
-no tensor grows with the vocabulary times the tokens, and the backward only scales what the
-forward kept. The products run in the autocast dtype, as the head's `nn.Linear` would.
+their pages in. Here each chunk of rows makes its logits, its share of the loss and at once its
+gradients (softmax minus the one-hot target), then drops the logits: no tensor grows with the
+vocabulary times the tokens, and the backward only scales what the forward kept. The products
+run in the autocast dtype, as the head's `nn.Linear` would.
 """
 
 from __future__ import annotations

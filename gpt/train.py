@@ -161,10 +161,11 @@ def describe_precision(name: str, device: torch.device, dtype: torch.dtype) -> s
     return f"{what} (auto: the faster on a CPU with {CPU_BF16_LABELS[cpu_bf16_hardware()]})"
 
 
-# Where `train.compile: auto` compiles: on a CPU with AMX, the defaults' step ran 1.31x faster
-# compiled (README, Training speed); elsewhere it was not measured faster for the defaults. It
-# takes about 25 s first, which that step repays after about 170 steps, so only runs of
-# AUTO_COMPILE_MIN_STEPS or more, and with no time budget under AUTO_COMPILE_MIN_SECONDS.
+# Where `train.compile: auto` compiles: on a CPU with AMX, where make run's training took 688 s
+# compiled against 791 s eager, compiling included (README, Quality per minute); elsewhere it
+# was not measured faster for the defaults. Compiling takes 20-30 s first, which short runs do
+# not repay: only runs of AUTO_COMPILE_MIN_STEPS or more, with no time budget under
+# AUTO_COMPILE_MIN_SECONDS.
 AUTO_COMPILE_CPUS = {"amx"}
 AUTO_COMPILE_MIN_STEPS = 500
 AUTO_COMPILE_MIN_SECONDS = 300
