@@ -19,13 +19,13 @@ import numpy as np
 import torch
 
 from gpt.generate import SamplingParams, decode_stream, iter_tokens
+from gpt.loss import IGNORE_INDEX
 from gpt.tokenizer import ENDOFTEXT, UNKNOWN, Tokenizer
 
 PROMPT, COMPLETION, PAD = "<|prompt|>", "<|completion|>", "<|pad|>"
 CONTROL_TOKENS = (PROMPT, COMPLETION, ENDOFTEXT, PAD)
 # The 002 write-up's ids for the same tokens: <PAD>=0, <UNK>=1, <PROMPT>=2, <CODE>=3, <EOS>=4.
 WRITE_UP_ORDER = (PAD, UNKNOWN, PROMPT, COMPLETION, ENDOFTEXT)
-IGNORE = -100
 
 
 def special_tokens(unknown: bool = False, write_up_order: bool = False) -> tuple[str, ...]:
@@ -56,7 +56,7 @@ def format_record(tokenizer: Tokenizer, prompt: str, completion: str
     ids = head + tail
     targets = ids[1:]
     # Target i is token i + 1: the first len(head) - 1 targets are prompt or <|completion|>.
-    labels = [IGNORE] * (len(head) - 1) + targets[len(head) - 1:]
+    labels = [IGNORE_INDEX] * (len(head) - 1) + targets[len(head) - 1:]
     return ids[:-1], labels
 
 
@@ -75,7 +75,7 @@ def pad_batch(examples: Sequence[Example], pad_id: int) -> tuple[torch.Tensor, t
     """Right-pad to the longest example: inputs with <|pad|>, labels with -100."""
     width = max(len(e.inputs) for e in examples)
     x = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    y = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    y = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
     for row, e in enumerate(examples):
         x[row, :len(e.inputs)] = torch.from_numpy(e.inputs.astype(np.int64))
         y[row, :len(e.labels)] = torch.from_numpy(e.labels.astype(np.int64))

@@ -36,6 +36,7 @@ from gpt.checkpoint import (
 )
 from gpt.config import TrainConfig
 from gpt.files import atomic_directory, write_json
+from gpt.loss import IGNORE_INDEX
 from gpt.model import GPT
 from gpt.muon import MuonAdamW
 from gpt.progress import Bar, duration
@@ -267,7 +268,7 @@ def estimate_loss(model: GPT, batches: Iterable[Batch], device: torch.device,
     for x, y in batches:
         with autocast(device, dtype):
             _, loss = model(x.to(device), y.to(device))
-        scored = int((y != -100).sum())
+        scored = int((y != IGNORE_INDEX).sum())
         total += loss.item() * scored
         count += scored
     model.train()

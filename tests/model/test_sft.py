@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from gpt.config import GPT2_BLOCK
+from gpt.loss import IGNORE_INDEX
 from gpt.model import GPT, GPTConfig
 from gpt.sft import (
     COMPLETION,
     CONTROL_TOKENS,
-    IGNORE,
     PAD,
     PROMPT,
     BucketedBatches,
@@ -45,7 +45,7 @@ def test_labels_cover_the_completion_and_end_only(tokenizer):
     head = prompt_ids(tokenizer, "add 2 and 3")
     assert inputs[:len(head)] == head and inputs[0] == tokenizer.special_tokens[PROMPT]
     answer = [*tokenizer.encode("5"), tokenizer.special_tokens["<|endoftext|>"]]
-    assert labels == [IGNORE] * (len(head) - 1) + answer
+    assert labels == [IGNORE_INDEX] * (len(head) - 1) + answer
     assert len(inputs) == len(labels)
 
 
@@ -60,9 +60,10 @@ def test_loss_gradient_is_exactly_zero_at_prompt_and_padding_positions(tokenizer
     x, y = pad_batch(examples, tokenizer.special_tokens[PAD])
     logits, _ = model(x)
     logits.retain_grad()
-    F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=IGNORE).backward()
+    F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1),
+                    ignore_index=IGNORE_INDEX).backward()
     grad = logits.grad.abs().sum(dim=-1)
-    masked = y == IGNORE
+    masked = y == IGNORE_INDEX
     assert masked.any() and (~masked).any()
     assert torch.all(grad[masked] == 0)          # prompt and padding: exactly zero
     assert torch.all(grad[~masked] > 0)          # every answer position: a gradient
@@ -82,9 +83,10 @@ def test_bucketed_batches_group_lengths_cover_everything_and_resume():
                 for n in rng.integers(2, 60, size=256)]
     batches = BucketedBatches(examples, batch_size=8, pad_id=0, seed=1, bucket_batches=8)
     epoch = [batches.next() for _ in range(32)]
-    seen = sorted(int((y != IGNORE).sum(dim=1)[i]) for _, y in epoch for i in range(len(y)))
+    seen = sorted(int((y != IGNORE_INDEX).sum(dim=1)[i]) for _, y in epoch for i in range(len(y)))
     assert seen == sorted(len(e.inputs) for e in examples)  # each example exactly once
-    padding = sum(int((y == IGNORE).sum()) for _, y in epoch) / sum(y.numel() for _, y in epoch)
+    padded = sum(int((y == IGNORE_INDEX).sum()) for _, y in epoch)
+    padding = padded / sum(y.numel() for _, y in epoch)
     assert padding < 0.15  # random batching of these lengths pads about 45%
     state = batches.get_state()
     expected = [batches.next()[0] for _ in range(5)]

@@ -24,7 +24,7 @@ def test_prefect_yaml_deploys_nightly_and_on_demand(tmp_path):
     server = Process([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
                       "--port", str(port)], env, tmp_path, tmp_path / "server.log")
     try:
-        wait_for(f"{api}/health", timeout=120)
+        wait_for(f"{api}/health")
 
         def prefect(*args: str) -> str:
             result = subprocess.run([str(BIN / "prefect"), *args], env=env, cwd=ROOT,

@@ -183,7 +183,7 @@ def test_rollback_moves_champion_back_the_service_follows_and_history_has_every_
     params = load_params()
     proc, url = start_service(tracking_uri(params), project)
     try:
-        wait_for(f"{url}/health", timeout=120)
+        wait_for(f"{url}/health")
         assert httpx.get(f"{url}/health").json()["version"] == forced
         assert cli.main(["promote", "--rollback"]) == 0
         assert f"rolled back from version {forced} to version {first}" in capsys.readouterr().out

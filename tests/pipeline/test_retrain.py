@@ -279,7 +279,7 @@ def test_the_summary_and_the_ui_link_the_run_the_runs_table_and_the_version(firs
     ui = Process([str(Path(sys.executable).with_name("tinygpt")), "ui", "mlflow", "--port",
                   str(port)], dict(os.environ), project, project / "ui.log")
     try:
-        wait_for(f"http://127.0.0.1:{port}/health", timeout=120)
+        wait_for(f"http://127.0.0.1:{port}/health")
         shown = (project / "ui.log").read_text()
         assert f"run     http://127.0.0.1:{port}/#/experiments/{experiment}/runs/" in shown
         assert f"version http://127.0.0.1:{port}/#/models/tinygpt/versions/1" in shown

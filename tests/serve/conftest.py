@@ -147,7 +147,9 @@ def sse_events(response: httpx.Response) -> Iterator[tuple[str | None, dict]]:
             yield event, json.loads(line.removeprefix("data: "))
 
 
-def wait_for(url: str, status: int = 200, timeout: float = 90.0) -> httpx.Response:
+def wait_for(url: str, status: int = 200, timeout: float = 180.0) -> httpx.Response:
+    """The first answer of `status` from url. A service starting beside the suite's other
+    work on 2 cores once took over 90 s, so the default wait is long: it costs only a failure."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:

@@ -205,7 +205,7 @@ def test_registry_unreachable_at_start_gives_503_then_recovers(registry, tmp_pat
             [str(BIN / "mlflow"), "server", "--backend-store-uri", registry.uri,
              "--host", "127.0.0.1", "--port", str(port)],
             dict(__import__("os").environ), tmp_path, tmp_path / "mlflow-server.log")
-        health = wait_for(f"{url}/health", status=200, timeout=120).json()
+        health = wait_for(f"{url}/health").json()
         assert health["model"] == "tinygpt"
     finally:
         proc.stop()
@@ -237,7 +237,7 @@ def test_mlflow_models_serve_answers_with_the_same_pyfunc(registry, tmp_path):
                       "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
                      env, tmp_path, tmp_path / "models-serve.log")
     try:
-        wait_for(f"http://127.0.0.1:{port}/ping", timeout=120)
+        wait_for(f"http://127.0.0.1:{port}/ping")
         body = {"dataframe_records": [{"prompt": "ROMEO:"}, {"prompt": "JULIET:"}],
                 "params": {"max_new_tokens": 8, "seed": 3, "temperature": 0.0}}
         first = httpx.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=60)

@@ -274,7 +274,7 @@ def test_the_service_serves_the_stack_champion_and_swaps_mid_stream(stack: Stack
     champion = client.get_model_version_by_alias("tinygpt", "champion")
     proc, url = start_service(uri, stack.root)
     try:
-        wait_for(f"{url}/health", timeout=120)
+        wait_for(f"{url}/health")
         assert httpx.get(f"{url}/health").json()["version"] == str(champion.version)
         body = {"prompt": "ROMEO:", "max_new_tokens": 1000, "temperature": 0.8, "seed": 1}
         with httpx.stream("POST", f"{url}/generate/stream", json=body, timeout=120) as stream:
@@ -317,7 +317,7 @@ def test_the_page_chain_runs_on_the_worker_and_shows_the_new_version(stack: Stac
     proc, url = start_service(stack.env["MLFLOW_TRACKING_URI"], stack.root,
                               env={"PREFECT_API_URL": api})
     try:
-        wait_for(f"{url}/health", timeout=120)
+        wait_for(f"{url}/health")
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
             page = browser.new_page(viewport={"width": 1100, "height": 900})
