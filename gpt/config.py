@@ -253,6 +253,10 @@ class TrainConfig:
     optimizer: str = "muon"
     muon_lr: float = 0.02          # muon: its own peak rate, on the same schedule
     muon_momentum: float = 0.95
+    # Share of the training tokens (the split's start, at most CALIBRATION_MAX_TOKENS) held out to
+    # fit one temperature for the logits after training, folded into best/ (gpt/calibrate.py);
+    # 0: none. The validation split stays out of it.
+    calibration_share: float = 0.02
     # Compile the training step (forward and backward) with torch.compile; where that fails
     # (no C++ compiler, an unsupported op), training goes on uncompiled. auto: where it was
     # measured faster, long enough to repay compiling (gpt.train.pick_compile).
@@ -282,6 +286,9 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError("train.beta1 and train.beta2 must be in [0, 1)")
+        if not 0 <= self.calibration_share < 0.5:
+            raise ValueError(f"train.calibration_share must be in [0, 0.5), got "
+                             f"{self.calibration_share!r}")
         _one_of("train", "dtype", self.dtype, DTYPES)
         if self.compile not in (True, False, "auto"):
             raise ValueError(f"train.compile must be true, false or auto; got {self.compile!r}")

@@ -63,7 +63,8 @@ def train_from_text(input_path: str | Path, out_dir: str | Path, params: Params,
     metrics = evaluate_tokens(best, val_ids, len(val_text.encode("utf-8")),
                               cfg.batch_size, trainer.dtype)
     prompt = params.sample.prompt
-    metrics.update(steps=result.steps, train_seconds=result.seconds,
+    metrics.update(steps=result.steps, temperature=result.temperature,
+                   train_seconds=result.seconds,
                    tokens_per_s=result.tokens_per_s, wall_seconds=time.perf_counter() - started,
                    sample=generate_text(best, tokenizer, prompt, params.sample.sampling()))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

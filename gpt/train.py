@@ -23,7 +23,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from gpt.batches import InputNoise, RandomWindows, StridedWindows
+from gpt.batches import InputNoise, RandomWindows, StridedWindows, sequential_windows
+from gpt.calibrate import fit_temperature, fold_temperature
 from gpt.checkpoint import (
     OPTIMIZER_FILE,
     STATE_FILE,
@@ -65,6 +66,7 @@ class TrainResult:
     latest_dir: Path
     history: list[dict] = field(default_factory=list)   # the evals
     losses: list[dict] = field(default_factory=list)    # the train loss every log_interval
+    temperature: float = 1.0  # what best/'s logits were divided by (train.calibration_share)
 
 
 def pick_device(name: str) -> torch.device:
@@ -300,7 +302,8 @@ class Trainer:
                  val_batches: Callable[[], Iterable[Batch]], cfg: TrainConfig,
                  out_dir: str | Path, callback: Callback | None = None,
                  assets_dir: str | Path | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> None:
+                 should_stop: Callable[[], bool] | None = None,
+                 calibration_batches: Callable[[], Iterable[Batch]] | None = None) -> None:
         self.cfg = cfg
         self.should_stop = should_stop or (lambda: False)
         self.device = pick_device(cfg.device)
@@ -323,6 +326,8 @@ class Trainer:
         self.assets_dir = Path(assets_dir) if assets_dir is not None else None
         self.train_batches = train_batches
         self.val_batches = val_batches
+        self.calibration_batches = calibration_batches
+        self.temperature = 1.0
         self.optimizer = build_optimizer(self.model, cfg, self.dtype)
         self.step = 0
         self.best_val_loss = math.inf
@@ -511,12 +516,26 @@ class Trainer:
                     self.save(improved=False)
                     raise TrainingInterrupted(self.step, self.latest_dir)
         seconds = time.perf_counter() - started
+        if self.calibration_batches is not None and self.lead:
+            self._calibrate()
         return TrainResult(
             steps=self.step, best_val_loss=self.best_val_loss, last_val_loss=self.last_val_loss,
             stopped_early=stopped_early, seconds=seconds,
             tokens_per_s=total_tokens / max(seconds, 1e-9),
             best_dir=self.best_dir, latest_dir=self.latest_dir, history=self.history,
-            losses=self.losses)
+            losses=self.losses, temperature=self.temperature)
+
+    def _calibrate(self) -> None:
+        """Fold into best/ the temperature that fits the held-out calibration tokens."""
+        model = load_model(self.best_dir, self.device)
+        with autocast(self.device, self.dtype):
+            fit = fit_temperature(model, self.calibration_batches())
+        fold_temperature(model, fit.temperature)
+        atomic_directory(self.best_dir,
+                         lambda tmp: write_model_files(model, tmp, self.assets_dir))
+        self.temperature = fit.temperature
+        log.info("calibrated best/ on %d held-out training tokens: logits / %.3f, loss %.4f -> "
+                 "%.4f", fit.tokens, fit.temperature, fit.loss_before, fit.loss_after)
 
 
 def time_left(elapsed: float, steps_done: int, steps_left: int, max_seconds: float) -> float:
@@ -532,9 +551,11 @@ def windows_trainer(model: GPT, train_tokens: np.ndarray, val_tokens: np.ndarray
                     input_noise: float = 0.0, **options) -> Trainer:
     """A Trainer on windows of token arrays (pretraining): random ones, or with a stride
     every window at that stride once per epoch; with input_noise, that share of their input
-    tokens replaced by random training tokens."""
+    tokens replaced by random training tokens. With train.calibration_share, the training
+    tokens' start is held out to calibrate best/ after training (gpt/calibrate.py)."""
     device = pick_device(cfg.device)
     block = model.config.block_size
+    train_tokens, calibration = hold_out_calibration(train_tokens, cfg.calibration_share, block)
     windows = (RandomWindows(train_tokens, block, cfg.batch_size, cfg.seed, device)
                if stride is None else
                StridedWindows(train_tokens, block, cfg.batch_size, cfg.seed, stride, device))
@@ -546,4 +567,26 @@ def windows_trainer(model: GPT, train_tokens: np.ndarray, val_tokens: np.ndarray
         windows = RandomWindows(val_tokens, block, cfg.batch_size, 0, device)
         return [windows.next() for _ in range(cfg.eval_iters)]
 
-    return Trainer(model, train, val_batches, cfg, out_dir, **options)
+    def calibration_batches() -> Iterable[Batch]:
+        return sequential_windows(calibration, block, cfg.batch_size)
+
+    return Trainer(model, train, val_batches, cfg, out_dir, **options,
+                   calibration_batches=calibration_batches if len(calibration) else None)
+
+
+CALIBRATION_MAX_TOKENS = 65_536  # plenty to fit one number; a bigger corpus holds out no more
+
+
+def calibration_size(tokens: int, share: float, block: int) -> int:
+    """How many of a training split's tokens calibration holds out: share of them, at least
+    one window's worth, at most CALIBRATION_MAX_TOKENS; none with share 0."""
+    return 0 if share <= 0 else max(block + 1, min(round(share * tokens), CALIBRATION_MAX_TOKENS))
+
+
+def hold_out_calibration(tokens: np.ndarray, share: float, block: int
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """(the tokens to train on, the start held out for calibration). The start, not the end:
+    the end runs on into the validation split (the same play, on Tiny Shakespeare), and
+    holding it out cost make run 0.3 nats of val loss."""
+    cut = calibration_size(len(tokens), share, block)
+    return tokens[cut:], tokens[:cut]

@@ -40,7 +40,7 @@ from gpt.files import atomic_file, read_json, replace_directory, write_json
 from gpt.generate import generate_text
 from gpt.model import GPT
 from gpt.tokenizer import Tokenizer, load_tokenizer
-from gpt.train import Trainer, pick_device, windows_trainer
+from gpt.train import Trainer, calibration_size, pick_device, windows_trainer
 from tasks.common import BEST, LATEST, LOSS_CSV, MANIFEST, TRAIN_METRICS
 from tasks.interrupt import check_stop, stop_requested
 from tasks.kinds import kind_of
@@ -52,13 +52,18 @@ SAMPLE_PROMPTS = ("", "ROMEO:", "The king")
 Callback = Callable[[dict[str, Any]], None] | None
 
 
-def check_windows(manifest: dict[str, Any], block_size: int) -> None:
-    """Refuse, before training, a corpus too small to fill one window of either split."""
+def check_windows(manifest: dict[str, Any], block_size: int, calibration_share: float) -> None:
+    """Refuse, before training, a corpus too small to fill one window of either split (the
+    training split's once calibration has held out its share)."""
     for split in ("train", "val"):
-        if manifest[split]["tokens"] < block_size + 1:
+        tokens = manifest[split]["tokens"]
+        held = calibration_size(tokens, calibration_share, block_size) if split == "train" else 0
+        if tokens - held < block_size + 1:
             raise CorpusError(
-                f"corpus too small: the {split} split has {manifest[split]['tokens']} tokens, "
-                f"fewer than one training window of model.block_size + 1 = {block_size + 1}")
+                f"corpus too small: the {split} split has {tokens} tokens"
+                + (f", {held} of them held out for calibration (train.calibration_share)"
+                   if held else "")
+                + f", fewer than one training window of model.block_size + 1 = {block_size + 1}")
 
 
 def text_trainer(params: Params, tokenizer: Tokenizer, out: Path, callback: Callback,
@@ -66,7 +71,8 @@ def text_trainer(params: Params, tokenizer: Tokenizer, out: Path, callback: Call
     """Windows of the token shards (data.windows), fresh weights from the seed."""
     tokens_dir = params.path("tokens")
     model_cfg = params.model_config(tokenizer.vocab_size)
-    check_windows(read_json(tokens_dir / MANIFEST), model_cfg.block_size)
+    check_windows(read_json(tokens_dir / MANIFEST), model_cfg.block_size,
+                  params.train.calibration_share)
     torch.manual_seed(params.train.seed)  # the initial weights too come from the seed
     train, val = (mapped_tokens(tokens_dir, split, scratch / f"{split}.npy")
                   for split in ("train", "val"))
@@ -211,7 +217,8 @@ def fit(params: Params, staging: Path, run_id: str | None, resume: bool) -> dict
     return {"steps": result.steps, "best_val_loss_estimate": result.best_val_loss,
             "train_seconds": round(result.seconds, 2),
             "tokens_per_s": round(result.tokens_per_s, 1),
-            "stopped_early": result.stopped_early, "parameters": trainer.model.num_params(),
+            "stopped_early": result.stopped_early, "temperature": result.temperature,
+            "parameters": trainer.model.num_params(),
             "base_version": base_version, "resumed_from_step": resumed_from,
             "nproc": trainer.world_size, "history": result.history, "losses": result.losses,
             "model": trainer.model.config.to_dict()}

@@ -24,9 +24,9 @@ def code(*paths: str) -> tuple[str, ...]:
 
 
 # What the train step runs, and what scoring a model (evaluate) runs with it, for any kind.
-TRAIN_CODE = ("gpt/batches.py", "gpt/checkpoint.py", "gpt/data.py", "gpt/generate.py",
-              "gpt/loss.py", "gpt/model.py", "gpt/muon.py", "gpt/tokenizer", "gpt/train.py",
-              "tasks/train.py")
+TRAIN_CODE = ("gpt/batches.py", "gpt/calibrate.py", "gpt/checkpoint.py", "gpt/data.py",
+              "gpt/generate.py", "gpt/loss.py", "gpt/model.py", "gpt/muon.py", "gpt/tokenizer",
+              "gpt/train.py", "tasks/train.py")
 MODEL_CODE = ("gpt/checkpoint.py", "gpt/data.py", "gpt/generate.py", "gpt/loss.py",
               "gpt/model.py", "gpt/tokenizer")
 

@@ -187,3 +187,12 @@ def test_chunks_add_up_to_one_verdict_and_one_report(tmp_path):
     assert len(pages) == 1  # one Data Docs page for the whole table
     shown = html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", pages[0].read_text())))
     assert "values must be unique. 2 unexpected values found. 5% of 40 total rows" in shown
+
+
+def test_a_training_split_that_fills_a_window_only_with_the_calibration_tokens_is_refused():
+    from tasks.train import check_windows
+
+    manifest = {"train": {"tokens": 200}, "val": {"tokens": 200}}
+    check_windows(manifest, block_size=128, calibration_share=0.0)
+    with pytest.raises(ValueError, match=r"129 of them held out for calibration"):
+        check_windows(manifest, block_size=128, calibration_share=0.02)

@@ -231,7 +231,7 @@ def test_failed_checkpoint_write_leaves_the_previous_one_intact(tmp_path):
 
 @pytest.mark.parametrize(("field", "value"), [
     ("learning_rate", -1.0), ("max_steps", 0), ("batch_size", -4), ("dtype", "float8"),
-    ("beta1", 1.5),
+    ("beta1", 1.5), ("calibration_share", -0.1), ("calibration_share", 0.5),
 ])
 def test_nonsense_training_parameters_are_refused(field, value):
     with pytest.raises(ValueError, match=f"train.{field}"):
