@@ -1,6 +1,8 @@
-"""Training throughput: ours (fp32; bf16 autocast with the fused attention, and with
-`model.attn_impl: auto`, eager and compiled) against transformers' GPT2LMHeadModel and a
-nanoGPT-shaped model, same shape, same batches, same machine, interleaved rounds. No contender
+"""Training throughput: ours (fp32, eager and compiled; bf16 autocast with the fused
+attention, and with `model.attn_impl: auto`, eager and compiled) against transformers'
+GPT2LMHeadModel and a nanoGPT-shaped model (eager, and compiled as nanoGPT trains by default),
+same shape, same batches, same machine, interleaved rounds. The first two steps of each
+contender are its warm-up, timed apart: a compiled contender compiles there. No contender
 uses dropout (nanoGPT's default for pretraining; the peers here have none). On CUDA every model
 and batch is on the GPU, and the clock is read after a synchronize.
 
@@ -152,13 +154,14 @@ def transformers_gpt2(device: torch.device) -> tuple[Step, int]:
     return step, sum(p.numel() for p in model.parameters()) - BLOCK * EMBD
 
 
-def nanogpt(device: torch.device) -> tuple[Step, int]:
+def nanogpt(device: torch.device, compiled: bool = False) -> tuple[Step, int]:
     torch.manual_seed(0)
     model = NanoGPT(VOCAB, BLOCK, LAYERS, HEADS, EMBD).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    forward = torch.compile(model) if compiled else model  # nanoGPT's compile=True
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        loss = model(x, y)
+        loss = forward(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -174,16 +177,19 @@ def random_batches(count: int, batch: int, device: torch.device, seed: int) -> l
             for _ in range(count)]
 
 
-def tokens_per_s(step: Step, steps: int, batch: int, device: torch.device) -> float:
+def tokens_per_s(step: Step, steps: int, batch: int, device: torch.device
+                 ) -> tuple[float, float]:
+    """(tokens/s after two warm-up steps, the warm-up's seconds: compilation included)."""
     batches = random_batches(steps + 2, batch, device, seed=0)
-    for b in batches[:2]:  # warm-up (and compilation)
+    started = time.perf_counter()
+    for b in batches[:2]:
         step(b[:, :-1], b[:, 1:])
     synchronize(device)
-    started = time.perf_counter()
+    warmed = time.perf_counter()
     for b in batches[2:]:
         step(b[:, :-1], b[:, 1:])
     synchronize(device)
-    return steps * batch * BLOCK / (time.perf_counter() - started)
+    return steps * batch * BLOCK / (time.perf_counter() - warmed), warmed - started
 
 
 def gigas(rates: dict[str, float]) -> dict[str, float]:
@@ -204,7 +210,10 @@ def main() -> None:
     contenders: dict[str, tuple[Callable[[], tuple[Step, int]], str]] = {
         "transformers GPT2LMHeadModel fp32": (lambda: transformers_gpt2(device), "float32"),
         "nanoGPT-shaped fp32": (lambda: nanogpt(device), "float32"),
+        "nanoGPT-shaped fp32, compiled": (lambda: nanogpt(device, compiled=True), "float32"),
         "tinygpt fp32": (lambda: ours(device, torch.float32), "float32"),
+        "tinygpt fp32, compiled": (lambda: ours(device, torch.float32, compiled=True),
+                                   "float32"),
         "tinygpt bf16 autocast": (lambda: ours(device, torch.bfloat16), "bfloat16"),
         "tinygpt bf16 autocast, attn_impl auto": (
             lambda: ours(device, torch.bfloat16, attention="auto"), "bfloat16"),
@@ -212,12 +221,14 @@ def main() -> None:
             lambda: ours(device, torch.bfloat16, compiled=True, attention="auto"), "bfloat16"),
     }
     best: dict[str, float] = {}
+    warmup: dict[str, float] = {}  # the first round's: later rounds reuse compiled kernels
     params: dict[str, int] = {}
     for round_ in range(args.rounds):
         for name, (build, _) in contenders.items():
             step, params[name] = build()
-            best[name] = max(best.get(name, 0.0),
-                             tokens_per_s(step, args.steps, args.batch, device))
+            rate, seconds = tokens_per_s(step, args.steps, args.batch, device)
+            best[name] = max(best.get(name, 0.0), rate)
+            warmup.setdefault(name, seconds)
             print(f"round {round_ + 1}: {name}: {best[name]:,.0f} tok/s", flush=True)
     reference = best["transformers GPT2LMHeadModel fp32"]
     rows = []
@@ -225,15 +236,17 @@ def main() -> None:
         achieved = flops_per_token(params[name]) * best[name]
         rows.append({"model": name, "tokens_per_s": best[name],
                      "vs_transformers_fp32": best[name] / reference,
+                     "vs_nanogpt_fp32": best[name] / best["nanoGPT-shaped fp32"],
                      "model_gflops": achieved / 1e9,
                      "pct_of_matmul": 100 * achieved / peak[dtype],
-                     "pct_of_own_gemms": 100 * achieved / own[dtype]})
+                     "pct_of_own_gemms": 100 * achieved / own[dtype],
+                     "warmup_s": warmup[name]})
     print(f"\n{LAYERS} layers x {EMBD}, block {BLOCK}, batch {args.batch}, vocab {VOCAB}, "
           f"{args.device}; matmul {peak['float32'] / 1e9:.0f} GFLOP/s fp32, "
           f"{peak['bfloat16'] / 1e9:.0f} bf16; the model's own GEMMs alone "
           f"{own['float32'] / 1e9:.0f} fp32, {own['bfloat16'] / 1e9:.0f} bf16")
-    print(table(rows, ["model", "tokens_per_s", "vs_transformers_fp32", "model_gflops",
-                       "pct_of_matmul", "pct_of_own_gemms"]))
+    print(table(rows, ["model", "tokens_per_s", "vs_transformers_fp32", "vs_nanogpt_fp32",
+                       "model_gflops", "pct_of_matmul", "pct_of_own_gemms", "warmup_s"]))
     profiles = {}
     for name, (dtype, attention) in {"float32": (torch.float32, "sdpa"),
                                      "bfloat16": (torch.bfloat16, "sdpa"),
