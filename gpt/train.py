@@ -467,7 +467,9 @@ class Trainer:
         return 0 < self.cfg.patience <= self.bad_evals
 
     def fit(self, stop_at: int | None = None) -> TrainResult:
-        """Train until max_steps (or stop_at, an earlier step, keeping the same schedule)."""
+        """Train until max_steps (or stop_at, an earlier step, keeping the same schedule). A run
+        that finishes (its steps done, stopped early or out of time) calibrates best/; one
+        stopped at stop_at leaves that to the run that resumes it."""
         with deterministic_kernels(self.compiled):
             return self._fit(stop_at)
 
@@ -477,7 +479,8 @@ class Trainer:
         self.model.train()
         first_step = self.step
         started = window_start = time.perf_counter()
-        window_tokens, total_tokens, loss, stopped_early = 0, 0, math.nan, False
+        window_tokens, total_tokens, loss = 0, 0, math.nan
+        stopped_early = out_of_time = False
         log.info("training %.2fM parameters on %s in %s, %s, for %d steps",
                  self.model.num_params() / 1e6, self.device,
                  describe_precision(cfg.dtype, self.device, self.dtype),
@@ -516,7 +519,8 @@ class Trainer:
                     self.save(improved=False)
                     raise TrainingInterrupted(self.step, self.latest_dir)
         seconds = time.perf_counter() - started
-        if self.calibration_batches is not None and self.lead:
+        finished = self.step >= cfg.max_steps or stopped_early or out_of_time
+        if finished and self.calibration_batches is not None and self.lead:
             self._calibrate()
         return TrainResult(
             steps=self.step, best_val_loss=self.best_val_loss, last_val_loss=self.last_val_loss,
@@ -586,7 +590,7 @@ def calibration_size(tokens: int, share: float, block: int) -> int:
 def hold_out_calibration(tokens: np.ndarray, share: float, block: int
                          ) -> tuple[np.ndarray, np.ndarray]:
     """(the tokens to train on, the start held out for calibration). The start, not the end:
-    the end runs on into the validation split (the same play, on Tiny Shakespeare), and
-    holding it out cost make run 0.3 nats of val loss."""
+    the end runs on into the validation split (the same play, on Tiny Shakespeare): held out,
+    it would take from training the text nearest to what the model is scored on."""
     cut = calibration_size(len(tokens), share, block)
     return tokens[cut:], tokens[:cut]

@@ -63,6 +63,20 @@ def test_training_holds_out_the_calibration_tokens_and_calibrates_best(tmp_path)
     assert again.temperature == pytest.approx(1.0, abs=2e-3)  # best/ holds the fitted fold
 
 
+def test_a_run_stopped_before_its_end_leaves_calibration_to_the_run_that_finishes(tmp_path):
+    def trainer():
+        return windows_trainer(new_model(dropout=0.0), tokens(3000), tokens(500, 1),
+                               small_config(calibration_share=0.1), tmp_path)
+
+    stopped = trainer()
+    assert stopped.fit(stop_at=6).temperature == 1.0
+    best = load_model(tmp_path / "best").state_dict()  # step 6's eval, the first, is the best
+    assert all(torch.equal(best[k], v) for k, v in stopped.model.state_dict().items())
+    resumed = trainer()
+    resumed.resume()
+    assert resumed.fit().temperature != 1.0
+
+
 @pytest.mark.parametrize(("length", "share", "held"), [
     (3000, 0.1, 300), (3000, 0.001, 17), (4_000_000, 0.02, CALIBRATION_MAX_TOKENS), (3000, 0.0, 0)])
 def test_the_held_out_share_is_at_least_a_window_and_at_most_the_cap(length, share, held):
