@@ -14,6 +14,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+Batch = tuple[torch.Tensor, torch.Tensor]  # (inputs, targets), each (B, T)
+
 
 class _Windows:
     """What both samplers share: the token array, the window shape, a seeded generator, and
@@ -31,7 +33,7 @@ class _Windows:
         self.generator = torch.Generator().manual_seed(seed)
         self._offsets = np.arange(block_size + 1)
 
-    def _cut(self, starts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _cut(self, starts: np.ndarray) -> Batch:
         windows = torch.from_numpy(
             self.tokens[starts[:, None] + self._offsets].astype(np.int64))
         if self.device.type == "cuda":
@@ -42,7 +44,7 @@ class _Windows:
 class RandomWindows(_Windows):
     """Batches of (input, target) windows at random offsets of a token array, seeded."""
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next(self) -> Batch:
         high = len(self.tokens) - self.block_size
         return self._cut(torch.randint(high, (self.batch_size,),
                                        generator=self.generator).numpy())
@@ -77,7 +79,7 @@ class StridedWindows(_Windows):
         self.position = 0
         self.epoch += 1
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next(self) -> Batch:
         picked: list[np.ndarray] = []
         wanted = self.batch_size
         while wanted:
@@ -118,7 +120,7 @@ class InputNoise:
         self.windows, self.p = windows, p
         self.generator = torch.Generator().manual_seed(seed)
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next(self) -> Batch:
         x, y = self.windows.next()
         hit = torch.rand(x.shape, generator=self.generator) < self.p
         picks = torch.randint(len(self.windows.tokens), (int(hit.sum()),),
@@ -138,7 +140,7 @@ class InputNoise:
 
 
 def sequential_windows(tokens: np.ndarray, block_size: int, batch_size: int
-                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                       ) -> Iterator[Batch]:
     """Every token of the array scored once: consecutive non-overlapping windows, batched,
     cut as they are needed (the array may be memory-mapped).
 

@@ -20,10 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
+from gpt.batches import Batch
 from gpt.loss import head_cross_entropy
 from gpt.model import GPT
-
-Batch = tuple[torch.Tensor, torch.Tensor]
 
 # The temperatures searched (a golden-section search on log t, to a relative step of 1e-4).
 LOWEST, HIGHEST, TOLERANCE = 0.05, 20.0, 1e-4

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from gpt.batches import InputNoise, RandomWindows, StridedWindows, sequential_windows
+from gpt.batches import Batch, InputNoise, RandomWindows, StridedWindows, sequential_windows
 from gpt.calibrate import fit_temperature, fold_temperature
 from gpt.checkpoint import (
     OPTIMIZER_FILE,
@@ -45,7 +45,6 @@ from gpt.progress import Bar, duration
 log = logging.getLogger("tinygpt.train")
 
 Callback = Callable[[dict], None]
-Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class BatchSource(Protocol):

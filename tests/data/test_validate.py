@@ -16,6 +16,7 @@ import pytest
 
 from gpt.config import Params, build_params
 from tasks.ingest import MIRROR_ENV, fetch, ingest, read_records, split_paragraphs
+from tasks.train import check_windows
 from tasks.validate import DataValidationError, validate
 from tests.scratch import ROOT
 
@@ -190,8 +191,6 @@ def test_chunks_add_up_to_one_verdict_and_one_report(tmp_path):
 
 
 def test_a_training_split_that_fills_a_window_only_with_the_calibration_tokens_is_refused():
-    from tasks.train import check_windows
-
     manifest = {"train": {"tokens": 200}, "val": {"tokens": 200}}
     check_windows(manifest, block_size=128, calibration_share=0.0)
     with pytest.raises(ValueError, match=r"129 of them held out for calibration"):
