@@ -10,6 +10,12 @@ signal ends the process at once, wherever the run is.
 
 A watcher thread that finds a server gone requests a stop the same way (`request_stop`), with
 a reason that names the server.
+
+The signal handler takes no lock: Python runs it in the main thread between two bytecodes,
+perhaps inside a logging handler's critical section (Prefect's log shipper holds plain locks),
+so logging from it could wait on the main thread itself, forever. It answers the terminal with
+one write to the stderr descriptor instead, and the stop is marked in a list, whose `append`
+is atomic.
 """
 
 from __future__ import annotations
@@ -17,15 +23,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 log = logging.getLogger("tinygpt.interrupt")
-_STOP = threading.Event()
-_reason: list[str] = []
-_abortable = threading.Event()
+_reasons: list[str] = []  # a stop was requested when non-empty; the first reason wins
+_abortable: list[bool] = []  # non-empty inside an abortable() section
 
 
 class RunInterrupted(RuntimeError):
@@ -33,26 +37,25 @@ class RunInterrupted(RuntimeError):
 
 
 def stop_requested() -> bool:
-    return _STOP.is_set()
+    return bool(_reasons)
 
 
 def stop_reason() -> str:
     """What stopped the run, as the end of "run stopped by ...": 'SIGINT', 'SIGTERM', or
     'the loss of the Prefect server http://...: connection refused'."""
-    return _reason[-1] if _reason else "request"
+    return _reasons[0] if _reasons else "request"
 
 
 def check_stop() -> None:
     """Raise RunInterrupted if a stop was requested."""
-    if _STOP.is_set():
+    if _reasons:
         raise RunInterrupted(f"run stopped by {stop_reason()}")
 
 
 def request_stop(reason: str) -> None:
     """Ask the run to stop at its next safe point (from any thread); the first reason wins."""
-    if not _STOP.is_set():
-        _reason.append(reason)
-        _STOP.set()
+    if not _reasons:
+        _reasons.append(reason)
         log.warning("stopping the run: %s", reason)
 
 
@@ -60,7 +63,7 @@ def request_stop(reason: str) -> None:
 def abortable() -> Iterator[None]:
     """A stretch of the run that a signal may stop at once (its outputs are written whole,
     and a failed run puts back what was there)."""
-    _abortable.set()
+    _abortable.append(True)
     try:
         check_stop()
         yield
@@ -68,29 +71,32 @@ def abortable() -> Iterator[None]:
         _abortable.clear()
 
 
+def _tell_terminal(text: str) -> None:
+    """One line to stderr, straight to its descriptor: no lock, no logging handler."""
+    with suppress(OSError):  # no stderr to answer on: the stop goes ahead all the same
+        os.write(2, f"tinygpt: {text}\n".encode())
+
+
 def _exit_at_once(name: str, signum: int) -> None:
     """The second signal: exit now, as kill -9 would (a raised KeyboardInterrupt can land in
     a garbage collector's callback, where Python ignores it). Everything a run writes
     survives that: the kernel frees the run lock, the embedded Prefect server follows its
     parent, and the next run closes this one and resumes its training."""
-    sys.stderr.write(f"tinygpt: {name} again: stopped at once; the next run (or `tinygpt gc "
-                     f"--apply`) closes this one, and training resumes from its last "
-                     f"checkpoint\n")
-    sys.stderr.flush()
+    _tell_terminal(f"{name} again: stopped at once; the next run (or `tinygpt gc --apply`) "
+                   f"closes this one, and training resumes from its last checkpoint")
     os._exit(128 + signum)
 
 
 def _request_stop(signum: int, _frame: object) -> None:
     name = signal.Signals(signum).name
-    if _STOP.is_set():
+    if _reasons:
         _exit_at_once(name, signum)
-    _reason.append(name)
-    _STOP.set()
-    if _abortable.is_set():
+    _reasons.append(name)
+    if _abortable:
         _abortable.clear()  # the step's own clean-up runs uninterrupted
-        log.warning("%s: stopping now (send it again to exit at once)", name)
+        _tell_terminal(f"{name}: stopping now (send it again to exit at once)")
         raise RunInterrupted(f"run stopped by {name}")
-    log.warning("%s: stopping at the next safe point (send it again to stop now)", name)
+    _tell_terminal(f"{name}: stopping at the next safe point (send it again to stop now)")
 
 
 @contextmanager
@@ -108,6 +114,5 @@ def stop_on_signals() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        _STOP.clear()
-        _reason.clear()
+        _reasons.clear()
         _abortable.clear()
