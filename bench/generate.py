@@ -5,9 +5,10 @@ in fp32, bf16 and int8 weights (gpt/quantize.py), eager and with the compiled de
 (its compile time printed apart), timed over the decode loop alone; against
 transformers' `generate` with and without its KV cache (fp32, prefill included: its own
 count). Each row's share of the memory-bandwidth limit is weights bytes x tokens/s / the read
-rate measured in the same run. The int8 ceiling row times the int8 decoder's 25 matrix-vector
-products alone, back to back as one token runs them: what decoding would reach if nothing
-else in a step took time.
+rate measured in the same run, in every round beside the decoders (the best of each: a machine
+whose speed moves during the run moves both alike). The int8 ceiling row times the int8
+decoder's 25 matrix-vector products alone, back to back as one token runs them: what decoding
+would reach if nothing else in a step took time.
 
 Quality: a trained checkpoint (`--checkpoint`, else one trained here for `--train-seconds` on
 Tiny Shakespeare with params.yaml's defaults) decoded in each format: val bits per byte and
@@ -75,9 +76,10 @@ def time_hf(model, prompt: torch.Tensor, new: int, cache: bool) -> float:
     return new / (time.perf_counter() - started)
 
 
-def speed(rounds: int, new_tokens: int, bandwidth: float, compile_seconds: dict[str, float]
-          ) -> list[dict]:
-    """The speed rows; compile_seconds gets each format's compile time (its warm-up)."""
+def speed(rounds: int, new_tokens: int, compile_seconds: dict[str, float]
+          ) -> tuple[list[dict], float]:
+    """The speed rows and the read rate; compile_seconds gets each format's compile time (its
+    warm-up)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
@@ -101,7 +103,9 @@ def speed(rounds: int, new_tokens: int, bandwidth: float, compile_seconds: dict[
     sizes[INT8_CEILING] = sizes["tinygpt int8"]
     sizes["transformers generate, cache"] = weight_bytes_per_token(hf)
     best = {name: 0.0 for name in runs}
+    bandwidth = 0.0
     for _ in range(rounds):  # interleaved, so the machine's load falls on all alike
+        bandwidth = max(bandwidth, read_bandwidth())
         for name, run in runs.items():
             best[name] = max(best[name], run())
     reference = best["transformers generate, cache"]
@@ -112,7 +116,7 @@ def speed(rounds: int, new_tokens: int, bandwidth: float, compile_seconds: dict[
             row["weights_MB"] = sizes[name] / 1e6
             row["bandwidth_share"] = sizes[name] * value / bandwidth
         rows.append(row)
-    return rows
+    return rows, bandwidth
 
 
 def trained_checkpoint(args: argparse.Namespace, scratch: str) -> Path:
@@ -185,9 +189,8 @@ def main() -> None:
     parser.add_argument("--train-seconds", type=float, default=120.0,
                         help="without --checkpoint: how long to train one")
     args = parser.parse_args()
-    bandwidth = read_bandwidth()
     compile_seconds: dict[str, float] = {}
-    rows = speed(args.rounds, args.new_tokens, bandwidth, compile_seconds)
+    rows, bandwidth = speed(args.rounds, args.new_tokens, compile_seconds)
     print(f"batch 1, {PROMPT}-token prompt, {args.new_tokens} new tokens, greedy; memory "
           f"read rate {bandwidth / 1e9:.1f} GB/s; compiling the decode step took "
           + ", ".join(f"{s:.1f} s ({w})" for w, s in compile_seconds.items()))
