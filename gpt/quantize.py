@@ -105,9 +105,9 @@ class CompiledStep:
         dynamo.recompile_limit = max(dynamo.recompile_limit, self.RECOMPILE_LIMIT)
         self.eager = decoder.decode_step
         # Inductor's Python wrapper checks the size and stride of every tensor the step reads
-        # (130-odd checks for six layers) on each call: at batch 1, where the step's kernels
-        # are small, a share of a token's time worth saving, and Dynamo's guards have checked
-        # the same inputs before choosing the graph (the shapes are static).
+        # (each weight and cache of every layer) on each call: at batch 1, where the step's
+        # kernels are small, a share of a token's time worth saving, and Dynamo's guards have
+        # checked the same inputs before choosing the graph (the shapes are static).
         self.step = torch.compile(decoder.decode_step, dynamic=False,
                                   options={"size_asserts": False})
         self.compile_pending = True  # compiled on the first call (see _run)
