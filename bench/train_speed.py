@@ -9,7 +9,8 @@ and batch is on the GPU, and the clock is read after a synchronize.
 Also model FLOP/s (6 x params + attention per token, nanoGPT's estimate) as a share of a large
 matmul of the same dtype measured in the same run, and of the model's own GEMMs timed alone
 (each linear layer's forward product and its two backward ones, at one step's tokens); then
-where a step of ours spends its time, by kind of op (torch.profiler's self time).
+where a step of ours spends its time, by kind of op (torch.profiler's self time). The whole run
+allocates as training does (gpt.train.freed_memory_kept), every contender alike.
 
     python bench/train_speed.py [--steps 8] [--rounds 2] [--device cpu|cuda] [--batch 16]
 """
@@ -29,7 +30,13 @@ from bench.baselines import NanoGPT
 from bench.common import save, table
 from gpt.config import GPT2_BLOCK
 from gpt.model import GPT, GPTConfig
-from gpt.train import TrainConfig, autocast, build_optimizer, deterministic_kernels
+from gpt.train import (
+    TrainConfig,
+    autocast,
+    build_optimizer,
+    deterministic_kernels,
+    freed_memory_kept,
+)
 
 VOCAB, BLOCK, LAYERS, HEADS, EMBD = 8192, 256, 6, 6, 384
 Step = Callable[[torch.Tensor, torch.Tensor], None]
@@ -196,6 +203,7 @@ def gigas(rates: dict[str, float]) -> dict[str, float]:
     return {name: rate / 1e9 for name, rate in rates.items()}
 
 
+@freed_memory_kept()  # the peers too: one allocator setting for every contender
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=8)
