@@ -257,3 +257,37 @@ def test_a_modern_model_with_qk_norm_and_mlp_biases_is_not_exported(tmp_path):
     with pytest.raises(ValueError, match="Qwen3 has QK-norm but no MLP biases"):
         export_hf(tmp_path / "ckpt", tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+def test_hashed_dropout_masks_keep_the_right_share_independently_and_reproducibly():
+    from gpt.model import hashed_keep
+
+    shape, p = torch.Size([64, 128, 128]), 0.15
+    torch.manual_seed(0)
+    first, second = hashed_keep(shape, p, torch.device("cpu")), hashed_keep(shape, p, "cpu")
+    torch.manual_seed(0)
+    assert torch.equal(hashed_keep(shape, p, torch.device("cpu")), first)  # seeded: resumable
+    for mask in first, second:
+        assert abs(mask.float().mean().item() - (1 - p)) < 0.002
+    assert (first != second).float().mean().item() > 0.2  # each call draws its own seed
+    flat = first.flatten().float()
+    both = (flat[1:] * flat[:-1]).mean().item()  # neighbours kept together as often as chance
+    assert abs(both - (1 - p) ** 2) < 0.003
+
+
+def test_compiled_training_drops_by_the_hash_on_a_cpu():
+    from gpt.model import Dropout, hashed_keep
+    from gpt.train import compile_for_training
+
+    layer, x = Dropout(0.25).train(), torch.ones(256, 1024)
+    compiled = compile_for_training(layer)
+    torch.manual_seed(3)
+    out = compiled(x)
+    torch.manual_seed(3)
+    expected = torch.where(hashed_keep(x.shape, 0.25, x.device), x / 0.75, 0.0)
+    assert torch.equal(out, expected)  # the seed drawn from torch's generator, as eager draws it
+    assert abs((out == 0).float().mean().item() - 0.25) < 0.005
+    assert not torch.equal(compiled(x), out)  # the next call, the next seed
+    torch.manual_seed(3)
+    assert not torch.equal(layer(x), out)  # eager dropout stays torch's own
+    assert torch.equal(layer.eval()(x), x)
