@@ -127,7 +127,7 @@ def ours(device: torch.device, dtype: torch.dtype, compiled: bool = False,
     model = GPT(GPTConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=LAYERS, n_head=HEADS,
                           n_embd=EMBD, dropout=0.0, attn_impl=attention, **GPT2_BLOCK)).to(device)
     optimizer = build_optimizer(model, TrainConfig(optimizer="adamw"))  # the peers' block and rule
-    forward = compile_for_training(model) if compiled else model
+    forward = compile_for_training(model, device) if compiled else model
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         with deterministic_kernels(compiled):  # the backward compiles on its first call

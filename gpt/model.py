@@ -68,12 +68,13 @@ class KVCache:
 
 def hashed_keep(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
     """A dropout mask (True: kept, with probability 1 - p) from a counter-based hash: each
-    element's index, multiplied into 32 bits, mixed with a seed drawn from torch's generator
-    (so seeding and resuming reproduce it) and scrambled by xor-shift-multiply rounds."""
+    element's index (its low 32 bits), multiplied into 32 bits, mixed with a seed drawn from
+    torch's generator (so seeding and resuming reproduce it) and scrambled by
+    xor-shift-multiply rounds."""
     bits = 0xFFFFFFFF
     first, *rest = HASH_MULTIPLIERS
     index = torch.arange(math.prod(shape), device=device, dtype=torch.int64).view(shape)
-    h = (index * first & bits) ^ torch.randint(0, 2**32, (), device=device)
+    h = ((index & bits) * first & bits) ^ torch.randint(0, 2**32, (), device=device)
     for multiplier in rest:
         h = (h ^ (h >> 15)) * multiplier & bits
     return (h ^ (h >> 16)) >= round(p * 2**32)
@@ -82,8 +83,8 @@ def hashed_keep(shape: torch.Size, p: float, device: torch.device) -> torch.Tens
 def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     """F.dropout in training, except inside torch.compile on a CPU, where the mask comes from
     `hashed_keep`: integer arithmetic that the compiler fuses into its neighbours' loops and
-    vectorizes, where torch's random numbers are drawn element by element (the defaults'
-    compiled step 1.19x faster with the hash: README, Training speed)."""
+    vectorizes, where torch's random numbers are drawn element by element (README, Training
+    speed)."""
     if not (torch.compiler.is_compiling() and x.device.type == "cpu"):
         return F.dropout(x, p)
     return torch.where(hashed_keep(x.shape, p, x.device), x * (1 / (1 - p)), 0.0)
@@ -229,6 +230,8 @@ class CausalSelfAttention(nn.Module):
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         q_len, k_len = q.size(2), k.size(2)
         dropout = self.dropout if self.training else 0.0
+        if attention_form(self.impl, q, k_len) == "explicit":
+            return explicit_attention(q, k, v, causal_mask(q_len, k_len, q.device), dropout)
         if dropout > 0 and torch.compiler.is_compiling() and q.device.type == "cpu":
             # torch's attention with dropout runs written out here anyway, in fp32 (its
             # math form); written out by hand, its dropout is the hashed one
@@ -236,8 +239,6 @@ class CausalSelfAttention(nn.Module):
             with torch.autocast(q.device.type, enabled=False):
                 y = explicit_attention(q.float(), k.float(), v.float(), mask, dropout)
             return y.type_as(q)
-        if attention_form(self.impl, q, k_len) == "explicit":
-            return explicit_attention(q, k, v, causal_mask(q_len, k_len, q.device), dropout)
         if q_len == k_len:  # training, or the first forward of generation
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         if q_len == 1:      # one new token sees every cached position

@@ -195,12 +195,13 @@ def describe_compile(setting: bool | str, compiled: bool) -> str:
     return f"{what} (auto: {why})"
 
 
-def compile_for_training(model: torch.nn.Module) -> torch.nn.Module:
-    """model under torch.compile, as `train.compile` runs it. The random numbers left in the
-    graph are the dropout hash's seeds (gpt.model.hashed_keep), one per call: with
+def compile_for_training(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """model under torch.compile, as `train.compile` runs it. On a CPU the random numbers left
+    in the graph are the dropout hash's seeds (gpt.model.hashed_keep), one per call: with
     `fallback_random` each is one draw from torch's generator that the hash's kernel reads,
-    where inductor would recompute its own per vector of the kernel's loop."""
-    return torch.compile(model, options={"fallback_random": True})
+    where inductor would recompute its own per vector of the kernel's loop. A GPU keeps
+    inductor's own random numbers, drawn in parallel there."""
+    return torch.compile(model, options={"fallback_random": device.type == "cpu"})
 
 
 def autocast(device: torch.device, dtype: torch.dtype):
@@ -359,7 +360,7 @@ class Trainer:
         self.compiled = pick_compile(cfg, self.device)
         self.compile_pending = self.compiled  # compiled on the first step (see _forward)
         if self.compiled:
-            self.train_model = compile_for_training(self.train_model)
+            self.train_model = compile_for_training(self.train_model, self.device)
         self.out_dir = Path(out_dir)
         self.callback = (callback if self.lead and callback else (lambda event: None))
         self.assets_dir = Path(assets_dir) if assets_dir is not None else None

@@ -264,9 +264,10 @@ def test_hashed_dropout_masks_keep_the_right_share_independently_and_reproducibl
 
     shape, p = torch.Size([64, 128, 128]), 0.15
     torch.manual_seed(0)
-    first, second = hashed_keep(shape, p, torch.device("cpu")), hashed_keep(shape, p, "cpu")
+    cpu = torch.device("cpu")
+    first, second = hashed_keep(shape, p, cpu), hashed_keep(shape, p, cpu)
     torch.manual_seed(0)
-    assert torch.equal(hashed_keep(shape, p, torch.device("cpu")), first)  # seeded: resumable
+    assert torch.equal(hashed_keep(shape, p, cpu), first)  # seeded: resumable
     for mask in first, second:
         assert abs(mask.float().mean().item() - (1 - p)) < 0.002
     assert (first != second).float().mean().item() > 0.2  # each call draws its own seed
@@ -280,7 +281,7 @@ def test_compiled_training_drops_by_the_hash_on_a_cpu():
     from gpt.train import compile_for_training
 
     layer, x = Dropout(0.25).train(), torch.ones(256, 1024)
-    compiled = compile_for_training(layer)
+    compiled = compile_for_training(layer, torch.device("cpu"))
     torch.manual_seed(3)
     out = compiled(x)
     torch.manual_seed(3)
