@@ -80,12 +80,17 @@ def hashed_keep(shape: torch.Size, p: float, device: torch.device) -> torch.Tens
     return (h ^ (h >> 16)) >= round(p * 2**32)
 
 
+def hashed_dropout(x: torch.Tensor) -> bool:
+    """Whether dropout on x draws its mask from `hashed_keep`: inside torch.compile on a CPU,
+    where torch's random numbers are drawn element by element and the hash is integer
+    arithmetic that the compiler fuses into its neighbours' loops and vectorizes (README,
+    Training speed)."""
+    return torch.compiler.is_compiling() and x.device.type == "cpu"
+
+
 def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
-    """F.dropout in training, except inside torch.compile on a CPU, where the mask comes from
-    `hashed_keep`: integer arithmetic that the compiler fuses into its neighbours' loops and
-    vectorizes, where torch's random numbers are drawn element by element (README, Training
-    speed)."""
-    if not (torch.compiler.is_compiling() and x.device.type == "cpu"):
+    """F.dropout in training, with the hashed mask where `hashed_dropout`."""
+    if not hashed_dropout(x):
         return F.dropout(x, p)
     return torch.where(hashed_keep(x.shape, p, x.device), x * (1 / (1 - p)), 0.0)
 
@@ -229,22 +234,22 @@ class CausalSelfAttention(nn.Module):
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         q_len, k_len = q.size(2), k.size(2)
-        dropout = self.dropout if self.training else 0.0
+        dropout_p = self.dropout if self.training else 0.0
         if attention_form(self.impl, q, k_len) == "explicit":
-            return explicit_attention(q, k, v, causal_mask(q_len, k_len, q.device), dropout)
-        if dropout > 0 and torch.compiler.is_compiling() and q.device.type == "cpu":
+            return explicit_attention(q, k, v, causal_mask(q_len, k_len, q.device), dropout_p)
+        if dropout_p > 0 and hashed_dropout(q):
             # torch's attention with dropout runs written out here anyway, in fp32 (its
             # math form); written out by hand, its dropout is the hashed one
             mask = causal_mask(q_len, k_len, q.device)
             with torch.autocast(q.device.type, enabled=False):
-                y = explicit_attention(q.float(), k.float(), v.float(), mask, dropout)
+                y = explicit_attention(q.float(), k.float(), v.float(), mask, dropout_p)
             return y.type_as(q)
         if q_len == k_len:  # training, or the first forward of generation
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         if q_len == 1:      # one new token sees every cached position
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
         mask = causal_mask(q_len, k_len, q.device)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 
 class MLP(nn.Module):

@@ -245,7 +245,7 @@ def freed_memory_kept() -> Iterator[None]:
     stays; afterwards the free memory goes back, and the heap trims past twice that threshold
     (glibc's own rule once its threshold has grown to the largest). Elsewhere than on glibc,
     nothing changes."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if platform.libc_ver()[0] != "glibc":
         yield
         return
     libc = ctypes.CDLL(None)
