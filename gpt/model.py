@@ -80,19 +80,27 @@ def hashed_keep(shape: torch.Size, p: float, device: torch.device) -> torch.Tens
     return (h ^ (h >> 16)) >= round(p * 2**32)
 
 
-def hashed_dropout(x: torch.Tensor) -> bool:
-    """Whether dropout on x draws its mask from `hashed_keep`: inside torch.compile on a CPU,
-    where torch's random numbers are drawn element by element and the hash is integer
-    arithmetic that the compiler fuses into its neighbours' loops and vectorizes (README,
-    Training speed)."""
+def compiling_for_cpu(x: torch.Tensor) -> bool:
+    """Whether x is traced by torch.compile for a CPU, whose generated loops draw random
+    numbers element by element and compute tanh far slower than exp: there dropout draws its
+    mask from `hashed_keep` and GELU goes through sigmoid, forms the compiler fuses into their
+    neighbours' loops and vectorizes well (README, Training speed)."""
     return torch.compiler.is_compiling() and x.device.type == "cpu"
 
 
 def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
-    """F.dropout in training, with the hashed mask where `hashed_dropout`."""
-    if not hashed_dropout(x):
+    """F.dropout in training, with the hashed mask where `compiling_for_cpu`."""
+    if not compiling_for_cpu(x):
         return F.dropout(x, p)
     return torch.where(hashed_keep(x.shape, p, x.device), x * (1 / (1 - p)), 0.0)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's GELU, the tanh approximation: 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715
+    x^3). Where `compiling_for_cpu`, as x sigmoid(2u), the same function."""
+    if not compiling_for_cpu(x):
+        return F.gelu(x, approximate="tanh")
+    return x * torch.sigmoid(2 * math.sqrt(2 / math.pi) * (x + 0.044715 * x * x * x))
 
 
 class Dropout(nn.Dropout):
@@ -237,7 +245,7 @@ class CausalSelfAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         if attention_form(self.impl, q, k_len) == "explicit":
             return explicit_attention(q, k, v, causal_mask(q_len, k_len, q.device), dropout_p)
-        if dropout_p > 0 and hashed_dropout(q):
+        if dropout_p > 0 and compiling_for_cpu(q):
             # torch's attention with dropout runs written out here anyway, in fp32 (its
             # math form); written out by hand, its dropout is the hashed one
             mask = causal_mask(q_len, k_len, q.device)
@@ -257,12 +265,11 @@ class MLP(nn.Module):
         super().__init__()
         bias = config.bias and config.mlp_bias
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=bias)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=bias)
         self.dropout = dropout_layer(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(gelu_tanh(self.c_fc(x))))
 
 
 def swiglu_hidden(n_embd: int) -> int:

@@ -228,9 +228,11 @@ def deterministic_kernels(on: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
-# glibc's mallopt parameters (malloc.h), and the largest mmap threshold it takes on 64 bits.
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+# glibc's mallopt parameters (malloc.h), the largest mmap threshold it takes on 64 bits, and
+# its default cap on blocks mapped on their own.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
 MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
+DEFAULT_MMAP_MAX = 65536
 
 
 @contextmanager
@@ -239,22 +241,25 @@ def freed_memory_kept() -> Iterator[None]:
 
     glibc maps each large block on its own and unmaps it when freed, and hands the heap's free
     top back to the operating system past a trim threshold. A step frees and makes again the
-    same activations (the MLP's hidden layer, attention scores, megabytes each), so every step
-    faulted their pages in afresh, zeroed by the kernel: about 200 MB a step at the defaults.
-    Inside, blocks up to glibc's largest mmap threshold come from the heap and its free top
-    stays; afterwards the free memory goes back, and the heap trims past twice that threshold
-    (glibc's own rule once its threshold has grown to the largest). Elsewhere than on glibc,
-    nothing changes."""
+    same activations (the MLP's hidden layer, attention scores, megabytes each; the head's
+    logits, 67 MB in bf16 at the training bench's shape), so every step faulted their pages in
+    afresh, zeroed by the kernel: about 200 MB a step at the defaults. Inside, every block
+    comes from the heap (none is mapped on its own) and the heap's free memory stays;
+    afterwards the free memory goes back, blocks past glibc's largest mmap threshold are mapped
+    on their own again, and the heap trims past twice that threshold (glibc's own rule once its
+    threshold has grown to the largest). Elsewhere than on glibc, nothing changes."""
     if platform.libc_ver()[0] != "glibc":
         yield
         return
     libc = ctypes.CDLL(None)
     libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
+    libc.mallopt(M_MMAP_MAX, 0)
     libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
     try:
         yield
     finally:
         libc.mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_MAX)
+        libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
         libc.malloc_trim(0)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gpt.checkpoint import load_model, save_model
 from gpt.config import GPT2_BLOCK
@@ -274,6 +275,18 @@ def test_hashed_dropout_masks_keep_the_right_share_independently_and_reproducibl
     flat = first.flatten().float()
     both = (flat[1:] * flat[:-1]).mean().item()  # neighbours kept together as often as chance
     assert abs(both - (1 - p) ** 2) < 0.003
+
+
+def test_compiled_gelu_on_a_cpu_is_the_tanh_gelu_computed_through_exp():
+    from torch._inductor.utils import run_and_get_code
+
+    from gpt.model import gelu_tanh
+
+    x = torch.linspace(-8, 8, 4099)
+    out, codes = run_and_get_code(torch.compile(gelu_tanh), x)
+    torch.testing.assert_close(out, F.gelu(x, approximate="tanh"))
+    assert "exp()" in "".join(codes) and "tanh" not in "".join(codes)
+    assert torch.equal(gelu_tanh(x), F.gelu(x, approximate="tanh"))  # eager: torch's own
 
 
 def test_compiled_training_drops_by_the_hash_on_a_cpu():
