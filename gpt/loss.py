@@ -69,13 +69,45 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_x.to(x_dtype) * grad, (grad_w * grad).to(w_dtype), None
 
 
+class _CrossEntropy(torch.autograd.Function):
+    """F.cross_entropy(logits.float(), targets, ignore_index=-100), for the compiler: its
+    backward writes softmax minus the one-hot target straight into the logits' dtype.
+    Autograd's own backward of log-softmax sums the incoming gradient over the vocabulary,
+    which the compiler, not knowing that is one number per row, computes in a pass over
+    (tokens, vocab) of its own."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        counted = targets != IGNORE_INDEX
+        scale = counted / counted.sum().clamp(min=1)  # each counted row's weight in the mean
+        target = targets.clamp(min=0)  # an ignored row: any class, weight 0
+        log_total = torch.logsumexp(logits.float(), dim=-1)
+        picked = logits.gather(1, target[:, None]).squeeze(1).float()
+        ctx.save_for_backward(logits, log_total, target, scale)
+        return ((log_total - picked) * scale).sum()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        logits, log_total, target, scale = ctx.saved_tensors
+        weight = (scale * grad)[:, None]
+        grad_logits = (torch.exp(logits.float() - log_total[:, None]) * weight).to(logits.dtype)
+        rows = torch.arange(len(target), device=target.device)
+        at_target = torch.exp(logits[rows, target].float() - log_total) - 1  # softmax - one-hot
+        # index_put, not scatter: compiled training runs deterministic kernels (gpt.train), and
+        # a deterministic scatter copies the whole tensor twice.
+        return torch.index_put(grad_logits, (rows, target),
+                               (at_target * weight[:, 0]).to(logits.dtype)), None
+
+
 def head_cross_entropy(head: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """F.cross_entropy(head(x).float(), targets, ignore_index=-100) for x (N, C) and targets
     (N,), without the (N, vocab) logits. With gradients, a bias-free `nn.Linear` head runs
-    fused; inside torch.compile, or for another head with gradients, the plain form runs (the
-    compiler fuses it itself)."""
+    fused; inside torch.compile the head's logits go through `_CrossEntropy` (the compiler
+    fuses the rest itself); for another head with gradients, the plain form runs."""
     fused = isinstance(head, nn.Linear) and head.bias is None
-    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and not fused):
+    if torch.compiler.is_compiling():
+        return _CrossEntropy.apply(head(x), targets)
+    if torch.is_grad_enabled() and not fused:
         return F.cross_entropy(head(x).float(), targets, ignore_index=IGNORE_INDEX)
     if torch.is_grad_enabled() and (x.requires_grad or head.weight.requires_grad):
         return _LinearCrossEntropy.apply(x, head.weight, targets)

@@ -1,4 +1,5 @@
-"""The fused head and cross-entropy (gpt/loss.py) against F.cross_entropy on the full logits."""
+"""The fused head and cross-entropy (gpt/loss.py) against F.cross_entropy on the full logits;
+compiled, the same function takes the compiler's path (`_CrossEntropy` over the logits)."""
 
 import pytest
 import torch
@@ -29,19 +30,27 @@ def loss_and_grads(loss_fn, dtype: torch.dtype = torch.float32):
     return loss.detach(), x.grad, head.weight.grad
 
 
+def compiled(head: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.compile(head_cross_entropy)(head, x, targets)
+
+
+EAGER_AND_COMPILED = pytest.mark.parametrize("ours", [head_cross_entropy, compiled],
+                                             ids=["eager", "compiled"])
+
+
 def plain(head: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(head(x).float(), targets, ignore_index=IGNORE_INDEX)
 
 
-def test_fused_loss_and_gradients_equal_the_full_logits_ones_in_fp32():
-    for ours, theirs in zip(loss_and_grads(head_cross_entropy), loss_and_grads(plain),
-                            strict=True):
-        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+@EAGER_AND_COMPILED
+def test_fused_loss_and_gradients_equal_the_full_logits_ones_in_fp32(ours):
+    for mine, theirs in zip(loss_and_grads(ours), loss_and_grads(plain), strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
 
 
-def test_fused_loss_under_bf16_autocast_is_within_bf16_rounding_of_the_full_logits_one():
-    ours, theirs = loss_and_grads(head_cross_entropy, torch.bfloat16), loss_and_grads(
-        plain, torch.bfloat16)
+@EAGER_AND_COMPILED
+def test_fused_loss_under_bf16_autocast_is_within_bf16_rounding_of_the_full_logits_one(ours):
+    ours, theirs = loss_and_grads(ours, torch.bfloat16), loss_and_grads(plain, torch.bfloat16)
     torch.testing.assert_close(ours[0], theirs[0], rtol=1e-5, atol=1e-5)
     for mine, reference in zip(ours[1:], theirs[1:], strict=True):
         assert mine.dtype == torch.float32
@@ -65,9 +74,10 @@ def test_no_tensor_as_large_as_the_logits_is_made():
     assert not any(len(s) == 2 and s[0] > CHUNK_ROWS and s[1] == VOCAB for s in shapes)
 
 
-def test_a_batch_with_every_target_ignored_has_zero_loss_and_zero_gradients():
+@EAGER_AND_COMPILED
+def test_a_batch_with_every_target_ignored_has_zero_loss_and_zero_gradients(ours):
     x, head, targets = inputs()
-    loss = head_cross_entropy(head, x, torch.full_like(targets, IGNORE_INDEX))
+    loss = ours(head, x, torch.full_like(targets, IGNORE_INDEX))
     loss.backward()
     assert loss.item() == 0.0
     assert not x.grad.any() and not head.weight.grad.any()

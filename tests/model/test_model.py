@@ -282,11 +282,20 @@ def test_compiled_gelu_on_a_cpu_is_the_tanh_gelu_computed_through_exp():
 
     from gpt.model import gelu_tanh
 
-    x = torch.linspace(-8, 8, 4099)
-    out, codes = run_and_get_code(torch.compile(gelu_tanh), x)
-    torch.testing.assert_close(out, F.gelu(x, approximate="tanh"))
+    x = torch.linspace(-8, 8, 4099, requires_grad=True)
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    expected = F.gelu(x, approximate="tanh")
+    (expected_grad,) = torch.autograd.grad(expected, x, grad)
+
+    def forward_and_backward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = torch.compile(gelu_tanh)(x)
+        return out, torch.autograd.grad(out, x, grad)[0]
+
+    (out, out_grad), codes = run_and_get_code(forward_and_backward, x)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(out_grad, expected_grad)  # the derivative written out
     assert "exp()" in "".join(codes) and "tanh" not in "".join(codes)
-    assert torch.equal(gelu_tanh(x), F.gelu(x, approximate="tanh"))  # eager: torch's own
+    assert torch.equal(gelu_tanh(x), expected)  # eager: torch's own
 
 
 def test_compiled_training_drops_by_the_hash_on_a_cpu():
