@@ -137,10 +137,17 @@ class Dropout(nn.Dropout):
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        mask: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
     """softmax(q k^T / sqrt(d) + mask) v, written out. mask is True where attending is allowed;
-    dropout falls on the attention weights, as in scaled_dot_product_attention."""
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
-    scores = scores.masked_fill(~mask, float("-inf"))
-    weights = F.softmax(scores, dim=-1)
+    dropout falls on the attention weights, as in scaled_dot_product_attention.
+
+    The product adds the mask (0 or -inf) and scales as it writes the scores (`baddbmm`), so
+    the softmax reads them as they are: a mask applied after the product indexes every
+    (query, key) pair, which keeps a compiled CPU step from fusing the softmax's passes over
+    each row (it wrote exp(scores - max) out in fp32 between them)."""
+    (b, h, t, d), s = q.shape, k.size(2)
+    bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, -math.inf)
+    scores = torch.baddbmm(bias.expand(b * h, t, s), q.reshape(b * h, t, d),
+                           k.reshape(b * h, s, d).transpose(1, 2), alpha=1 / math.sqrt(d))
+    weights = F.softmax(scores.view(b, h, t, s), dim=-1)
     if dropout_p > 0:
         weights = dropout(weights, dropout_p)
     return weights @ v
