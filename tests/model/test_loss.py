@@ -50,9 +50,9 @@ def test_fused_loss_and_gradients_equal_the_full_logits_ones_in_fp32(ours):
 
 @EAGER_AND_COMPILED
 def test_fused_loss_under_bf16_autocast_is_within_bf16_rounding_of_the_full_logits_one(ours):
-    ours, theirs = loss_and_grads(ours, torch.bfloat16), loss_and_grads(plain, torch.bfloat16)
-    torch.testing.assert_close(ours[0], theirs[0], rtol=1e-5, atol=1e-5)
-    for mine, reference in zip(ours[1:], theirs[1:], strict=True):
+    got, theirs = loss_and_grads(ours, torch.bfloat16), loss_and_grads(plain, torch.bfloat16)
+    torch.testing.assert_close(got[0], theirs[0], rtol=1e-5, atol=1e-5)
+    for mine, reference in zip(got[1:], theirs[1:], strict=True):
         assert mine.dtype == torch.float32
         assert (mine - reference).abs().max() < 0.02 * reference.abs().max()
 
