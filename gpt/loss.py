@@ -33,6 +33,13 @@ def chunks(rows: int) -> list[slice]:
     return [slice(start, min(start + CHUNK_ROWS, rows)) for start in range(0, rows, CHUNK_ROWS)]
 
 
+def classes_and_weights(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's class and its weight in the mean over the counted rows; an ignored row gets
+    class 0 (any would do) and weight 0."""
+    counted = targets != IGNORE_INDEX
+    return targets.clamp(min=0), counted / counted.sum().clamp(min=1)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of x @ weight.T against targets; the gradients are made in forward."""
 
@@ -42,13 +49,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
         dtype = compute_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
             x_, w = x.to(dtype), weight.to(dtype)
-            counted = targets != IGNORE_INDEX
-            scale = counted / counted.sum().clamp(min=1)  # each counted row's weight in the mean
+            classes, scale = classes_and_weights(targets)
             grad_x = torch.empty_like(x_)
             grad_w = torch.zeros_like(weight, dtype=torch.float32)
             loss = torch.zeros((), dtype=torch.float32, device=x.device)
             for rows in chunks(x.size(0)):
-                target = targets[rows].clamp(min=0)  # an ignored row: any class, weight 0
+                target = classes[rows]
                 logp = F.log_softmax((x_[rows] @ w.T).float(), dim=-1)
                 loss -= (logp.gather(1, target[:, None]).squeeze(1) * scale[rows]).sum()
                 probs = logp.exp_()
@@ -78,9 +84,7 @@ class _CrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        counted = targets != IGNORE_INDEX
-        scale = counted / counted.sum().clamp(min=1)  # each counted row's weight in the mean
-        target = targets.clamp(min=0)  # an ignored row: any class, weight 0
+        target, scale = classes_and_weights(targets)
         log_total = torch.logsumexp(logits.float(), dim=-1)
         picked = logits.gather(1, target[:, None]).squeeze(1).float()
         ctx.save_for_backward(logits, log_total, target, scale)
